@@ -13,8 +13,13 @@ from jaxalign.errors import JaxalignError
 
 
 def _resolve(path) -> Path:
-    from jaxalign.io.paths import resolve_model_path
-
+    p = Path(path)
+    if p.exists():
+        return p
+    try:
+        from jaxalign.io.paths import resolve_model_path
+    except ImportError:
+        from jaxalign.io.gguf import resolve_model_path
     return resolve_model_path(path)
 
 
@@ -36,12 +41,21 @@ def load_model(path, dtype: str | None = None, mesh=None, rules=None):
 
         return load_hf(p, dtype=dtype, mesh=mesh, rules=rules)
     if p.suffix == ".gguf":
-        from jaxalign.io.gguf import load_gguf
-
-        return load_gguf(p, dtype=dtype, mesh=mesh, rules=rules)
+        return _load_gguf(p, dtype, mesh, rules)
     if not p.exists():
         raise JaxalignError(f"{path}: no such file or directory")
     raise JaxalignError(f"{path}: not a Hugging Face model directory or a .gguf file")
+
+
+def _load_gguf(path: Path, dtype, mesh, rules):
+    from jaxalign.io.gguf import read_gguf
+    from jaxalign.io.params import DictSource, load_causal_lm
+    from jaxalign.models.config import ModelConfig
+
+    hf_config, tensors = read_gguf(path)
+    overrides = {} if dtype is None else {"dtype": dtype, "param_dtype": dtype}
+    config = ModelConfig.from_hf_dict(hf_config, source=str(path), **overrides)
+    return load_causal_lm(config, DictSource(tensors), str(path), mesh, rules)
 
 
 def load_tokenizer(path):

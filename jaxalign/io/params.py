@@ -46,10 +46,19 @@ class DictSource:
         return np.asarray(self._t[name][index])
 
 
+def _strip_backbone(path: tuple[str, ...]) -> tuple[str, ...]:
+    # A ScalarHeadModel's backbone is HF's ``model.``; its head is HF's top-level ``score``.
+    return path[1:] if path[0] == "backbone" else path
+
+
+def is_stacked(path: tuple[str, ...]) -> bool:
+    """Whether a parameter lives in the scanned decoder stack (leading ``layers`` axis)."""
+    return _strip_backbone(path)[0] == "layers"
+
+
 def hf_name(path: tuple[str, ...], layer: int | None = None) -> str:
     """HF tensor name of a parameter path; ``layer`` fills in the stacked-layer index."""
-    if path[0] == "backbone":  # ScalarHeadModel: the backbone is the HF ``model.``
-        path = path[1:]
+    path = _strip_backbone(path)
     if path[0] == "layers":
         return f"model.layers.{layer}." + ".".join(path[1:])
     if path[0] in ("lm_head", "score"):
@@ -87,7 +96,7 @@ def build_state(abstract_state, num_layers: int, source: TensorSource, source_na
 
     def place(path, leaf):
         shape, dtype = leaf.shape, leaf.dtype
-        stacked = path[0] == "layers"
+        stacked = is_stacked(path)
         names = [hf_name(path, i) for i in range(num_layers)] if stacked else [hf_name(path)]
         for n in names:
             if n not in stored:
@@ -138,7 +147,7 @@ def iter_hf_tensors(model, skip=()) -> Iterator[tuple[str, np.ndarray]]:
         if hf_name(path, 0).split(".")[0] in skip:
             continue
         arr = np.asarray(jax.device_get(leaf))
-        if path[0] == "layers":
+        if is_stacked(path):
             for i in range(arr.shape[0]):
                 yield hf_name(path, i), np.ascontiguousarray(arr[i])
         else:

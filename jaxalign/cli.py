@@ -1,0 +1,117 @@
+"""The ``jaxalign`` command line.
+
+Every user-input problem is a :class:`~jaxalign.errors.JaxalignError`: printed as one
+``error: ...`` line on stderr with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jaxalign.errors import JaxalignError
+
+
+def _model_summary(model) -> dict:
+    import flax.nnx as nnx
+    import jax
+
+    cfg = model.config
+    leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+    n = sum(x.size for x in leaves)
+    nbytes = sum(x.size * x.dtype.itemsize for x in leaves)
+    return {
+        "architecture": cfg.architecture,
+        "layers": cfg.num_hidden_layers,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "attention_heads": cfg.num_attention_heads,
+        "kv_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.head_dim,
+        "vocab_size": cfg.vocab_size,
+        "tied_embeddings": cfg.tie_word_embeddings,
+        "attention_bias": cfg.attention_bias,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": cfg.rope_scaling_dict or None,
+        "sliding_window": cfg.sliding_window,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "param_dtype": cfg.param_dtype,
+        "parameters": int(n),
+        "size_mib": round(nbytes / 2**20, 1),
+    }
+
+
+def cmd_info(args) -> int:
+    from jaxalign.api import load_model
+
+    info = _model_summary(load_model(args.model, dtype=args.dtype))
+    if args.json:
+        print(json.dumps(info))
+    else:
+        width = max(map(len, info))
+        for k, v in info.items():
+            if k == "parameters":
+                v = f"{v:,} ({v / 1e6:.1f}M)"
+            print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from jaxalign.api import load_model, load_tokenizer, save_model
+
+    model = load_model(args.model, dtype=args.dtype)
+    out = save_model(model, args.out)
+    try:
+        tok = load_tokenizer(args.model)
+    except JaxalignError as e:
+        tok = None
+        print(f"note: no tokenizer exported ({e})", file=sys.stderr)
+    else:
+        tok.save_pretrained(str(out))
+    extra = " + tokenizer" if tok is not None else ""
+    print(f"wrote {out} (Hugging Face format: config.json + safetensors{extra})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxalign", description="Align language models in JAX.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    info = sub.add_parser("info", help="architecture, sizes and parameter count of a model")
+    info.add_argument("--model", required=True, help="HF dir, .gguf file or alias (smollm2-135m-instruct)")
+    info.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    info.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    info.set_defaults(func=cmd_info)
+
+    exp = sub.add_parser("export", help="write a model (HF dir or GGUF) as a Hugging Face directory")
+    exp.add_argument("--model", required=True, help="HF dir, .gguf file or alias")
+    exp.add_argument("--out", required=True, help="output directory")
+    exp.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    exp.set_defaults(func=cmd_export)
+
+    try:
+        from jaxalign.rollout.cli import add_generate_args, generate_cli
+    except ImportError:
+        pass
+    else:
+        gen = sub.add_parser("generate", help="sample completions from a model")
+        add_generate_args(gen)
+        gen.set_defaults(func=generate_cli)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except JaxalignError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
