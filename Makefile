@@ -20,8 +20,12 @@ venv: $(VENV)/.installed-test
 test: $(VENV)/.installed-test
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(VPY) -m pytest -q tests
 
+# Until the alignment demo lands (issue 7), `make demo` shows the embedded real model working:
+# its architecture, and a greedy chat completion.
 demo: $(VENV)/.installed-test
-	$(VENV)/bin/jaxalign demo
+	$(VENV)/bin/jaxalign info --model smollm2-135m-instruct
+	$(VENV)/bin/jaxalign generate --model smollm2-135m-instruct --chat --greedy --max-new-tokens 48 \
+		--prompt "Write one sentence about a movie you loved."
 
 bench: $(VENV)/.installed-test
 	$(VPY) benchmarks/forward.py
