@@ -1,0 +1,238 @@
+"""Run configuration: dataclasses loaded from YAML, dotted ``key=value`` overrides, strict checks.
+
+An unknown key is an error that names it and suggests the nearest valid key; a value of the
+wrong type names the key and the expected type. Each algorithm contributes the dataclass of
+its own section (``sft:``, ``dpo:``, ...) through :func:`register_algorithm`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jaxalign.errors import JaxalignError
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    """Which model to train. ``path``: HF dir, .gguf or alias; or ``init: random`` + ``config``."""
+
+    path: str | None = None
+    init: str = "pretrained"  # pretrained | random
+    config: dict | None = None  # ModelConfig fields, for init=random
+    tokenizer: str | None = None  # default: the model path
+    dtype: str = "float32"  # compute dtype; parameters stay in param_dtype (master weights)
+    param_dtype: str = "float32"
+    remat: bool = False  # rematerialise each decoder block in the backward pass
+
+
+@dataclasses.dataclass
+class DataConfig:
+    train: str | None = None
+    eval: str | None = None
+    format: str = "auto"
+    max_length: int = 512
+    max_prompt_length: int = 256
+    prompt_overflow: str = "truncate_left"  # truncate_left | drop | error
+    skip_invalid_rows: bool = False
+    buckets: str | list | None = "pow2"
+    eval_fraction: float = 0.0  # held out from train when no eval file is given
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    schedule: str = "cosine"  # constant | cosine | linear
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int | None = None
+    epochs: float = 1.0
+    batch_size: int = 8  # global, in examples
+    micro_batch_size: int | None = None  # gradient accumulation when smaller than batch_size
+    eval_every: int = 0
+    eval_batches: int | None = None
+    log_every: int = 1
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    save_final: bool = True
+    plots: bool = True
+
+
+@dataclasses.dataclass
+class MeshSpec:
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+
+
+@dataclasses.dataclass
+class RunConfig:
+    algorithm: str = "sft"
+    seed: int = 0
+    run_dir: str | None = None
+    quiet: bool = False
+    model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    mesh: MeshSpec = dataclasses.field(default_factory=MeshSpec)
+    # The algorithm's own dataclass, filled from the section named after it (e.g. `dpo:`).
+    algo: Any = dataclasses.field(default=None, init=False)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        algo = d.pop("algo")
+        d[self.algorithm.replace("-", "_")] = algo
+        return d
+
+
+_ALGORITHMS: dict[str, type] = {}
+
+
+def register_algorithm(name: str, cls: type) -> None:
+    """Make ``cls`` the dataclass of the ``name:`` section of a run config."""
+    _ALGORITHMS[name] = cls
+
+
+def algorithm_names() -> list[str]:
+    return sorted(_ALGORITHMS)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value, tp, key: str):
+    """Check ``value`` against annotation ``tp`` (int -> float allowed); return it."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except JaxalignError as e:
+                errors.append(e)
+        names = " or ".join(_type_name(a) for a in args)
+        raise JaxalignError(f"config key {key!r}: expected {names}, got {value!r}")
+    if tp is Any:
+        return value
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise JaxalignError(f"config key {key!r}: expected a list, got {value!r}")
+        return list(value)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise JaxalignError(f"config key {key!r}: expected a mapping, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-5" (no dot) as a string; accept any float literal.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is int and isinstance(value, bool):
+        raise JaxalignError(f"config key {key!r}: expected int, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise JaxalignError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def from_dict(cls, data, prefix: str = ""):
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys with a suggestion."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise JaxalignError(f"config key {prefix or '<root>'!r}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in fields:
+            near = difflib.get_close_matches(str(k), sorted(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean {(prefix + '.' if prefix else '') + near[0]!r}?" if near else ""
+            valid = ", ".join(sorted(fields))
+            raise JaxalignError(f"unknown config key {key!r}{hint} (valid here: {valid})")
+        kwargs[k] = _coerce(v, hints[k], key)
+    return cls(**kwargs)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise JaxalignError(f"override {item!r}: expected key=value (e.g. optim.lr=1e-4)")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None, overrides=(), algorithm: str | None = None) -> RunConfig:
+    """Load a YAML run config, apply ``key=value`` overrides, and validate everything."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise JaxalignError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise JaxalignError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise JaxalignError(f"{path}: the top level must be a mapping")
+    for item in overrides:
+        keys, value = _parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise JaxalignError(f"override {item!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    if algorithm is not None:
+        file_alg = raw.get("algorithm")
+        if file_alg is not None and file_alg != algorithm:
+            raise JaxalignError(
+                f"config says algorithm: {file_alg!r} but the command is 'jaxalign {algorithm}'"
+            )
+        raw["algorithm"] = algorithm
+    alg = raw.get("algorithm", "sft")
+    if alg not in _ALGORITHMS:
+        raise JaxalignError(f"unknown algorithm {alg!r} (known: {', '.join(algorithm_names())})")
+    section = alg.replace("-", "_")
+    algo_raw = raw.pop(section, None)
+    cfg = from_dict(RunConfig, raw)
+    cfg.algo = from_dict(_ALGORITHMS[alg], algo_raw, section)
+    check = getattr(cfg.algo, "validate", None)
+    if check is not None:
+        check(cfg)
+    return cfg
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config (every default filled in) as YAML."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

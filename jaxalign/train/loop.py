@@ -1,0 +1,219 @@
+"""The one training loop: step, eval, log, checkpoint, progress bar, signals, final export.
+
+An algorithm builds a :class:`Job` (its params, frozen inputs, loss and batches); this module
+does everything else, identically for every algorithm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxalign.config import RunConfig, save_config
+from jaxalign.errors import JaxalignError
+from jaxalign.train.checkpoint import Checkpointer
+from jaxalign.train.metrics import MetricsWriter, write_plots
+from jaxalign.train.state import TrainState, make_eval_step, make_train_step
+
+
+@dataclasses.dataclass
+class Job:
+    """What an algorithm hands to :func:`run`.
+
+    ``train_batches`` is an iterator of numpy dict batches with ``state_dict()`` /
+    ``load_state_dict()`` (for exact resume); ``eval_batches()`` returns a fresh iterable.
+    ``count_tokens(batch)`` gives the tokens processed (for tokens/s). ``export(params, dir)``
+    writes the final model in Hugging Face format.
+    """
+
+    params: Any
+    loss_fn: Callable
+    tx: Any
+    schedule: Any
+    total_steps: int
+    train_batches: Iterator
+    mesh: Any
+    frozen: Any = None
+    extras: Any = None
+    eval_batches: Callable[[], Any] | None = None
+    count_tokens: Callable[[dict], int] = lambda b: int(np.sum(b.get("attention_mask", 0)))
+    export: Callable[[Any, Path], None] | None = None
+    n_micro: int = 1
+
+
+def _batch_shardings(batch, mesh):
+    """Leading (batch) dim over ('data', 'fsdp'); a batch those axes do not divide replicates."""
+    n = mesh.shape["data"] * mesh.shape["fsdp"]
+
+    def f(x):
+        if x.shape[0] % n:
+            return NamedSharding(mesh, P())
+        return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (x.ndim - 1))))
+
+    return jax.tree.map(f, batch)
+
+
+def _shardings(tree):
+    return jax.tree.map(lambda x: x.sharding, tree)
+
+
+class _StopFlag:
+    """SIGTERM / SIGINT ask the loop to checkpoint and stop after the current step."""
+
+    def __init__(self):
+        self.stop = False
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.stop:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.run_dir or f"runs/{cfg.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
+    """Train ``job`` to ``job.total_steps``; resume from ``run_dir/checkpoints`` if present.
+
+    Returns a summary dict (final metrics, run dir, steps, wall time).
+    """
+    run_dir = Path(run_dir or default_run_dir(cfg))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    tcfg = cfg.train
+    log = (lambda *a: None) if cfg.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    state = TrainState.create(job.params, job.tx, cfg.seed, job.extras)
+    state = jax.device_put(state, _state_shardings(state, job.mesh, job.tx))
+    ckpt = Checkpointer(run_dir / "checkpoints", keep=tcfg.keep_checkpoints)
+    start = ckpt.latest_step()
+    if start is not None:
+        state, meta = ckpt.restore(state, start)
+        job.train_batches.load_state_dict(meta["data"])
+        log(f"resumed from {run_dir / 'checkpoints'} at step {start}")
+    writer = MetricsWriter(run_dir, resume_step=start)
+
+    step_fn = make_train_step(job.loss_fn, job.tx, job.n_micro, job.schedule)
+    state_sh = _shardings(state)
+    jit_step = jax.jit(step_fn, out_shardings=(state_sh, None), donate_argnums=(0,))
+    jit_eval = jax.jit(make_eval_step(job.loss_fn, job.n_micro)) if job.eval_batches else None
+
+    def evaluate(step):
+        sums, n = {}, 0
+        for i, b in enumerate(job.eval_batches()):
+            if tcfg.eval_batches is not None and i >= tcfg.eval_batches:
+                break
+            m = jax.device_get(jit_eval(state, jax.device_put(b, _batch_shardings(b, job.mesh)), job.frozen))
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n += 1
+        if n:
+            writer.write(step, {k: v / n for k, v in sums.items()}, prefix="eval/")
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    first = 0 if start is None else start
+    last_metrics: dict = {}
+    t_start = t_last = time.perf_counter()
+    last_logged, tokens_since = first, 0
+    pbar = None
+    if not cfg.quiet:
+        from tqdm.auto import tqdm
+
+        pbar = tqdm(total=job.total_steps, initial=first, desc=cfg.algorithm, unit="step",
+                    dynamic_ncols=True, file=sys.stderr)
+    stopped = False
+    with _StopFlag() as flag:
+        step = first
+        for step in range(first, job.total_steps):
+            try:
+                batch = next(job.train_batches)
+            except StopIteration:
+                raise JaxalignError("the training data ran out before train.steps; "
+                                    "lower train.steps or raise train.epochs") from None
+            tokens_since += job.count_tokens(batch)
+            state, metrics = jit_step(state, jax.device_put(batch, _batch_shardings(batch, job.mesh)),
+                                      job.frozen)
+            if (step + 1) % max(tcfg.log_every, 1) == 0 or step + 1 == job.total_steps:
+                metrics = jax.device_get(metrics)  # waits for the step: timings below are real
+                now = time.perf_counter()
+                dt = (now - t_last) / (step + 1 - last_logged)
+                row = {k: float(v) for k, v in metrics.items()}
+                row.update(step_time=dt, tokens_per_s=tokens_since / (now - t_last))
+                t_last, last_logged, tokens_since = now, step + 1, 0
+                if not np.isfinite(row["loss"]):
+                    writer.write(step + 1, row)
+                    raise JaxalignError(f"loss became {row['loss']} at step {step + 1}; "
+                                        "lower optim.lr or check the data")
+                writer.write(step + 1, row)
+                last_metrics = row
+                if pbar is not None:
+                    pbar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+            if pbar is not None:
+                pbar.update(1)
+            if jit_eval and tcfg.eval_every and (step + 1) % tcfg.eval_every == 0:
+                ev = evaluate(step + 1)
+                if pbar is not None and ev:
+                    pbar.write(f"step {step + 1}: " + ", ".join(f"eval/{k}={v:.4f}" for k, v in ev.items()))
+            if (tcfg.save_every and (step + 1) % tcfg.save_every == 0) or flag.stop:
+                ckpt.save(step + 1, state, {"data": job.train_batches.state_dict(), "step": step + 1})
+            if flag.stop:
+                stopped = True
+                log(f"\nstopped by signal at step {step + 1}; checkpoint saved, rerun to resume")
+                break
+    if pbar is not None:
+        pbar.close()
+    final_step = int(jax.device_get(state.step))
+    if not stopped:
+        if ckpt.latest_step() != final_step:
+            ckpt.save(final_step, state, {"data": job.train_batches.state_dict(), "step": final_step})
+        if jit_eval:
+            last_metrics.update({f"eval/{k}": v for k, v in evaluate(final_step).items()})
+    ckpt.close()
+    writer.close()
+    plot = write_plots(run_dir) if tcfg.plots else None
+    if not stopped and tcfg.save_final and job.export is not None:
+        job.export(state.params, run_dir / "final")
+        log(f"final model (Hugging Face format): {run_dir / 'final'}")
+    if plot is not None:
+        log(f"plots: {plot}")
+    return {"run_dir": str(run_dir), "steps": final_step, "stopped": stopped,
+            "wall_s": time.perf_counter() - t_start, "metrics": last_metrics, "state": state}
+
+
+def _state_shardings(state: TrainState, mesh, tx):
+    """Params keep their shardings, optimizer moments take their param's; the rest replicates."""
+    replicated = NamedSharding(mesh, P())
+
+    def own(x):
+        s = getattr(x, "sharding", None)
+        return s if isinstance(s, NamedSharding) and s.mesh == mesh else replicated
+
+    params_sh = jax.tree.map(own, state.params)
+    opt_sh = optax.tree_utils.tree_map_params(
+        tx, lambda _, s: s, state.opt_state, params_sh,
+        transform_non_params=lambda _: replicated)
+    return TrainState(step=replicated, params=params_sh, opt_state=opt_sh, rng=replicated,
+                      extras=jax.tree.map(lambda _: replicated, state.extras))

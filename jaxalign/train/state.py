@@ -1,0 +1,130 @@
+"""TrainState pytree and the one pure train step every algorithm shares.
+
+An algorithm supplies only a loss::
+
+    loss_fn(params, batch, frozen, rng, extras) -> (loss, (weight, metrics, new_extras))
+
+``loss`` is a mean over ``weight`` units (tokens, pairs, sequences) of the micro-batch.
+:func:`make_train_step` splits the global batch into micro-batches with ``lax.scan``,
+accumulates ``weight``-weighted gradients and metrics, and divides by the total weight, so
+gradient accumulation gives exactly the gradient of the large batch. ``frozen`` holds arrays
+that are inputs but not trained or checkpointed (the reference policy, a reward model).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+    """step, trainable params, optimizer state, PRNG key (raw uint32 data), algorithm extras."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+    extras: Any
+
+    @classmethod
+    def create(cls, params, tx: optax.GradientTransformation, seed: int, extras=None) -> "TrainState":
+        return cls(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=jax.random.key_data(jax.random.key(seed)),
+            extras={} if extras is None else extras,
+        )
+
+
+# optax >= 0.2.5 spells it optax.tree.norm; global_norm is deprecated there.
+_global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
+
+LossFn = Callable[..., tuple[jax.Array, tuple[jax.Array, dict, Any]]]
+
+
+def split_micro(batch, n_micro: int):
+    """Reshape every ``[B, ...]`` leaf to ``[n_micro, B // n_micro, ...]``."""
+    def f(x):
+        if x.shape[0] % n_micro:
+            raise ValueError(f"batch of {x.shape[0]} does not split into {n_micro} micro-batches")
+        return x.reshape((n_micro, x.shape[0] // n_micro) + x.shape[1:])
+    return jax.tree.map(f, batch)
+
+
+def accumulate(loss_fn: LossFn, params, batch, frozen, rng, extras, n_micro: int, with_grad=True):
+    """Weighted sums over micro-batches -> (mean grads or None, mean metrics incl. loss, extras)."""
+    micro = split_micro(batch, n_micro)
+    value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def one(mb, key):
+        if with_grad:
+            (loss, (w, metrics, new_extras)), g = value_and_grad(params, mb, frozen, key, extras)
+        else:
+            loss, (w, metrics, new_extras) = loss_fn(params, mb, frozen, key, extras)
+            g = None
+        metrics = dict(metrics, loss=loss)
+        w = jnp.asarray(w, jnp.float32)
+        weighted = jax.tree.map(lambda x: x * w, (g, metrics))
+        return weighted, w, new_extras
+
+    keys = jax.random.split(rng, n_micro)
+    first = jax.tree.map(lambda x: x[0], micro)
+    (g0, m0), w0, e0 = one(first, keys[0])
+    if n_micro == 1:
+        total_g, total_m, total_w, new_extras = g0, m0, w0, e0
+    else:
+        def body(carry, xs):
+            (g, m), w, _ = carry
+            mb, key = xs
+            (g1, m1), w1, e1 = one(mb, key)
+            return ((jax.tree.map(jnp.add, g, g1), jax.tree.map(jnp.add, m, m1)), w + w1, e1), None
+
+        rest = jax.tree.map(lambda x: x[1:], micro)
+        ((total_g, total_m), total_w, new_extras), _ = jax.lax.scan(body, ((g0, m0), w0, e0), (rest, keys[1:]))
+    denom = jnp.maximum(total_w, 1e-12)
+    grads = None if total_g is None else jax.tree.map(lambda x: x / denom, total_g)
+    metrics = jax.tree.map(lambda x: x / denom, total_m)
+    return grads, metrics, new_extras
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, n_micro: int = 1,
+                    schedule: optax.Schedule | None = None):
+    """Pure ``step(state, batch, frozen) -> (state, metrics)``; jit it with explicit shardings.
+
+    Metrics: the loss function's own (weight-averaged), plus ``loss``, ``grad_norm``, ``lr``
+    and ``weight`` (the total weight, e.g. the number of loss tokens).
+    """
+
+    def step(state: TrainState, batch, frozen):
+        key = jax.random.wrap_key_data(state.rng)
+        key, sub = jax.random.split(key)
+        grads, metrics, new_extras = accumulate(loss_fn, state.params, batch, frozen,
+                                                jax.random.fold_in(sub, state.step), state.extras, n_micro)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = dict(metrics, grad_norm=_global_norm(grads))
+        if schedule is not None:
+            metrics["lr"] = schedule(state.step)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                  rng=jax.random.key_data(key), extras=new_extras)
+        return new_state, metrics
+
+    return step
+
+
+def make_eval_step(loss_fn: LossFn, n_micro: int = 1):
+    """Pure ``eval_step(state, batch, frozen) -> metrics`` (no update; deterministic key)."""
+
+    def eval_step(state: TrainState, batch, frozen):
+        key = jax.random.key(0)
+        _, metrics, _ = accumulate(loss_fn, state.params, batch, frozen, key, state.extras, n_micro,
+                                   with_grad=False)
+        return metrics
+
+    return eval_step

@@ -1,0 +1,60 @@
+"""Run config: YAML + overrides, strict keys with suggestions, type checks."""
+
+import dataclasses
+
+import pytest
+
+from jaxalign.config import load_config, register_algorithm
+from jaxalign.errors import JaxalignError
+
+
+@dataclasses.dataclass
+class _Algo:
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+
+
+register_algorithm("_test", _Algo)
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_yaml_and_overrides(tmp_path):
+    p = _write(tmp_path, "algorithm: _test\noptim:\n  lr: 1e-5\n_test:\n  beta: 0.5\n")
+    cfg = load_config(p, ["train.batch_size=16", "_test.loss_type=ipo", "optim.lr=3e-4"])
+    assert cfg.optim.lr == 3e-4 and isinstance(cfg.optim.lr, float)
+    assert cfg.train.batch_size == 16
+    assert cfg.algo.beta == 0.5 and cfg.algo.loss_type == "ipo"
+    assert cfg.to_dict()["_test"]["loss_type"] == "ipo"
+
+
+def test_unknown_key_suggests_nearest(tmp_path):
+    p = _write(tmp_path, "algorithm: _test\noptim:\n  learning_rat: 1.0\n")
+    with pytest.raises(JaxalignError, match="optim.learning_rat"):
+        load_config(p)
+    with pytest.raises(JaxalignError, match=r"did you mean 'train.batch_size'"):
+        load_config(None, ["train.batchsize=4"], "_test")
+    with pytest.raises(JaxalignError, match=r"did you mean '_test.beta'"):
+        load_config(None, ["_test.betta=4"], "_test")
+
+
+def test_type_errors_name_the_key():
+    with pytest.raises(JaxalignError, match="train.batch_size.*expected int"):
+        load_config(None, ["train.batch_size=many"], "_test")
+    with pytest.raises(JaxalignError, match="optim.lr.*expected float"):
+        load_config(None, ["optim.lr=fast"], "_test")
+    with pytest.raises(JaxalignError, match="unknown algorithm"):
+        load_config(None, [], "nope")
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(JaxalignError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(JaxalignError, match="not valid YAML"):
+        load_config(_write(tmp_path, "a: [1, 2\n"))
+    with pytest.raises(JaxalignError, match="algorithm: 'dpo'"):
+        load_config(_write(tmp_path, "algorithm: dpo\n"), [], "_test")
