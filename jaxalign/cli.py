@@ -74,6 +74,26 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from jaxalign import algorithms
+    from jaxalign.config import load_config
+    from jaxalign.train.loop import run
+
+    module = algorithms.get(args.command)
+    cfg = load_config(args.config, args.overrides, algorithm=args.command)
+    if args.quiet:
+        cfg.quiet = True
+    if args.run_dir:
+        cfg.run_dir = args.run_dir
+    job = module.build_job(cfg)
+    out = run(cfg, job)
+    shown = {k: round(v, 4) for k, v in out["metrics"].items()
+             if k in ("loss", "accuracy", "eval/loss", "eval/accuracy", "tokens_per_s")}
+    print(json.dumps({"run_dir": out["run_dir"], "steps": out["steps"], "stopped": out["stopped"],
+                      "wall_s": round(out["wall_s"], 1), **shown}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxalign", description="Align language models in JAX.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -89,6 +109,17 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="output directory")
     exp.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     exp.set_defaults(func=cmd_export)
+
+    from jaxalign import algorithms
+
+    for name in algorithms.ALGORITHMS:
+        tr = sub.add_parser(name, help=f"train with {name} (see configs/{name}_*.yaml)")
+        tr.add_argument("--config", help="YAML run config")
+        tr.add_argument("--run-dir", help="output directory (default: runs/<algorithm>-<time>)")
+        tr.add_argument("--quiet", action="store_true", help="no progress bar")
+        tr.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides, e.g. optim.lr=1e-4 train.steps=100")
+        tr.set_defaults(func=cmd_train)
 
     try:
         from jaxalign.rollout.cli import add_generate_args, generate_cli

@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 
 from jaxalign.errors import JaxalignError
 from jaxalign.io.params import iter_hf_tensors, load_causal_lm
-from jaxalign.models.config import ModelConfig
+from jaxalign.models.config import ModelConfig, dtype_overrides
 from jaxalign.models.llama import CausalLM
 
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
@@ -83,7 +83,7 @@ def read_config(model_dir: str | Path, **overrides) -> ModelConfig:
 
 
 def load_hf(model_dir: str | Path, dtype: str | None = None, mesh=None, rules=None,
-            scalar_head: bool = False):
+            scalar_head: bool = False, compute_dtype: str | None = None):
     """Load a HF causal-LM directory into a :class:`~jaxalign.models.llama.CausalLM`.
 
     ``dtype`` sets both parameter and compute dtype (default: float32). With a ``mesh`` each
@@ -91,8 +91,7 @@ def load_hf(model_dir: str | Path, dtype: str | None = None, mesh=None, rules=No
     ``*ForSequenceClassification`` directory (one label) as a
     :class:`~jaxalign.models.heads.ScalarHeadModel`.
     """
-    overrides = {} if dtype is None else {"dtype": dtype, "param_dtype": dtype}
-    config = read_config(model_dir, **overrides)
+    config = read_config(model_dir, **dtype_overrides(dtype, compute_dtype))
     cls = CausalLM
     if scalar_head:
         from jaxalign.models.heads import ScalarHeadModel

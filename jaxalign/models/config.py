@@ -41,6 +41,17 @@ def parse_dtype(name: Any, key: str = "dtype"):
     return _DTYPES[name]
 
 
+def dtype_overrides(dtype: str | None, compute_dtype: str | None = None) -> dict:
+    """ModelConfig overrides for a load: ``dtype`` for the weights, ``compute_dtype`` for matmuls
+    (default: the same as the weights)."""
+    out = {}
+    if dtype is not None:
+        out["param_dtype"] = out["dtype"] = dtype
+    if compute_dtype is not None:
+        out["dtype"] = compute_dtype
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Hyper-parameters of a Llama-family causal LM.
