@@ -71,6 +71,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     save_final: bool = True
     plots: bool = True
+    max_nonfinite_steps: int = 10  # consecutive skipped (NaN/Inf) steps before the run stops
 
 
 @dataclasses.dataclass

@@ -138,6 +138,7 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
     last_metrics: dict = {}
     t_start = t_last = time.perf_counter()
     last_logged, tokens_since = first, 0
+    skipped_in_row = skipped_total = 0
     pbar = None
     if not cfg.quiet:
         from tqdm.auto import tqdm
@@ -163,11 +164,13 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
                 row = {k: float(v) for k, v in metrics.items()}
                 row.update(step_time=dt, tokens_per_s=tokens_since / (now - t_last))
                 t_last, last_logged, tokens_since = now, step + 1, 0
-                if not np.isfinite(row["loss"]):
-                    writer.write(step + 1, row)
-                    raise JaxalignError(f"loss became {row['loss']} at step {step + 1}; "
-                                        "lower optim.lr or check the data")
                 writer.write(step + 1, row)
+                skipped_in_row = int(jax.device_get(state.bad_steps))
+                skipped_total += int(row.get("skipped", 0) > 0)
+                if skipped_in_row >= tcfg.max_nonfinite_steps:
+                    raise JaxalignError(
+                        f"{skipped_in_row} steps in a row had a non-finite loss or gradient (last at "
+                        f"step {step + 1}); stopping. Lower optim.lr, enable optim.grad_clip or check the data")
                 last_metrics = row
                 if pbar is not None:
                     pbar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
@@ -199,7 +202,9 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
         log(f"final model (Hugging Face format): {run_dir / 'final'}")
     if plot is not None:
         log(f"plots: {plot}")
-    return {"run_dir": str(run_dir), "steps": final_step, "stopped": stopped,
+    if skipped_total:
+        log(f"{skipped_total} step(s) skipped for a non-finite loss or gradient (metric 'skipped')")
+    return {"run_dir": str(run_dir), "steps": final_step, "stopped": stopped, "skipped": skipped_total,
             "wall_s": time.perf_counter() - t_start, "metrics": last_metrics, "state": state}
 
 
@@ -216,4 +221,4 @@ def _state_shardings(state: TrainState, mesh, tx):
         tx, lambda _, s: s, state.opt_state, params_sh,
         transform_non_params=lambda _: replicated)
     return TrainState(step=replicated, params=params_sh, opt_state=opt_sh, rng=replicated,
-                      extras=jax.tree.map(lambda _: replicated, state.extras))
+                      extras=jax.tree.map(lambda _: replicated, state.extras), bad_steps=replicated)

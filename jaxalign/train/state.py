@@ -23,13 +23,15 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-    """step, trainable params, optimizer state, PRNG key (raw uint32 data), algorithm extras."""
+    """step, trainable params, optimizer state, PRNG key (raw uint32 data), algorithm extras,
+    and the number of consecutive steps skipped for non-finite values."""
 
     step: jax.Array
     params: Any
     opt_state: Any
     rng: jax.Array
     extras: Any
+    bad_steps: jax.Array
 
     @classmethod
     def create(cls, params, tx: optax.GradientTransformation, seed: int, extras=None) -> "TrainState":
@@ -39,6 +41,7 @@ class TrainState:
             opt_state=tx.init(params),
             rng=jax.random.key_data(jax.random.key(seed)),
             extras={} if extras is None else extras,
+            bad_steps=jnp.zeros((), jnp.int32),
         )
 
 
@@ -98,7 +101,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, n_micro: 
     """Pure ``step(state, batch, frozen) -> (state, metrics)``; jit it with explicit shardings.
 
     Metrics: the loss function's own (weight-averaged), plus ``loss``, ``grad_norm``, ``lr``
-    and ``weight`` (the total weight, e.g. the number of loss tokens).
+    and ``skipped`` (1 when a non-finite loss or gradient made the step skip its update).
     """
 
     def step(state: TrainState, batch, frozen):
@@ -108,11 +111,19 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, n_micro: 
                                                 jax.random.fold_in(sub, state.step), state.extras, n_micro)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, grad_norm=_global_norm(grads))
+        grad_norm = _global_norm(grads)
+        # Non-finite guard: a NaN/Inf loss or gradient skips the update (params, optimizer
+        # state and extras stay as they were), so a checkpoint never holds non-finite values.
+        ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+        new_extras = keep(new_extras, state.extras)
+        metrics = dict(metrics, grad_norm=grad_norm, skipped=1.0 - ok.astype(jnp.float32))
         if schedule is not None:
             metrics["lr"] = schedule(state.step)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                  rng=jax.random.key_data(key), extras=new_extras)
+                                  rng=jax.random.key_data(key), extras=new_extras,
+                                  bad_steps=jnp.where(ok, 0, state.bad_steps + 1))
         return new_state, metrics
 
     return step

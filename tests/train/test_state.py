@@ -74,3 +74,20 @@ def test_rng_advances_deterministically():
     assert a == b  # same seed, same draws
     assert len(set(a)) == 3  # a new key every step
     assert a != c
+
+
+def test_nonfinite_step_is_skipped():
+    def loss(params, batch, frozen, rng, extras):
+        return jnp.sum(params["w"]) * batch["s"][0], (1.0, {}, extras)
+
+    tx = optax.sgd(0.5)
+    step = jax.jit(make_train_step(loss, tx, 1))
+    s0 = TrainState.create({"w": jnp.ones(2)}, tx, 0)
+    s1, m1 = step(s0, {"s": jnp.array([jnp.nan])}, None)
+    np.testing.assert_array_equal(s1.params["w"], [1.0, 1.0])  # update skipped
+    assert float(m1["skipped"]) == 1.0 and int(s1.bad_steps) == 1 and int(s1.step) == 1
+    s2, _ = step(s1, {"s": jnp.array([jnp.inf])}, None)
+    assert int(s2.bad_steps) == 2
+    s3, m3 = step(s2, {"s": jnp.array([1.0])}, None)
+    np.testing.assert_allclose(s3.params["w"], [0.5, 0.5])
+    assert float(m3["skipped"]) == 0.0 and int(s3.bad_steps) == 0
