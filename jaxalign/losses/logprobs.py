@@ -1,0 +1,265 @@
+"""Token log-probabilities, masked statistics and entropy.
+
+Conventions (DESIGN.md, "Conventions that prevent the classic RLHF bugs"):
+
+* The log-prob of token ``t`` comes from the logits at ``t - 1``.
+  :func:`shifted_token_logprobs` returns an array **aligned with** ``input_ids``
+  (shape ``[B, S]``, position 0 is 0 because nothing predicts the first token), so that
+  the same completion mask that marks tokens in ``input_ids`` selects their log-probs,
+  with no second, shifted mask to get wrong.
+* Masks are validity masks: any non-zero entry counts as a real token. Masked positions
+  are removed with ``jnp.where`` rather than multiplied by 0, so a NaN or Inf at a padded
+  position cannot leak into a sum or its gradient.
+* Log-probs are computed and returned in float32 (float64 if the logits are float64),
+  whatever the logits' dtype.
+
+Memory: ``log p = x[target] - logsumexp(x)`` needs only a gather and two reductions over
+the vocabulary, which XLA fuses with the dtype conversion and the temperature division, so
+no float32 ``[B, S, V]`` copy of the logits is written (``log_softmax`` followed by a gather
+would write one). ``chunk_size`` additionally walks the sequence in chunks with
+``lax.map``, bounding any intermediate that a backend does not fuse to ``[B, chunk, V]``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import chex
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+
+
+def _compute_dtype(dtype) -> jnp.dtype:
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _scaled(logits: Array, temperature) -> Array:
+    x = logits.astype(_compute_dtype(logits.dtype))
+    # Skipping the division keeps eager (un-jitted) calls from writing a scaled copy.
+    if isinstance(temperature, (int, float)) and temperature == 1.0:
+        return x
+    return x / jnp.asarray(temperature, x.dtype)
+
+
+def _max_shift(x: Array) -> Array:
+    m = lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+    return jnp.where(jnp.isfinite(m), m, 0.0)
+
+
+def _plain_logprobs(logits: Array, targets: Array, temperature) -> Array:
+    x = _scaled(logits, temperature)
+    m = _max_shift(x)
+    # (x_t - m) - log Σ exp(x - m) rather than x_t - logsumexp(x): subtracting the max first
+    # is exact for nearby values, whereas x_t - lse loses the last bits when |x| is large.
+    picked = jnp.take_along_axis(x, targets[..., None].astype(jnp.int32), axis=-1) - m
+    return (picked - jnp.log(jnp.sum(jnp.exp(x - m), axis=-1, keepdims=True)))[..., 0]
+
+
+def _plain_entropy(logits: Array, temperature) -> Array:
+    x = _scaled(logits, temperature)
+    z = x - _max_shift(x)
+    lse = jnp.log(jnp.sum(jnp.exp(z), axis=-1, keepdims=True))
+    # H = lse - Σ_v p_v z_v (shift-invariant); the softmax p is never stored.
+    return lse[..., 0] - jnp.sum(jnp.exp(z - lse) * z, axis=-1)
+
+
+def _map_over_sequence(fn: Callable, logits: Array, extra: Array | None, chunk_size: int) -> Array:
+    """Applies ``fn`` to sequence chunks of ``logits`` (axis -2) with ``lax.map``."""
+    seq = logits.shape[-2]
+    n_full, rem = divmod(seq, chunk_size)
+
+    def body(i):
+        start = i * chunk_size
+        lg = lax.dynamic_slice_in_dim(logits, start, chunk_size, axis=logits.ndim - 2)
+        if extra is None:
+            return fn(lg)
+        ex = lax.dynamic_slice_in_dim(extra, start, chunk_size, axis=extra.ndim - 1)
+        return fn(lg, ex)
+
+    parts = []
+    if n_full:
+        out = lax.map(body, jnp.arange(n_full))  # [n, ..., chunk]
+        out = jnp.moveaxis(out, 0, -2)
+        parts.append(out.reshape(*out.shape[:-2], n_full * chunk_size))
+    if rem:
+        # A ragged tail gets one static slice instead of padding the logits (a full copy).
+        tail = logits[..., n_full * chunk_size:, :]
+        parts.append(fn(tail) if extra is None else fn(tail, extra[..., n_full * chunk_size:]))
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+
+
+def token_logprobs(
+    logits: Array,
+    targets: Array,
+    *,
+    temperature: float | Array = 1.0,
+    chunk_size: int | None = None,
+) -> Array:
+    """Log-probabilities of already-aligned targets.
+
+    ``out[..., s] = log softmax(logits[..., s, :] / T)[targets[..., s]]
+                 = logits[..., s, t] / T - logsumexp(logits[..., s, :] / T)``.
+
+    PPO log-probs are taken at the sampling temperature ``T`` (Ziegler et al. 2019,
+    arXiv:1909.08593; MOSS-RLHF arXiv:2307.04964).
+
+    Args:
+      logits: ``[..., S, V]`` float logits (any float dtype).
+      targets: ``[..., S]`` integer token ids, ``logits[..., s, :]`` predicts ``targets[..., s]``.
+      temperature: sampling temperature ``T > 0`` (Python float or scalar array).
+      chunk_size: if set, compute over sequence chunks of this size with ``lax.map``;
+        the numbers are the same as the plain path.
+
+    Returns:
+      ``[..., S]`` log-probs in float32 (float64 for float64 logits).
+    """
+    chex.assert_rank(logits, targets.ndim + 1)
+    chex.assert_type(targets, int)
+    chex.assert_equal_shape_prefix([logits, targets], targets.ndim)
+    if chunk_size is None or chunk_size >= logits.shape[-2]:
+        return _plain_logprobs(logits, targets, temperature)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return _map_over_sequence(
+        lambda lg, tg: _plain_logprobs(lg, tg, temperature), logits, targets, chunk_size)
+
+
+def shift_right(x: Array, fill=0) -> Array:
+    """``out[..., 0] = fill``, ``out[..., t] = x[..., t - 1]`` (moves predictions onto tokens)."""
+    pad = jnp.full(x.shape[:-1] + (1,), fill, x.dtype)
+    return jnp.concatenate([pad, x[..., :-1]], axis=-1)
+
+
+def shifted_token_logprobs(
+    logits: Array,
+    input_ids: Array,
+    *,
+    temperature: float | Array = 1.0,
+    chunk_size: int | None = None,
+) -> Array:
+    """Per-token log-probs of a sequence under a causal LM, aligned with ``input_ids``.
+
+    ``out[b, t] = log softmax(logits[b, t-1] / T)[input_ids[b, t]]`` for ``t >= 1`` and
+    ``out[b, 0] = 0`` (the first token has no prediction). Because ``out`` is aligned with
+    ``input_ids``, a completion mask over ``input_ids`` applies to it unchanged; position 0
+    is never a completion token. The logits at the last position predict nothing and are
+    unused. Equivalent to TRL's ``get_batch_logps`` (``labels[:, 1:]`` vs ``logits[:, :-1]``)
+    with a zero column prepended.
+
+    Args:
+      logits: ``[B, S, V]`` logits of the model run on ``input_ids``.
+      input_ids: ``[B, S]`` integer token ids.
+      temperature: sampling temperature; PPO's old/new/ref log-probs use the same ``T``.
+      chunk_size: optional sequence chunk size (same numbers, bounded intermediates).
+
+    Returns:
+      ``[B, S]`` float32 log-probs, 0 at position 0.
+    """
+    chex.assert_rank([logits, input_ids], [3, 2])
+    chex.assert_type(input_ids, int)
+    chex.assert_equal_shape_prefix([logits, input_ids], 2)
+    # Targets shifted left instead of slicing logits[:, :-1], which would copy the logits
+    # when not jitted; the last position's prediction (of a dummy target 0) is dropped.
+    next_ids = jnp.concatenate([input_ids[:, 1:], jnp.zeros_like(input_ids[:, :1])], axis=1)
+    lp = token_logprobs(logits, next_ids, temperature=temperature, chunk_size=chunk_size)
+    return shift_right(lp)
+
+
+def entropy_from_logits(
+    logits: Array,
+    *,
+    temperature: float | Array = 1.0,
+    chunk_size: int | None = None,
+    shifted: bool = False,
+) -> Array:
+    """Entropy of the next-token distribution, ``H = logsumexp(x) - Σ_v softmax(x)_v x_v``
+    with ``x = logits / T``.
+
+    Args:
+      logits: ``[..., S, V]`` logits.
+      temperature: sampling temperature.
+      chunk_size: optional sequence chunk size (same numbers).
+      shifted: if True, align with the tokens like :func:`shifted_token_logprobs`
+        (``out[..., t]`` is the entropy of the distribution that produced token ``t``;
+        ``out[..., 0] = 0``).
+
+    Returns:
+      ``[..., S]`` float32 entropies in nats.
+    """
+    chex.assert_rank(logits, {2, 3, 4})
+    if chunk_size is None or chunk_size >= logits.shape[-2]:
+        ent = _plain_entropy(logits, temperature)
+    else:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        ent = _map_over_sequence(lambda lg: _plain_entropy(lg, temperature), logits, None, chunk_size)
+    return shift_right(ent) if shifted else ent
+
+
+def _valid(mask: Array) -> Array:
+    return mask.astype(bool)
+
+
+def masked_sum(x: Array, mask: Array, axis=None) -> Array:
+    """``Σ_{mask} x`` over ``axis`` (all axes if None). Masked entries are dropped with
+    ``where``, so non-finite padding cannot leak."""
+    chex.assert_equal_shape([x, mask])
+    return jnp.sum(jnp.where(_valid(mask), x, 0), axis=axis)
+
+
+def masked_count(mask: Array, axis=None) -> Array:
+    """Number of valid entries (float32)."""
+    return jnp.sum(_valid(mask), axis=axis).astype(jnp.float32)
+
+
+def masked_mean(x: Array, mask: Array, axis=None) -> Array:
+    """``Σ_{mask} x / max(Σ mask, 1)``; an empty mask gives 0, not NaN."""
+    return masked_sum(x, mask, axis) / jnp.maximum(masked_count(mask, axis), 1.0)
+
+
+def masked_var(x: Array, mask: Array, *, unbiased: bool = True) -> Array:
+    """Variance of the valid entries (over all axes).
+
+    ``Σ_{mask} (x - μ)^2 / (n - 1)`` when ``unbiased`` (Bessel, as TRL/trlx ``masked_var``),
+    else ``/ n``. Fewer than 2 (or 1) valid entries give 0.
+    """
+    mean = masked_mean(x, mask)
+    sq = masked_sum(jnp.square(x - mean), mask)
+    n = masked_count(mask)
+    denom = n - 1.0 if unbiased else n
+    return jnp.where(denom > 0, sq / jnp.maximum(denom, 1.0), 0.0)
+
+
+def masked_whiten(x: Array, mask: Array, *, shift_mean: bool = True, eps: float = 1e-8) -> Array:
+    """Whitening over the valid entries: ``(x - μ) / sqrt(σ² + eps)`` (+ μ if not
+    ``shift_mean``), with μ, σ² the masked mean and unbiased variance. Masked entries are 0.
+
+    Used for PPO advantage whitening (vanilla PPO preset; PPO-max, arXiv:2307.04964, does
+    not whiten advantages on top of score normalisation).
+    """
+    mean = masked_mean(x, mask)
+    var = masked_var(x, mask, unbiased=True)
+    out = (x - mean) * lax.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return jnp.where(_valid(mask), out, 0.0)
+
+
+def sequence_logprobs(token_logps: Array, mask: Array, *, average: bool = False) -> Array:
+    """Per-sequence log-prob ``Σ_t mask_t logp_t`` (DPO, RM), or the per-token average
+    ``Σ_t mask_t logp_t / Σ_t mask_t`` (IPO, SimPO) when ``average``.
+
+    Args:
+      token_logps: ``[B, S]`` per-token log-probs (e.g. from :func:`shifted_token_logprobs`).
+      mask: ``[B, S]`` completion mask aligned with the same tokens.
+
+    Returns:
+      ``[B]`` sums or means.
+    """
+    chex.assert_rank(token_logps, 2)
+    if average:
+        return masked_mean(token_logps, mask, axis=-1)
+    return masked_sum(token_logps, mask, axis=-1)
