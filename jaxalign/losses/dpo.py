@@ -147,7 +147,7 @@ def dpo_loss(
     if rpo_alpha is not None:
         types, weights = types + ("sft",), weights + (rpo_alpha,)
 
-    pw, pl = policy_chosen_logps, policy_rejected_logps
+    pw, pl = jnp.asarray(policy_chosen_logps), jnp.asarray(policy_rejected_logps)
     chex.assert_rank([pw, pl], 1)
     chex.assert_equal_shape([pw, pl])
     chex.assert_type([pw, pl], float)
@@ -158,7 +158,7 @@ def dpo_loss(
                              "unless reference_free=True")
         rw, rl = jnp.zeros_like(pw), jnp.zeros_like(pl)
     else:
-        rw, rl = ref_chosen_logps, ref_rejected_logps
+        rw, rl = jnp.asarray(ref_chosen_logps), jnp.asarray(ref_rejected_logps)
         chex.assert_equal_shape([pw, rw, rl])
     if _NEEDS_LENGTHS & set(types) and (chosen_lengths is None or rejected_lengths is None):
         raise ValueError(f"loss types {sorted(_NEEDS_LENGTHS & set(types))} need "

@@ -22,7 +22,7 @@ SCALES = ("group", "batch", "none")
 def _prep(rewards: Array, mask: Array | None) -> tuple[Array, Array]:
     chex.assert_rank(rewards, 2)
     chex.assert_type(rewards, float)
-    mask = jnp.ones(rewards.shape, bool) if mask is None else mask.astype(bool)
+    mask = jnp.ones(rewards.shape, bool) if mask is None else jnp.asarray(mask, bool)
     chex.assert_equal_shape([rewards, mask])
     return jnp.where(mask, rewards, 0.0), mask
 

@@ -35,7 +35,7 @@ def ift_predicted_ids(pass1_logits: Array, input_ids: Array, completion_mask: Ar
     chex.assert_equal_shape_prefix([pass1_logits, input_ids], 2)
     pred = jnp.argmax(pass1_logits, axis=-1).astype(input_ids.dtype)
     pred = shift_right(pred)
-    replace = completion_mask.astype(bool).at[:, 0].set(False)
+    replace = jnp.asarray(completion_mask, bool).at[:, 0].set(False)
     return jnp.where(replace, pred, input_ids)
 
 

@@ -78,7 +78,7 @@ def ranking_accuracy(rewards: Array, mask: Array | None = None) -> dict[str, Arr
     reward among its valid responses (strictly).
     """
     chex.assert_rank(rewards, 2)
-    mask = jnp.ones(rewards.shape, bool) if mask is None else mask.astype(bool)
+    mask = jnp.ones(rewards.shape, bool) if mask is None else jnp.asarray(mask, bool)
     chex.assert_equal_shape([rewards, mask])
     pairs = _valid_pairs(mask)
     correct = rewards[:, :, None] > rewards[:, None, :]
@@ -110,8 +110,9 @@ def kwise_pairwise_loss(
     """
     chex.assert_rank(rewards, 2)
     chex.assert_type(rewards, float)
-    mask = jnp.ones(rewards.shape, bool) if mask is None else mask.astype(bool)
+    mask = jnp.ones(rewards.shape, bool) if mask is None else jnp.asarray(mask, bool)
     chex.assert_equal_shape([rewards, mask])
+    rewards = jnp.where(mask, rewards, 0.0)
     pairs = _valid_pairs(mask)
     diff = rewards[:, :, None] - rewards[:, None, :]
     terms = jnp.where(pairs, -jax.nn.log_sigmoid(jnp.where(pairs, diff, 0.0)), 0.0)
@@ -141,8 +142,10 @@ def plackett_luce_loss(
     """
     chex.assert_rank(rewards, 2)
     chex.assert_type(rewards, float)
-    mask = jnp.ones(rewards.shape, bool) if mask is None else mask.astype(bool)
+    mask = jnp.ones(rewards.shape, bool) if mask is None else jnp.asarray(mask, bool)
     chex.assert_equal_shape([rewards, mask])
+    # Padding values never reach a logsumexp, so NaN/Inf padding cannot poison gradients.
+    rewards = jnp.where(mask, rewards, 0.0)
     k = rewards.shape[-1]
     suffix = jnp.triu(jnp.ones((k, k), bool))  # suffix[k, j] = j >= k
     in_suffix = suffix[None] & mask[:, None, :]

@@ -94,7 +94,7 @@ def sft_loss(
     chex.assert_equal_shape([input_ids, loss_mask])
     logps = shifted_token_logprobs(logits, input_ids, chunk_size=chunk_size)
     # Position 0 has no prediction; exclude it even if a caller marked it.
-    mask = loss_mask.astype(bool).at[:, 0].set(False)
+    mask = jnp.asarray(loss_mask, bool).at[:, 0].set(False)
     return nll_loss(logps, mask, aggregation=aggregation, normalizer=normalizer)
 
 
