@@ -93,25 +93,25 @@ class RankingTest(chex.TestCase):
 
     def test_plackett_luce_hand_example(self):
         # r = (log 3, log 2, 0): -[log 3 - log 6] - [log 2 - log 3] = log 6 - log 2 = log 3
-        loss, _ = reward.plackett_luce_loss(jnp.log(jnp.array([[3.0, 2.0, 1.0]])))
+        loss, _ = jax.jit(reward.plackett_luce_loss)(np.log(np.array([[3.0, 2.0, 1.0]], np.float32)))
         np.testing.assert_allclose(loss, np.log(3.0), rtol=1e-6)
 
     def test_k2_identities(self):
         rng = np.random.default_rng(3)
         r = rng.standard_normal((7, 2)).astype(np.float32)
-        bt, _ = reward.pairwise_loss(r[:, 0], r[:, 1])
-        np.testing.assert_allclose(reward.kwise_pairwise_loss(r)[0], bt, rtol=1e-6)
-        np.testing.assert_allclose(reward.plackett_luce_loss(r)[0], bt, rtol=1e-6)
+        bt, _ = jax.jit(reward.pairwise_loss)(r[:, 0], r[:, 1])
+        np.testing.assert_allclose(jax.jit(reward.kwise_pairwise_loss)(r)[0], bt, rtol=1e-6)
+        np.testing.assert_allclose(jax.jit(reward.plackett_luce_loss)(r)[0], bt, rtol=1e-6)
 
     def test_padding_invariance(self):
         bad = np.where(self.mask.astype(bool), self.r, np.nan).astype(np.float32)
         bad[1, 4] = np.inf
-        for f in (reward.kwise_pairwise_loss, reward.plackett_luce_loss):
+        for f in (jax.jit(reward.kwise_pairwise_loss), jax.jit(reward.plackett_luce_loss)):
             a, ma = f(self.r, self.mask)
             b, mb = f(bad, self.mask)
             np.testing.assert_allclose(b, a, rtol=1e-6)
             chex.assert_trees_all_close(ma, mb)
-            g = jax.grad(lambda x: f(x, self.mask)[0])(jnp.asarray(bad))
+            g = jax.jit(jax.grad(lambda x: f(x, self.mask)[0]))(jnp.asarray(bad))
             self.assertTrue(np.all(np.isfinite(g)))
             np.testing.assert_array_equal(np.asarray(g)[~self.mask.astype(bool)], 0.0)
 
@@ -124,7 +124,7 @@ class RankingTest(chex.TestCase):
     def test_accuracy_metrics_by_hand(self):
         r = jnp.array([[3.0, 1.0, 2.0], [0.0, 1.0, 5.0]])
         m = jnp.array([[1, 1, 1], [1, 1, 0]])
-        acc = reward.ranking_accuracy(r, m)
+        acc = jax.jit(reward.ranking_accuracy)(r, m)
         # pairs: row 0 (3>1 yes, 3>2 yes, 1>2 no), row 1 (0>1 no) -> 2/4; top1: row 0 yes, row 1 no
         np.testing.assert_allclose(acc["pair_accuracy"], 0.5)
         np.testing.assert_allclose(acc["top1_accuracy"], 0.5)
@@ -132,5 +132,5 @@ class RankingTest(chex.TestCase):
                                                               jnp.array([0.0, 0.0, 3.0])), 1 / 3)
 
     def test_vmap_over_prompts(self):
-        per = jax.vmap(lambda r: reward.plackett_luce_loss(r[None])[0])(jnp.asarray(self.r))
-        np.testing.assert_allclose(per.mean(), reward.plackett_luce_loss(self.r)[0], rtol=1e-6)
+        per = jax.jit(jax.vmap(lambda r: reward.plackett_luce_loss(r[None])[0]))(jnp.asarray(self.r))
+        np.testing.assert_allclose(per.mean(), jax.jit(reward.plackett_luce_loss)(self.r)[0], rtol=1e-6)

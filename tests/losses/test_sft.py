@@ -94,19 +94,21 @@ class SFTLossTest(chex.TestCase):
         def f(lg, i, m):
             return sft.sft_loss(lg, i, m)
 
-        (full, _), g_full = jax.value_and_grad(f, has_aux=True)(logits, ids, mask)
+        vg = jax.jit(jax.value_and_grad(f, has_aux=True))
+        (full, _), g_full = vg(logits, ids, mask)
         parts = [(slice(0, 1)), slice(1, 3)]
         tot = sum(float(mask[p].sum()) for p in parts)
         acc, acc_g = 0.0, np.zeros_like(logits)
         for p in parts:
-            (l, m), g = jax.value_and_grad(f, has_aux=True)(logits[p], ids[p], mask[p])
+            (l, m), g = vg(logits[p], ids[p], mask[p])
             acc += float(l) * float(m["num_tokens"]) / tot
             acc_g[p] = np.asarray(g) * float(m["num_tokens"]) / tot
         np.testing.assert_allclose(acc, full, rtol=1e-6)
         np.testing.assert_allclose(acc_g, g_full, atol=1e-7)
         # A known global normalizer gives the same without reweighting.
-        l0, _ = sft.sft_loss(logits[:1], ids[:1], mask[:1], normalizer=tot)
-        l1, _ = sft.sft_loss(logits[1:], ids[1:], mask[1:], normalizer=tot)
+        f_norm = jax.jit(partial(sft.sft_loss, normalizer=tot))
+        l0, _ = f_norm(logits[:1], ids[:1], mask[:1])
+        l1, _ = f_norm(logits[1:], ids[1:], mask[1:])
         np.testing.assert_allclose(l0 + l1, full, rtol=1e-6)
 
     def test_nll_loss_empty_mask(self):
