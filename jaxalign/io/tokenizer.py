@@ -1,0 +1,172 @@
+"""Tokenizers from a Hugging Face directory or a GGUF file, chat templates, and EOS ids.
+
+A GGUF carries no ``tokenizer.json``: its vocabulary, merges, special-token ids and chat template
+are metadata under llama.cpp's key names. transformers can turn those into a fast tokenizer
+(``AutoTokenizer.from_pretrained(dir, gguf_file=...)``), but its GGUF reader imports torch.
+Here the metadata is read with ``gguf.GGUFReader`` and handed to the torch-free half of
+transformers' converter (``convert_gguf_tokenizer``), which gives the same tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from jaxalign.errors import JaxalignError
+from jaxalign.io.paths import resolve_model_path
+
+# Name of the special token -> llama.cpp metadata key of its id (as transformers maps them).
+_SPECIAL_TOKEN_IDS = {
+    "bos_token": "tokenizer.ggml.bos_token_id",
+    "eos_token": "tokenizer.ggml.eos_token_id",
+    "unk_token": "tokenizer.ggml.unknown_token_id",
+    "pad_token": "tokenizer.ggml.padding_token_id",
+}
+
+# Tokens llama.cpp treats as end-of-generation when a vocabulary has them (llama-vocab.cpp):
+# chat models end a turn with one of these rather than with the tokenizer's eos_token.
+_END_OF_GENERATION = (
+    "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|end|>",
+    "<end_of_turn>", "<|return|>", "<|call|>", "<EOT>", "</s>",
+)
+
+
+def load_tokenizer(path):
+    """Load a tokenizer (a ``transformers.PreTrainedTokenizerFast``).
+
+    Args:
+      path: a Hugging Face model/tokenizer directory (read with ``AutoTokenizer``, local files
+        only, no remote code), a ``.gguf`` file (built without torch), or an alias such as
+        ``"smollm2-135m-instruct"``.
+    Raises:
+      JaxalignError: the path does not exist, or holds no usable tokenizer.
+    """
+    p = resolve_model_path(path)
+    if p.is_dir():
+        return _hf_tokenizer(p)
+    if p.is_file() and (p.suffix == ".gguf" or _has_gguf_magic(p)):
+        return gguf_tokenizer(p)
+    if not p.exists():
+        raise JaxalignError(f"{path}: no such file or directory")
+    raise JaxalignError(f"{path}: not a Hugging Face directory or a .gguf file")
+
+
+def _has_gguf_magic(p: Path) -> bool:
+    with open(p, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def _hf_tokenizer(p: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(p), trust_remote_code=False, local_files_only=True)
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise JaxalignError(f"{p}: cannot load a tokenizer from this directory ({msg})") from None
+
+
+def _gguf_converter():
+    """transformers' torch-free GGUF tokenizer pieces: (metadata key map, converter)."""
+    try:  # transformers >= 5.x with the integrations.gguf package
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+            GGUF_TOKENIZER_MAPPING,
+            convert_gguf_tokenizer,
+        )
+    except ImportError:  # transformers 5.0-era layout
+        from transformers.integrations.ggml import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+    return GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+
+
+def gguf_tokenizer(path):
+    """A ``PreTrainedTokenizerFast`` from a GGUF file's metadata, without importing torch.
+
+    Mirrors ``transformers``' own GGUF tokenizer loading: the same metadata mapping, the same
+    ``convert_gguf_tokenizer``, the chat template from ``tokenizer.chat_template``, and
+    bos/eos/unk/pad named after the tokens at the file's ids.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    from jaxalign.io.gguf import gguf_value, open_gguf
+
+    path = Path(path)
+    reader = open_gguf(path)
+    mapping, convert = _gguf_converter()
+    groups = {}
+    for group in ("tokenizer", "tokenizer_config"):
+        groups[group] = {}
+        for key, name in mapping[group].items():
+            value = gguf_value(reader, f"tokenizer.{key}", None, path)
+            if value is not None:
+                groups[group][name] = value
+    tokenizer_dict, config = groups["tokenizer"], groups["tokenizer_config"]
+    tokens = tokenizer_dict.get("tokens")
+    if not tokens:
+        raise JaxalignError(f"{path}: GGUF file has no tokenizer (metadata 'tokenizer.ggml.tokens' is missing)")
+    if tokenizer_dict.get("tokenizer_type") == "llama":
+        # llama.cpp adds BOS to a sentencepiece vocabulary unless the file says otherwise.
+        config.setdefault("add_bos_token", True)
+    architecture = gguf_value(reader, "general.architecture", "llama", path)
+    try:
+        backend, extra = convert(architecture, tokenizer_dict)
+    except (ValueError, KeyError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise JaxalignError(f"{path}: cannot build a tokenizer from this GGUF ({msg})") from None
+    config.update(extra or {})
+    # The file's ids name the special tokens, and win over a converter's guesses (transformers
+    # 5.0's Llama converter swaps bos and eos).
+    for name, key in _SPECIAL_TOKEN_IDS.items():
+        token_id = gguf_value(reader, key, None, path)
+        if token_id is not None and not 0 <= token_id < len(tokens):
+            raise JaxalignError(f"{path}: GGUF metadata '{key}'={token_id} is outside the vocabulary")
+        config[name] = tokens[token_id] if token_id is not None else None
+    # Ids and the tokenizer's model name are config, not tokenizer arguments (transformers 5.0 maps them).
+    for stale in ("bos_token_id", "eos_token_id", "unk_token_id", "pad_token_id", "model_type"):
+        config.pop(stale, None)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, name_or_path=str(path), **config)
+
+
+def apply_chat_template(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = True,
+                        **template_kwargs) -> list[int]:
+    """Token ids of ``messages`` (``[{"role", "content"}, ...]``) rendered with the chat template.
+
+    The text is rendered first and then encoded without adding special tokens, so a template
+    that writes its own BOS does not get a second one (what ``apply_chat_template(tokenize=True)``
+    does too).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise JaxalignError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template")
+    text = tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt, **template_kwargs
+    )
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def eos_token_ids(tokenizer) -> list[int]:
+    """Every token id that should end generation, the tokenizer's ``eos_token_id`` first.
+
+    Adds the ids of ``generation_config.json`` (when the tokenizer came from a HF directory that has
+    one) and of the end-of-turn tokens llama.cpp recognises (``<|im_end|>``, ``<|endoftext|>``,
+    ``<|eot_id|>``, ...) that the vocabulary defines as special or added tokens.
+    """
+    ids: list[int] = []
+
+    def add(i):
+        if isinstance(i, int) and i >= 0 and i not in ids:
+            ids.append(i)
+
+    add(tokenizer.eos_token_id)
+    gen_config = Path(str(getattr(tokenizer, "name_or_path", "") or "")) / "generation_config.json"
+    if gen_config.is_file():
+        try:
+            eos = json.loads(gen_config.read_text()).get("eos_token_id")
+        except (json.JSONDecodeError, AttributeError):
+            eos = None
+        for i in eos if isinstance(eos, list) else [eos]:
+            add(i)
+    added = {str(tok): i for i, tok in tokenizer.added_tokens_decoder.items()}
+    for token in _END_OF_GENERATION:
+        if token in added:
+            add(added[token])
+    return ids
