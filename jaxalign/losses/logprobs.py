@@ -13,15 +13,22 @@ Conventions (DESIGN.md, "Conventions that prevent the classic RLHF bugs"):
 * Log-probs are computed and returned in float32 (float64 if the logits are float64),
   whatever the logits' dtype.
 
-Memory: ``log p = x[target] - logsumexp(x)`` needs only a gather and two reductions over
-the vocabulary, which XLA fuses with the dtype conversion and the temperature division, so
-no float32 ``[B, S, V]`` copy of the logits is written (``log_softmax`` followed by a gather
-would write one). ``chunk_size`` additionally walks the sequence in chunks with
-``lax.map``, bounding any intermediate that a backend does not fuse to ``[B, chunk, V]``.
+Memory: ``log p = (x_t − m) − log Σ_v exp(x_v − m)`` (``m`` the row max) needs one gather
+and two reductions over the vocabulary. Under ``jit`` XLA fuses them with the temperature
+division (and, on a GPU, the dtype conversion), so no ``[B, S, V]`` float32 copy of the logits is
+written (``log_softmax`` followed by a gather writes one). ``chunk_size`` walks the sequence
+with ``lax.map`` and has a custom VJP that recomputes each chunk in the backward pass and
+writes its gradient in place, bounding intermediates by ``[B, chunk, V]`` in both
+directions. It pays off where the plain path is not fused: un-jitted calls, the entropy's
+backward pass, and XLA:CPU, whose YNNPACK reductions allocate scratch proportional to their
+input outside XLA's buffer accounting. On a GPU under ``jit`` the plain path is already
+minimal and the faster one. XLA:CPU widens bfloat16 arrays to float32 by itself, so bf16
+logits on a CPU cost one float32 copy on either path. Numbers: ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import chex
@@ -66,29 +73,86 @@ def _plain_entropy(logits: Array, temperature) -> Array:
     return lse[..., 0] - jnp.sum(jnp.exp(z - lse) * z, axis=-1)
 
 
-def _map_over_sequence(fn: Callable, logits: Array, extra: Array | None, chunk_size: int) -> Array:
-    """Applies ``fn`` to sequence chunks of ``logits`` (axis -2) with ``lax.map``."""
+def _entropy_chunk(logits: Array, _, temperature) -> Array:
+    return _plain_entropy(logits, temperature)
+
+
+def _chunk(x: Array, start, size: int, axis: int) -> Array:
+    return lax.dynamic_slice_in_dim(x, start, size, axis=axis % x.ndim)
+
+
+def _chunked_forward(fn: Callable, chunk: int, logits: Array, extra, temperature) -> Array:
     seq = logits.shape[-2]
-    n_full, rem = divmod(seq, chunk_size)
+    n_full, rem = divmod(seq, chunk)
 
     def body(i):
-        start = i * chunk_size
-        lg = lax.dynamic_slice_in_dim(logits, start, chunk_size, axis=logits.ndim - 2)
-        if extra is None:
-            return fn(lg)
-        ex = lax.dynamic_slice_in_dim(extra, start, chunk_size, axis=extra.ndim - 1)
-        return fn(lg, ex)
+        start = i * chunk
+        ex = None if extra is None else _chunk(extra, start, chunk, -1)
+        return fn(_chunk(logits, start, chunk, -2), ex, temperature)
 
     parts = []
     if n_full:
         out = lax.map(body, jnp.arange(n_full))  # [n, ..., chunk]
         out = jnp.moveaxis(out, 0, -2)
-        parts.append(out.reshape(*out.shape[:-2], n_full * chunk_size))
+        parts.append(out.reshape(*out.shape[:-2], n_full * chunk))
     if rem:
         # A ragged tail gets one static slice instead of padding the logits (a full copy).
-        tail = logits[..., n_full * chunk_size:, :]
-        parts.append(fn(tail) if extra is None else fn(tail, extra[..., n_full * chunk_size:]))
+        ex = None if extra is None else extra[..., n_full * chunk:]
+        parts.append(fn(logits[..., n_full * chunk:, :], ex, temperature))
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+
+
+# Differentiating lax.map over slices of a closed-over array makes JAX accumulate the
+# gradient in a zero-initialised carry and then copy it out, about twice the logits' size
+# on top of the gradient itself (measured: 1.9 GiB of XLA temporaries for 8x1024x49152).
+# The custom VJP recomputes each chunk's forward and writes its gradient in place instead.
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _chunked(fn: Callable, chunk: int, logits: Array, extra, temperature: Array) -> Array:
+    return _chunked_forward(fn, chunk, logits, extra, temperature)
+
+
+def _chunked_fwd(fn, chunk, logits, extra, temperature):
+    return _chunked_forward(fn, chunk, logits, extra, temperature), (logits, extra, temperature)
+
+
+def _chunked_bwd(fn, chunk, residuals, g):
+    logits, extra, temperature = residuals
+    seq = logits.shape[-2]
+    n_full, rem = divmod(seq, chunk)
+
+    def chunk_vjp(lg, ex, g_chunk):
+        _, vjp = jax.vjp(lambda l, t: fn(l, ex, t), lg, temperature)
+        return vjp(g_chunk)
+
+    def body(i, carry):
+        d_logits, d_temp = carry
+        start = i * chunk
+        ex = None if extra is None else _chunk(extra, start, chunk, -1)
+        dl, dt = chunk_vjp(_chunk(logits, start, chunk, -2), ex, _chunk(g, start, chunk, -1))
+        d_logits = lax.dynamic_update_slice_in_dim(d_logits, dl, start, axis=logits.ndim - 2)
+        return d_logits, d_temp + dt
+
+    carry = (jnp.zeros_like(logits), jnp.zeros_like(temperature))
+    d_logits, d_temp = lax.fori_loop(0, n_full, body, carry)
+    if rem:
+        start = n_full * chunk
+        ex = None if extra is None else extra[..., start:]
+        dl, dt = chunk_vjp(logits[..., start:, :], ex, g[..., start:])
+        d_logits = lax.dynamic_update_slice_in_dim(d_logits, dl, start, axis=logits.ndim - 2)
+        d_temp = d_temp + dt
+    return d_logits, None, d_temp
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+def _map_over_sequence(fn: Callable, logits: Array, extra, temperature, chunk_size: int) -> Array:
+    """``fn(logits_chunk, extra_chunk, T)`` over sequence chunks (axis -2) with ``lax.map``;
+    reverse-mode only (a custom VJP, so ``jax.jvp`` is not supported on this path)."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    t = jnp.asarray(temperature, _compute_dtype(logits.dtype))
+    return _chunked(fn, chunk_size, logits, extra, t)
 
 
 def token_logprobs(
@@ -111,7 +175,8 @@ def token_logprobs(
       targets: ``[..., S]`` integer token ids, ``logits[..., s, :]`` predicts ``targets[..., s]``.
       temperature: sampling temperature ``T > 0`` (Python float or scalar array).
       chunk_size: if set, compute over sequence chunks of this size with ``lax.map``;
-        the numbers are the same as the plain path.
+        the numbers are the same as the plain path (up to float32 summation order).
+        Reverse-mode differentiable (custom VJP); ``jax.jvp`` is not supported on it.
 
     Returns:
       ``[..., S]`` log-probs in float32 (float64 for float64 logits).
@@ -121,10 +186,7 @@ def token_logprobs(
     chex.assert_equal_shape_prefix([logits, targets], targets.ndim)
     if chunk_size is None or chunk_size >= logits.shape[-2]:
         return _plain_logprobs(logits, targets, temperature)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return _map_over_sequence(
-        lambda lg, tg: _plain_logprobs(lg, tg, temperature), logits, targets, chunk_size)
+    return _map_over_sequence(_plain_logprobs, logits, targets, temperature, chunk_size)
 
 
 def shift_right(x: Array, fill=0) -> Array:
@@ -193,9 +255,7 @@ def entropy_from_logits(
     if chunk_size is None or chunk_size >= logits.shape[-2]:
         ent = _plain_entropy(logits, temperature)
     else:
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        ent = _map_over_sequence(lambda lg: _plain_entropy(lg, temperature), logits, None, chunk_size)
+        ent = _map_over_sequence(_entropy_chunk, logits, None, temperature, chunk_size)
     return shift_right(ent) if shifted else ent
 
 
