@@ -97,6 +97,13 @@ class GGUFFile:
     def __init__(self, path, cache_size: int | None = None):
         self.path = resolve_model_path(path)
         self.reader = open_gguf(self.path)
+        arch = self.value("general.architecture")
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise JaxalignError(
+                f"GGUF architecture {arch!r} in {self.path} is not supported "
+                f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            )
+        self.gguf_architecture = arch
         self._infos = {}
         for t in self.reader.tensors:
             try:
@@ -124,13 +131,7 @@ class GGUFFile:
         return value
 
     def _build_config(self) -> dict:
-        arch = self.value("general.architecture")
-        if arch not in SUPPORTED_ARCHITECTURES:
-            raise JaxalignError(
-                f"GGUF architecture {arch!r} in {self.path} is not supported "
-                f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-            )
-        self.gguf_architecture = arch
+        arch = self.gguf_architecture
         name = f"{self.value('general.name', '')} {self.value('general.basename', '')}".lower()
         # llama.cpp converts Mistral models to the 'llama' architecture; only the name tells them apart.
         model_type = "mistral" if arch == "llama" and "mistral" in name else arch

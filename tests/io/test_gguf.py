@@ -196,6 +196,19 @@ def test_iterator_source_and_dtype(tmp_path):
     assert list(src._cache) == ["model.norm.weight"]  # cache bounded by cache_size
 
 
+def test_gguf_file_is_a_tensor_source_for_the_model_loader(tmp_path):
+    from jaxalign.io.params import iter_hf_tensors, load_causal_lm
+    from jaxalign.models.config import ModelConfig
+
+    hf = tiny_hf_tensors(tied=True)
+    src = GGUFFile(write_gguf(tmp_path / "t.gguf", hf))
+    model = load_causal_lm(ModelConfig.from_hf_dict(src.config), src, str(src.path))
+    back = dict(iter_hf_tensors(model))
+    assert set(back) == set(hf)
+    for k, v in hf.items():
+        np.testing.assert_array_equal(np.asarray(back[k]), v, err_msg=k)
+
+
 def test_config_loads_as_model_config(tmp_path):
     from jaxalign.models.config import ModelConfig
 
@@ -256,6 +269,7 @@ def test_unsupported_architecture(tmp_path, arch):
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(1)
     w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    w.add_tensor("blk.0.attn_qkv.weight", np.zeros((24, 8), np.float32))  # a fused, non-Llama tensor
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
