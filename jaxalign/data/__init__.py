@@ -1,1 +1,100 @@
-"""jaxalign.data."""
+"""jaxalign.data: dataset formats -> canonical examples -> token ids -> padded numpy batches.
+
+The pipeline, one function per stage::
+
+    rows = load_dataset_rows("data/train.jsonl")                      # datasets.Dataset / list
+    examples, n_skipped = to_examples(rows, "auto", "data/train.jsonl")
+    tokenized, n_dropped = tokenize_examples(examples, tokenizer, max_length=512,
+                                             max_prompt_length=256, prompt_overflow="truncate_left")
+    batches = BatchIterator(tokenized, 8, seed=0, pad_id=tokenizer.pad_token_id, buckets="pow2")
+
+or :func:`prepare_dataset` for the first three. Small shipped datasets and a tiny byte-level
+tokenizer (for tests, configs and demos) are found with :func:`shipped_path` and
+:func:`tiny_tokenizer_path`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+from pathlib import Path
+
+from jaxalign.data.batching import BatchIterator, batch_kind, bucket_length, collate, train_eval_split
+from jaxalign.data.formats import (
+    FORMATS,
+    LMExample,
+    PreferenceExample,
+    PromptCompletionExample,
+    PromptExample,
+    RankedExample,
+    check_rows,
+    detect_format,
+    example_format,
+    load_dataset_rows,
+    load_examples,
+    normalize_format,
+    to_examples,
+)
+from jaxalign.data.tokenize import Renderer, sequence_length, tokenize_example, tokenize_examples
+
+SHIPPED = ("sft_tiny.jsonl", "preference_tiny.jsonl", "ranked_tiny.jsonl", "prompts_tiny.jsonl")
+
+
+def shipped_path(name: str = "") -> Path:
+    """Path of a shipped file (``"sft_tiny.jsonl"``, ...), or of the shipped folder for ``""``."""
+    root = Path(str(importlib.resources.files("jaxalign.data") / "shipped"))
+    return root / name if name else root
+
+
+def tiny_tokenizer_path() -> Path:
+    """Directory of the tiny byte-level tokenizer (``AutoTokenizer.from_pretrained(it)`` works
+    offline): 260 tokens; ``<|endoftext|>`` 0, ``<|im_start|>`` 1, ``<|im_end|>`` 2 (EOS),
+    ``<|pad|>`` 3 (pad), byte ``b`` -> ``b + 4``; ChatML chat template."""
+    return shipped_path("tokenizer_tiny")
+
+
+@dataclasses.dataclass
+class DataStats:
+    """What :func:`prepare_dataset` kept and why it left rows out."""
+
+    source: str
+    format: str
+    rows: int
+    examples: int
+    skipped: int
+    dropped: int
+    skip_reasons: list
+
+
+def prepare_dataset(source, tokenizer, *, fmt: str = "auto", split: str = "train",
+                    max_length: int | None = 512, max_prompt_length: int | None = 256,
+                    prompt_overflow: str = "truncate_left", skip_invalid_rows: bool = False,
+                    prompt_template: str | None = None, add_eos: bool = True) -> tuple[list[dict], DataStats]:
+    """Load, validate and tokenise a dataset: ``(tokenized_examples, stats)``.
+
+    Keyword arguments mirror the ``data:`` config section; see :func:`to_examples` and
+    :func:`tokenize_example`. ``stats.skipped`` counts invalid rows (``skip_invalid_rows``),
+    ``stats.dropped`` prompts over ``max_prompt_length`` (``prompt_overflow="drop"``).
+    """
+    src = str(source)
+    examples, reasons = load_examples(source, fmt, split, skip_invalid_rows)
+    tokenized, dropped = tokenize_examples(
+        examples, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
+        prompt_overflow=prompt_overflow, prompt_template=prompt_template, add_eos=add_eos, source=src)
+    if not tokenized:
+        from jaxalign.errors import JaxalignError
+
+        raise JaxalignError(f"{src}: every example was dropped (prompts longer than max_prompt_length="
+                            f"{max_prompt_length}; prompt_overflow: drop)")
+    stats = DataStats(src, example_format(examples[0]), len(examples) + len(reasons), len(tokenized),
+                      len(reasons), dropped, reasons[:5])
+    return tokenized, stats
+
+
+__all__ = [
+    "FORMATS", "SHIPPED", "BatchIterator", "DataStats", "LMExample", "PreferenceExample",
+    "PromptCompletionExample", "PromptExample", "RankedExample", "Renderer", "batch_kind",
+    "bucket_length", "check_rows", "collate", "detect_format", "example_format", "load_dataset_rows",
+    "load_examples", "normalize_format", "prepare_dataset", "sequence_length", "shipped_path",
+    "tiny_tokenizer_path", "to_examples", "tokenize_example", "tokenize_examples", "train_eval_split",
+]

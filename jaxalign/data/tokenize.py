@@ -1,0 +1,285 @@
+"""Token in, token out: canonical examples -> int32 token ids with completion masks.
+
+Prompt and completion are never split on strings. A message-list example is rendered twice with
+the tokenizer's chat template — the prompt with ``add_generation_prompt=True`` and the whole
+conversation without — and the completion ids are the suffix of the conversation's ids after
+the prompt's ids (when the prompt's ids are a prefix of them, which holds for ChatML, Llama 3,
+Mistral, ...; otherwise the completion is tokenised on its own). So prompt + completion are
+exactly the tokens of the rendered conversation. With ``add_eos=True`` a completion ends with
+an end-of-turn token: the template's own (whitespace the template writes after it, like
+ChatML's ``"\\n"``, is dropped) or the tokenizer's ``eos_token_id`` appended.
+
+Outputs (dicts of numpy int32 arrays, plus ``row``: the 0-based source row):
+
+- ``lm`` / ``prompt_completion``: ``input_ids [L]``, ``completion_mask [L]`` (1 on completion
+  tokens; for ``lm`` on every token after the first);
+- ``preference``: ``prompt_ids``, ``chosen_ids``, ``chosen_mask``, ``rejected_ids``,
+  ``rejected_mask`` (``*_ids`` include the shared prompt; ``*_mask`` marks the completion), and
+  ``margin`` (float) when the example has one;
+- ``ranked``: ``prompt_ids``, ``response_ids`` and ``response_masks``: lists of K arrays, best first;
+- ``prompt_only``: ``prompt_ids``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from jaxalign.data.formats import (
+    Example,
+    LMExample,
+    PreferenceExample,
+    PromptCompletionExample,
+    PromptExample,
+    RankedExample,
+    row_error,
+)
+from jaxalign.errors import JaxalignError
+
+PROMPT_OVERFLOW = ("truncate_left", "drop", "error")
+
+
+def _end_of_turn_ids(tokenizer) -> set[int]:
+    try:
+        from jaxalign.io.tokenizer import eos_token_ids
+
+        ids = set(eos_token_ids(tokenizer))
+    except Exception:  # noqa: BLE001 - io is optional here; fall back to the tokenizer's EOS
+        ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+class Renderer:
+    """Renders and tokenises examples with one tokenizer (caches its EOS / BOS behaviour).
+
+    Args:
+      tokenizer: a ``transformers`` tokenizer (fast).
+      prompt_template: optional template for plain-string prompts, with ``{prompt}`` where the
+        prompt goes (e.g. ``"Question: {prompt}\\nAnswer:"``); message prompts use the chat template.
+      add_eos: end completions (and ``lm`` texts) with an end-of-turn / EOS token.
+    """
+
+    def __init__(self, tokenizer, prompt_template: str | None = None, add_eos: bool = True):
+        if prompt_template is not None and "{prompt}" not in prompt_template:
+            raise JaxalignError(f"prompt template {prompt_template!r}: must contain '{{prompt}}'")
+        self.tokenizer = tokenizer
+        self.prompt_template = prompt_template
+        self.add_eos = add_eos
+        self.eos_id = tokenizer.eos_token_id
+        if add_eos and self.eos_id is None:
+            raise JaxalignError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no eos_token; "
+                                "set add_eos=False or give the tokenizer an EOS token")
+        self.end_ids = _end_of_turn_ids(tokenizer)
+        # Plain text gets the BOS the tokenizer would add by itself (Llama 2 style); chat renderings
+        # never do: their template writes the BOS it wants.
+        bos = tokenizer.bos_token_id
+        with_special = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+        self.bos_id = bos if (bos is not None and with_special[:1] == [bos]) else None
+        self._space_ids: dict[int, bool] = {}
+
+    # -- rendering ------------------------------------------------------------------------------
+
+    def encode(self, text: str, *, bos: bool = False) -> list[int]:
+        """Token ids of ``text`` without special tokens (plus BOS when ``bos`` and the tokenizer adds one)."""
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return [self.bos_id] + ids if (bos and self.bos_id is not None) else ids
+
+    def chat(self, messages: Sequence[dict], add_generation_prompt: bool) -> str:
+        """``messages`` rendered with the tokenizer's chat template, as text."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise JaxalignError(f"tokenizer {getattr(self.tokenizer, 'name_or_path', '')!r} has no chat "
+                                "template, but the data has message lists")
+        return self.tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+
+    def prompt_text(self, prompt) -> str:
+        """The prompt as the model sees it: a string (through the template) or a chat rendering."""
+        if isinstance(prompt, str):
+            return self.prompt_template.replace("{prompt}", prompt) if self.prompt_template else prompt
+        return self.chat(prompt, add_generation_prompt=True)
+
+    def prompt_ids(self, prompt) -> list[int]:
+        """Token ids of the rendered prompt."""
+        return self.encode(self.prompt_text(prompt), bos=isinstance(prompt, str))
+
+    def _is_space(self, i: int) -> bool:
+        if i not in self._space_ids:
+            self._space_ids[i] = self.tokenizer.decode([i]).strip() == ""
+        return self._space_ids[i]
+
+    def _finish(self, ids: list[int], conversational: bool) -> list[int]:
+        if not self.add_eos:
+            return ids
+        if conversational:
+            # The template's end of turn, minus the whitespace it writes after it.
+            for j in range(len(ids) - 1, -1, -1):
+                if ids[j] in self.end_ids:
+                    if all(self._is_space(t) for t in ids[j + 1:]):
+                        return ids[: j + 1]
+                    break
+        if ids and ids[-1] in self.end_ids:
+            return ids
+        return ids + [self.eos_id]
+
+    def completion_ids(self, prompt, completion, prompt_ids: list[int] | None = None) -> list[int]:
+        """Completion ids such that ``prompt_ids + completion_ids`` tokenises the whole text.
+
+        Computed as the suffix of the full rendering's ids after ``prompt_ids`` when those are a
+        prefix; otherwise the completion is tokenised on its own.
+        """
+        if prompt_ids is None:
+            prompt_ids = self.prompt_ids(prompt)
+        p_text = self.prompt_text(prompt)
+        if isinstance(prompt, str):
+            full_text = p_text + completion
+            full = self.encode(full_text, bos=True)
+            alone = completion
+        else:
+            full_text = self.chat(list(prompt) + list(completion), add_generation_prompt=False)
+            full = self.encode(full_text)
+            if full_text.startswith(p_text):
+                alone = full_text[len(p_text):]
+            else:  # a template that renders history differently from the generation prompt
+                alone = "".join(m.get("content") or "" for m in completion)
+        n = len(prompt_ids)
+        if len(full) > n and full[:n] == prompt_ids:
+            ids = full[n:]
+        else:
+            ids = self.encode(alone)
+        return self._finish(ids, conversational=not isinstance(prompt, str))
+
+    def text_ids(self, text) -> list[int]:
+        """Token ids of a language-modelling text (string or conversation)."""
+        if isinstance(text, str):
+            return self._finish(self.encode(text, bos=True), conversational=False)
+        return self._finish(self.encode(self.chat(text, add_generation_prompt=False)), conversational=True)
+
+
+def _i32(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.int32)
+
+
+def _check_lengths(max_length, max_prompt_length):
+    if max_length is not None and max_length < 2:
+        raise JaxalignError(f"max_length must be >= 2, got {max_length}")
+    if max_prompt_length is not None and max_prompt_length < 1:
+        raise JaxalignError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
+    if max_length is not None and max_prompt_length is not None and max_prompt_length >= max_length:
+        raise JaxalignError(f"max_prompt_length ({max_prompt_length}) must be smaller than max_length "
+                            f"({max_length}) to leave room for the completion")
+
+
+def _fit_prompt(ids: list[int], limit: int | None, policy: str, bos_id, source: str, row: int,
+                field: str = "prompt") -> list[int] | None:
+    """Apply ``prompt_overflow`` to a prompt longer than ``limit``; None means drop."""
+    if limit is None or len(ids) <= limit:
+        return ids
+    if policy == "drop":
+        return None
+    if policy == "error":
+        raise row_error(source, row, field, f"{len(ids)} tokens, more than max_prompt_length={limit} "
+                                            "(prompt_overflow: error; use truncate_left or drop)")
+    if bos_id is not None and ids[0] == bos_id and limit > 1:
+        return [bos_id] + ids[len(ids) - limit + 1:]  # keep the BOS, then the prompt's end
+    return ids[len(ids) - limit:]
+
+
+def _sequence(prompt_ids: list[int], completion: list[int], max_length: int | None):
+    if max_length is not None:
+        completion = completion[: max(max_length - len(prompt_ids), 0)]
+    ids = prompt_ids + completion
+    mask = [0] * len(prompt_ids) + [1] * len(completion)
+    return _i32(ids), _i32(mask)
+
+
+def tokenize_example(example: Example, tokenizer=None, *, max_length: int | None = None,
+                     max_prompt_length: int | None = None, prompt_overflow: str = "truncate_left",
+                     prompt_template: str | None = None, add_eos: bool = True, source: str = "<data>",
+                     renderer: Renderer | None = None) -> dict | None:
+    """Token ids and masks of one canonical example (see the module docstring for the keys).
+
+    Args:
+      example: from :func:`jaxalign.data.formats.to_examples`.
+      tokenizer: a ``transformers`` tokenizer (or pass ``renderer``).
+      max_length: cap on prompt + completion tokens; completions are cut on the right to fit.
+      max_prompt_length: cap on prompt tokens (default: ``max_length - 1``); a longer prompt follows
+        ``prompt_overflow``: ``"truncate_left"`` keeps its end (and a leading BOS), ``"drop"``
+        returns None, ``"error"`` raises an error naming the row.
+      prompt_template, add_eos: see :class:`Renderer`.
+      source: the data file, for error messages.
+
+    Returns:
+      a dict of int32 numpy arrays (``row``: an int), or None when the example is dropped.
+    """
+    if prompt_overflow not in PROMPT_OVERFLOW:
+        raise JaxalignError(f"prompt_overflow {prompt_overflow!r}: expected one of {', '.join(PROMPT_OVERFLOW)}")
+    _check_lengths(max_length, max_prompt_length)
+    r = renderer or Renderer(tokenizer, prompt_template=prompt_template, add_eos=add_eos)
+    row = example.row
+    if isinstance(example, LMExample):
+        ids = r.text_ids(example.text)
+        if max_length is not None:
+            ids = ids[:max_length]
+        return {"input_ids": _i32(ids), "completion_mask": _i32([0] + [1] * (len(ids) - 1)), "row": row}
+
+    limit = max_prompt_length
+    if limit is None and max_length is not None:
+        limit = max_length - 1
+    full_prompt = r.prompt_ids(example.prompt)  # completions are split off the untruncated prompt
+    p_ids = _fit_prompt(full_prompt, limit, prompt_overflow, r.bos_id, source, row)
+    if p_ids is None:
+        return None
+
+    def completion(c):
+        return r.completion_ids(example.prompt, c, full_prompt)
+
+    if isinstance(example, PromptExample):
+        return {"prompt_ids": _i32(p_ids), "row": row}
+    if isinstance(example, PromptCompletionExample):
+        ids, mask = _sequence(p_ids, completion(example.completion), max_length)
+        return {"input_ids": ids, "completion_mask": mask, "row": row}
+    if isinstance(example, PreferenceExample):
+        c_ids, c_mask = _sequence(p_ids, completion(example.chosen), max_length)
+        r_ids, r_mask = _sequence(p_ids, completion(example.rejected), max_length)
+        out = {"prompt_ids": _i32(p_ids), "chosen_ids": c_ids, "chosen_mask": c_mask,
+               "rejected_ids": r_ids, "rejected_mask": r_mask, "row": row}
+        if example.margin is not None:
+            out["margin"] = float(example.margin)
+        return out
+    if isinstance(example, RankedExample):
+        seqs = [_sequence(p_ids, completion(c), max_length) for c in example.responses]
+        return {"prompt_ids": _i32(p_ids), "response_ids": [s[0] for s in seqs],
+                "response_masks": [s[1] for s in seqs], "row": row}
+    raise TypeError(f"not a canonical example: {type(example).__name__}")
+
+
+def tokenize_examples(examples: Iterable[Example], tokenizer, *, max_length: int | None = None,
+                      max_prompt_length: int | None = None, prompt_overflow: str = "truncate_left",
+                      prompt_template: str | None = None, add_eos: bool = True,
+                      source: str = "<data>") -> tuple[list[dict], int]:
+    """:func:`tokenize_example` over ``examples``: ``(tokenized, n_dropped)`` (dropped: prompts too
+    long under ``prompt_overflow="drop"``)."""
+    r = Renderer(tokenizer, prompt_template=prompt_template, add_eos=add_eos)
+    out, dropped = [], 0
+    for ex in examples:
+        t = tokenize_example(ex, max_length=max_length, max_prompt_length=max_prompt_length,
+                             prompt_overflow=prompt_overflow, source=source, renderer=r)
+        if t is None:
+            dropped += 1
+        else:
+            out.append(t)
+    return out, dropped
+
+
+def sequence_length(tokenized: dict) -> int:
+    """Longest sequence in a tokenized example (what padding has to fit)."""
+    if "input_ids" in tokenized:
+        return len(tokenized["input_ids"])
+    if "chosen_ids" in tokenized:
+        return max(len(tokenized["chosen_ids"]), len(tokenized["rejected_ids"]))
+    if "response_ids" in tokenized:
+        return max(len(x) for x in tokenized["response_ids"])
+    return len(tokenized["prompt_ids"])
