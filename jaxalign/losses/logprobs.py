@@ -179,7 +179,13 @@ _plain_const_t = jax.jit(_plain_impl, static_argnums=(0, 3))
 _plain_traced_t = jax.jit(_plain_impl, static_argnums=0)
 
 
-_chunked_jit = jax.jit(_chunked, static_argnums=(0, 1))
+def _chunked_impl(kind: str, chunk: int, logits: Array, targets, temperature) -> Array:
+    t = jnp.asarray(temperature, _compute_dtype(logits.dtype))
+    return _chunked(kind, chunk, logits, targets, t)
+
+
+_chunked_const_t = jax.jit(_chunked_impl, static_argnums=(0, 1, 4))
+_chunked_traced_t = jax.jit(_chunked_impl, static_argnums=(0, 1))
 
 
 def _vocab_map(kind: str, logits: Array, targets, temperature, chunk_size: int | None) -> Array:
@@ -191,8 +197,9 @@ def _vocab_map(kind: str, logits: Array, targets, temperature, chunk_size: int |
         return _plain_traced_t(kind, logits, targets, temperature)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    t = jnp.asarray(temperature, _compute_dtype(logits.dtype))
-    return _chunked_jit(kind, chunk_size, logits, targets, t)
+    if isinstance(temperature, (int, float)):
+        return _chunked_const_t(kind, chunk_size, logits, targets, float(temperature))
+    return _chunked_traced_t(kind, chunk_size, logits, targets, temperature)
 
 
 def token_logprobs(
