@@ -30,11 +30,10 @@ from jaxalign.data.formats import (
     check_rows,
     detect_format,
     example_format,
-    load_dataset_rows,
-    load_examples,
     normalize_format,
     to_examples,
 )
+from jaxalign.data.loading import load_dataset_rows, load_examples
 from jaxalign.data.tokenize import Renderer, sequence_length, tokenize_example, tokenize_examples
 
 SHIPPED = ("sft_tiny.jsonl", "preference_tiny.jsonl", "ranked_tiny.jsonl", "prompts_tiny.jsonl")

@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import numbers
-from pathlib import Path
 from typing import Any, Iterable, Union
 
 from jaxalign.errors import JaxalignError
@@ -113,7 +112,7 @@ class Unreadable:
 
 def one_line(s: str, limit: int = 300) -> str:
     """``s`` on one line (newlines escaped) and at most ``limit`` characters."""
-    s = str(s).replace("\r", "\\r").replace("\n", "\\n")
+    s = "\\n".join(str(s).splitlines())
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
@@ -462,131 +461,5 @@ def example_format(example: Example) -> str:
             PreferenceExample: "preference", RankedExample: "ranked"}[type(example)]
 
 
-# ----------------------------------------------------------------------------------------------
-# Loading
-
-_EXTENSIONS = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return one_line(s.splitlines()[0] if s else type(e).__name__, 200)
-
-
-def _read_jsonl(path: Path) -> list:
-    """JSON Lines read line by line: a bad line becomes an :class:`Unreadable` row, and bytes that
-    are not UTF-8 survive as lone surrogates, so the row check can name the row and field."""
-    rows: list = []
-    for raw in path.read_bytes().split(b"\n"):
-        if not raw.strip():
-            continue
-        text = raw.decode("utf-8", errors="surrogateescape")
-        try:
-            rows.append(json.loads(text))
-        except (ValueError, RecursionError) as e:
-            reason = "not valid UTF-8" if not _utf8_ok(text) else "not valid JSON"
-            rows.append(Unreadable(f"{reason} ({_first_line(e)})"))
-    return rows
-
-
-def _read_json(path: Path) -> list:
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8", errors="surrogateescape"))
-    except (ValueError, RecursionError) as e:
-        try:  # maybe JSON Lines with a .json name
-            return _read_jsonl(path)
-        except Exception:
-            raise JaxalignError(f"{path}: not valid JSON ({_first_line(e)})") from None
-    if isinstance(data, dict):
-        lists = [k for k, v in data.items() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise JaxalignError(f"{path}: expected a JSON list of rows (or an object with one list field)")
-        data = data[lists[0]]
-    if not isinstance(data, list):
-        raise JaxalignError(f"{path}: expected a JSON list of rows, got {_tname(data)}")
-    return data
-
-
-def _has_json_feature(feature) -> bool:
-    """Whether ``datasets`` typed any (nested) column with its schemaless ``Json`` feature."""
-    if type(feature).__name__ == "Json":
-        return True
-    if isinstance(feature, dict):
-        return any(_has_json_feature(f) for f in feature.values())
-    inner = getattr(feature, "feature", None)
-    return inner is not None and _has_json_feature(inner)
-
-
-def _csv_features(path: Path):
-    import csv as _csv
-
-    import datasets
-
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            header = next(_csv.reader(f), None)
-    except UnicodeDecodeError:
-        raise JaxalignError(f"{path}: the CSV header is not valid UTF-8") from None
-    if not header:
-        raise JaxalignError(f"{path}: empty CSV file (no header row)")
-    # Every column as text: "" stays "" (not NaN), digits stay digits; lists are JSON text.
-    return datasets.Features({name: datasets.Value("string") for name in header})
-
-
-def load_dataset_rows(source, split: str = "train"):
-    """Rows of a dataset, loaded with Hugging Face ``datasets``.
-
-    ``source``: a ``.jsonl``/``.json``/``.parquet``/``.csv`` file (by extension), a local
-    dataset directory (``datasets.load_dataset(dir)``, or a ``save_to_disk`` directory), or a hub
-    name (needs network). JSON files that ``datasets`` cannot read as a table (broken lines,
-    bytes that are not UTF-8) are read line by line instead, so that :func:`to_examples` reports
-    the bad row and field. Returns a ``datasets.Dataset`` or a list of dicts.
-    """
-    import datasets
-
-    datasets.disable_progress_bars()
-    p = Path(str(source)).expanduser()
-    try:
-        if p.is_file():
-            kind = _EXTENSIONS.get(p.suffix.lower())
-            if kind is None:
-                raise JaxalignError(f"{source}: unknown data file type {p.suffix!r}; expected one of "
-                                    f"{', '.join(sorted(_EXTENSIONS))}")
-            kw = {}
-            if kind == "csv":
-                kw = dict(features=_csv_features(p), keep_default_na=False, na_filter=False)
-            try:
-                ds = datasets.load_dataset(kind, data_files=str(p), split="train", **kw)
-            except Exception as e:  # noqa: BLE001 - any failure of the table reader
-                if kind != "json":
-                    raise JaxalignError(f"{source}: cannot read this {kind} file ({_first_line(e)})") from None
-                ds = None
-            if kind == "json" and (ds is None or _has_json_feature(ds.features)):
-                # A column mixing strings and lists (plain and conversational rows) gets datasets'
-                # Json type, which parses strings again (" 3." -> 3.0, "true" -> True): read the
-                # rows as written instead.
-                return _read_jsonl(p) if p.suffix.lower() != ".json" else _read_json(p)
-            return ds
-        if p.is_dir():
-            if (p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file() \
-                    or (p / "state.json").is_file():
-                ds = datasets.load_from_disk(str(p))
-                if isinstance(ds, datasets.DatasetDict):
-                    if split not in ds:
-                        raise JaxalignError(f"{source}: no split {split!r} (has {', '.join(ds)})")
-                    ds = ds[split]
-                return ds
-            return datasets.load_dataset(str(p), split=split)
-        if p.suffix.lower() in _EXTENSIONS or str(source).startswith((".", "/", "~")):
-            raise JaxalignError(f"{source}: no such file or directory")
-        return datasets.load_dataset(str(source), split=split)
-    except JaxalignError:
-        raise
-    except Exception as e:  # noqa: BLE001 - datasets raises many types; report one line
-        raise JaxalignError(f"{source}: cannot load the dataset ({_first_line(e)})") from None
-
-
-def load_examples(source, fmt: str = "auto", split: str = "train",
-                  skip_invalid_rows: bool = False) -> tuple[list[Example], list[str]]:
-    """:func:`load_dataset_rows` then :func:`check_rows`: ``(examples, skip_reasons)``."""
-    return check_rows(load_dataset_rows(source, split), fmt, str(source), skip_invalid_rows)
+# Loading lives in jaxalign.data.loading (it imports the names above); re-exported here.
+from jaxalign.data.loading import load_dataset_rows, load_examples  # noqa: E402,F401

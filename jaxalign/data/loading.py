@@ -1,0 +1,168 @@
+"""Reading dataset files into rows: Hugging Face ``datasets`` first, a line reader as fallback.
+
+``datasets`` reads JSONL / JSON / Parquet / CSV (and dataset dirs, hub names) into Arrow tables.
+Where that loses information a row check needs, the file is read line by line instead:
+a JSONL line that is not JSON, or bytes that are not UTF-8 (pyarrow lets them into string
+columns), or a column mixing strings and lists (plain and conversational rows), which
+``datasets`` types as ``Json`` and then parses strings again (``" 3."`` -> ``3.0``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from jaxalign.data.formats import Unreadable, _tname, _utf8_ok, check_rows, one_line
+from jaxalign.errors import JaxalignError
+
+_EXTENSIONS = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return one_line(s.splitlines()[0] if s else type(e).__name__, 200)
+
+
+def _read_jsonl(path: Path) -> list:
+    """JSON Lines read line by line: a bad line becomes an :class:`Unreadable` row, and bytes that
+    are not UTF-8 survive as lone surrogates, so the row check can name the row and field."""
+    rows: list = []
+    for raw in path.read_bytes().split(b"\n"):
+        if not raw.strip():
+            continue
+        text = raw.decode("utf-8", errors="surrogateescape")
+        try:
+            rows.append(json.loads(text))
+        except (ValueError, RecursionError) as e:
+            reason = "not valid UTF-8" if not _utf8_ok(text) else "not valid JSON"
+            rows.append(Unreadable(f"{reason} ({_first_line(e)})"))
+    return rows
+
+
+def _read_json(path: Path) -> list:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8", errors="surrogateescape"))
+    except (ValueError, RecursionError) as e:
+        try:  # maybe JSON Lines with a .json name
+            return _read_jsonl(path)
+        except Exception:
+            raise JaxalignError(f"{path}: not valid JSON ({_first_line(e)})") from None
+    if isinstance(data, dict):
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise JaxalignError(f"{path}: expected a JSON list of rows (or an object with one list field)")
+        data = data[lists[0]]
+    if not isinstance(data, list):
+        raise JaxalignError(f"{path}: expected a JSON list of rows, got {_tname(data)}")
+    return data
+
+
+def _valid_table(ds) -> bool:
+    """Whether the Arrow table behind ``ds`` is valid (string columns hold UTF-8)."""
+    import pyarrow as pa
+
+    try:
+        ds.data.table.validate(full=True)
+        return True
+    except (pa.ArrowInvalid, AttributeError):
+        return False
+
+
+def _has_json_feature(feature) -> bool:
+    """Whether ``datasets`` typed any (nested) column with its schemaless ``Json`` feature."""
+    if type(feature).__name__ == "Json":
+        return True
+    if isinstance(feature, dict):
+        return any(_has_json_feature(f) for f in feature.values())
+    inner = getattr(feature, "feature", None)
+    return inner is not None and _has_json_feature(inner)
+
+
+def _csv_features(path: Path):
+    import csv as _csv
+
+    import datasets
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(_csv.reader(f), None)
+    except UnicodeDecodeError:
+        raise JaxalignError(f"{path}: the CSV header is not valid UTF-8") from None
+    if not header:
+        raise JaxalignError(f"{path}: empty CSV file (no header row)")
+    # Every column as text: "" stays "" (not NaN), digits stay digits; lists are JSON text.
+    return datasets.Features({name: datasets.Value("string") for name in header})
+
+
+def load_dataset_rows(source, split: str = "train", cache_dir: str | None = None):
+    """Rows of a dataset, loaded with Hugging Face ``datasets``.
+
+    ``source``: a ``.jsonl``/``.json``/``.parquet``/``.csv`` file (by extension), a local
+    dataset directory (``datasets.load_dataset(dir)``, or a ``save_to_disk`` directory), or a hub
+    name (needs network). JSON files that ``datasets`` cannot read as a table (broken lines,
+    bytes that are not UTF-8) are read line by line instead, so that :func:`to_examples` reports
+    the bad row and field. ``cache_dir``: where ``datasets`` caches (default: its own).
+    Returns a ``datasets.Dataset`` or a list of dicts.
+    """
+    import datasets
+
+    datasets.disable_progress_bars()
+    p = Path(str(source)).expanduser()
+    try:
+        if p.is_file():
+            kind = _EXTENSIONS.get(p.suffix.lower())
+            if kind is None:
+                raise JaxalignError(f"{source}: unknown data file type {p.suffix!r}; expected one of "
+                                    f"{', '.join(sorted(_EXTENSIONS))}")
+            kw = {"cache_dir": cache_dir}
+            if kind == "csv":
+                kw.update(features=_csv_features(p), keep_default_na=False, na_filter=False)
+            try:
+                ds = datasets.load_dataset(kind, data_files=str(p), split="train", **kw)
+            except Exception as e:  # noqa: BLE001 - any failure of the table reader
+                if kind != "json":
+                    raise JaxalignError(f"{source}: cannot read this {kind} file ({_first_line(e)})") from None
+                ds = None
+            if (ds is not None and p.suffix.lower() == ".json" and ds.num_rows == 1
+                    and len(ds.column_names) == 1 and isinstance(ds[0][ds.column_names[0]], list)):
+                # {"data": [rows...]}: the rows are in the one list field
+                try:
+                    ds = datasets.load_dataset(kind, data_files=str(p), split="train",
+                                               field=ds.column_names[0], **kw)
+                except Exception:  # noqa: BLE001
+                    ds = None
+            if ds is not None and not _valid_table(ds):
+                # pyarrow's JSON reader lets bytes that are not UTF-8 into string columns (reading
+                # the row fails later); the line reader below names the row and field instead.
+                if kind != "json":
+                    raise JaxalignError(f"{source}: this {kind} file has text that is not valid UTF-8")
+                ds = None
+            if kind == "json" and (ds is None or _has_json_feature(ds.features)):
+                # A column mixing strings and lists (plain and conversational rows) gets datasets'
+                # Json type, which parses strings again (" 3." -> 3.0, "true" -> True): read the
+                # rows as written instead.
+                return _read_jsonl(p) if p.suffix.lower() != ".json" else _read_json(p)
+            return ds
+        if p.is_dir():
+            if (p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file() \
+                    or (p / "state.json").is_file():
+                ds = datasets.load_from_disk(str(p))
+                if isinstance(ds, datasets.DatasetDict):
+                    if split not in ds:
+                        raise JaxalignError(f"{source}: no split {split!r} (has {', '.join(ds)})")
+                    ds = ds[split]
+                return ds
+            return datasets.load_dataset(str(p), split=split, cache_dir=cache_dir)
+        if p.suffix.lower() in _EXTENSIONS or str(source).startswith((".", "/", "~")):
+            raise JaxalignError(f"{source}: no such file or directory")
+        return datasets.load_dataset(str(source), split=split, cache_dir=cache_dir)
+    except JaxalignError:
+        raise
+    except Exception as e:  # noqa: BLE001 - datasets raises many types; report one line
+        raise JaxalignError(f"{source}: cannot load the dataset ({_first_line(e)})") from None
+
+
+def load_examples(source, fmt: str = "auto", split: str = "train", skip_invalid_rows: bool = False,
+                  cache_dir: str | None = None) -> tuple[list, list[str]]:
+    """:func:`load_dataset_rows` then :func:`check_rows`: ``(examples, skip_reasons)``."""
+    return check_rows(load_dataset_rows(source, split, cache_dir), fmt, str(source), skip_invalid_rows)
