@@ -278,8 +278,13 @@ def _completion(prompt: Text, completion: Text, field: str) -> Text:
     return completion
 
 
-def _number(row: dict, field: str) -> float:
+def _number(row: dict, field: str, csv: bool = False) -> float:
     v = row[field]
+    if csv and isinstance(v, str):  # CSV cells are text
+        try:
+            v = float(v)
+        except ValueError:
+            pass
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise _RowError(field, f"expected a number, got {_tname(v)}")
     v = float(v)
@@ -377,7 +382,7 @@ def _check_row(row: Any, fmt: str, index: int, csv: bool, margin_row) -> Example
         if margin_row is not False:
             if row.get("margin") is None:
                 raise _RowError("margin", f"missing (row {margin_row} has a margin, so every row needs one)")
-            margin = _number(row, "margin")
+            margin = _number(row, "margin", csv)
         return PreferenceExample(prompt, chosen, rejected, index, margin)
     if fmt == "ranked":
         prompt = _text(row, "prompt", csv=csv)

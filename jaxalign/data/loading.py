@@ -43,10 +43,10 @@ def _read_json(path: Path) -> list:
     try:
         data = json.loads(path.read_bytes().decode("utf-8", errors="surrogateescape"))
     except (ValueError, RecursionError) as e:
-        try:  # maybe JSON Lines with a .json name
-            return _read_jsonl(path)
-        except Exception:
-            raise JaxalignError(f"{path}: not valid JSON ({_first_line(e)})") from None
+        rows = _read_jsonl(path)  # maybe JSON Lines with a .json name
+        if rows and isinstance(rows[0], dict):
+            return rows
+        raise JaxalignError(f"{path}: not valid JSON ({_first_line(e)})") from None
     if isinstance(data, dict):
         lists = [k for k, v in data.items() if isinstance(v, list)]
         if len(lists) != 1:

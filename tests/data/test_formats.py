@@ -280,3 +280,21 @@ def test_jsonl_bad_lines_name_the_row(tmp_path):
     assert n == 2 and len(examples) == 1
     _, reasons = F.check_rows(rows, "auto", str(path), skip_invalid_rows=True)
     assert reasons[1].startswith(f"{path}: row 2 (0-based): not valid JSON")
+
+
+def test_broken_json_file_is_a_file_level_error(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text('[\n  {"prompt": "a"},\n  {"prompt": "b",,}\n]\n')
+    with pytest.raises(JaxalignError, match=r"d.json: not valid JSON \("):
+        load_dataset_rows(path, cache_dir=str(tmp_path / "c"))
+    path.write_text('{"prompt": "a"}\n{"prompt": "b"}\n')  # JSON Lines under a .json name
+    examples, _ = to_examples(load_dataset_rows(path, cache_dir=str(tmp_path / "c")), "auto", str(path))
+    assert [e.prompt for e in examples] == ["a", "b"]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "csv"])
+def test_margins_load_from_files(tmp_path, kind):
+    rows = [dict(PLAIN["preference"][0], margin=1.5), dict(PLAIN["preference"][1], margin=-2)]
+    path = write_rows(rows, tmp_path / f"m.{kind}", kind)
+    examples, _ = to_examples(load_dataset_rows(path, cache_dir=str(tmp_path / "c")), "auto", str(path))
+    assert [e.margin for e in examples] == [1.5, -2.0]

