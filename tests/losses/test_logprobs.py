@@ -257,3 +257,29 @@ class TRLParityTest(parameterized.TestCase):
                                              average_log_prob=average)
             ours = lp.sequence_logprobs(lp.shifted_token_logprobs(logits, ids), mask, average=average)
             np.testing.assert_allclose(ours, ref.numpy(), atol=1e-5)
+
+
+class ShardedTest(parameterized.TestCase):
+    """A batch sharded over 8 (simulated) devices gives the 1-device numbers."""
+
+    def test_batch_sharded_over_devices(self):
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+        from jaxalign.losses import ppo
+        devices = jax.devices()
+        if len(devices) < 8:
+            pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+        mesh = Mesh(np.array(devices[:8]), ("data",))
+        logits, ids = make(12, b=8, s=12, v=17)
+        mask = (np.arange(12)[None] < np.arange(4, 12)[:, None]).astype(np.int32)
+
+        def f(lg, i, m):
+            tok = lp.shifted_token_logprobs(lg, i, chunk_size=5)
+            adv, _ = ppo.gae(tok, jnp.zeros_like(tok), m)
+            return lp.sequence_logprobs(tok, m), lp.masked_whiten(adv, m), lp.entropy_from_logits(lg)
+
+        want = jax.jit(f)(logits, ids, mask)
+        shard = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
+        got = jax.jit(f)(shard(logits), shard(ids), shard(mask))
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
