@@ -65,8 +65,12 @@ def _rows(kind: str, logits: Array, targets, temperature) -> tuple[Array, Array]
         picked = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)
         out = ((picked.astype(dtype) - m) / t - lse_z)[..., 0]
     else:
-        # H = lse - Σ_v p_v z_v (shift-invariant); the softmax p is never stored.
-        out = lse_z[..., 0] - jnp.sum(jnp.exp(z - lse_z) * z, axis=-1)
+        # H = lse - Σ_v p_v z_v (shift-invariant); the softmax p is never stored. Masked
+        # (-inf) logits contribute 0, not 0 · (-inf), in the value and in the gradient.
+        finite = jnp.isfinite(z)
+        z_safe = jnp.where(finite, z, 0.0)
+        pz = jnp.where(finite, jnp.exp(z_safe - lse_z) * z_safe, 0.0)
+        out = lse_z[..., 0] - jnp.sum(pz, axis=-1)
     return out, (lse_z + m / t)[..., 0]
 
 
@@ -137,14 +141,14 @@ def _chunked_bwd(kind, chunk, residuals, g):
     seq = logits.shape[-2]
     n_full, rem = divmod(seq, chunk)
 
-    def grads(start, size, sl):
+    def grads(sl):
         tg = None if targets is None else sl(targets, -1)
         return _rows_vjp(kind, sl(logits, -2), tg, temperature, sl(lse, -1), sl(out, -1), sl(g, -1))
 
     def body(i, carry):
         d_logits, d_temp = carry
         start = i * chunk
-        dl, dt = grads(start, chunk, lambda a, ax: _chunk(a, start, chunk, ax))
+        dl, dt = grads(lambda a, ax: _chunk(a, start, chunk, ax))
         d_logits = lax.dynamic_update_slice_in_dim(d_logits, dl, start, axis=logits.ndim - 2)
         return d_logits, d_temp + dt
 
@@ -156,7 +160,7 @@ def _chunked_bwd(kind, chunk, residuals, g):
         def tail(a, ax):
             return lax.slice_in_dim(a, start, a.shape[ax], axis=ax % a.ndim)
 
-        dl, dt = grads(start, rem, tail)
+        dl, dt = grads(tail)
         d_logits = lax.dynamic_update_slice_in_dim(d_logits, dl, start, axis=logits.ndim - 2)
         d_temp = d_temp + dt
     return d_logits, None, d_temp.astype(temperature.dtype)

@@ -165,6 +165,17 @@ class EntropyTest(chex.TestCase):
         # Two equally likely tokens, the rest impossible: H = log 2.
         two = jnp.full((1, 1, v), -1e9).at[..., :2].set(0.0)
         np.testing.assert_allclose(lp.entropy_from_logits(two), [[np.log(2.0)]], rtol=1e-6)
+        # Masked logits (-inf, as after top-k filtering) are fine on both paths, with gradients.
+        masked = jnp.full((1, 2, v), -jnp.inf).at[..., :2].set(0.0)
+        for chunk in (None, 1):
+            f = partial(lp.entropy_from_logits, chunk_size=chunk)
+            np.testing.assert_allclose(f(masked), np.full((1, 2), np.log(2.0)), rtol=1e-6)
+            g = jax.grad(lambda x: f(x).sum())(masked)
+            self.assertTrue(np.all(np.isfinite(g)))
+            out = lp.token_logprobs(masked, jnp.array([[1, 0]]), chunk_size=chunk)
+            np.testing.assert_allclose(out, np.full((1, 2), -np.log(2.0)), rtol=1e-6)
+            g = jax.grad(lambda x: lp.token_logprobs(x, jnp.array([[1, 0]]), chunk_size=chunk).sum())(masked)
+            self.assertTrue(np.all(np.isfinite(g)))
 
     def test_shifted(self):
         logits, _ = make(8)
