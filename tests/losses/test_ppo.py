@@ -238,6 +238,18 @@ class PolicyValueTest(chex.TestCase):
         np.testing.assert_allclose(m["vf_clipfrac"], (e2 > e1)[mb].mean())
         unclipped, _ = ppo.value_loss(v, v_old, ret, MASK, clip_eps=None)
         np.testing.assert_allclose(unclipped, 0.5 * e1[mb].mean(), rtol=1e-5)
+        bad = [np.where(mb, x, np.nan).astype(np.float32) for x in (v, v_old, ret)]
+        np.testing.assert_allclose(ppo.value_loss(*bad, MASK)[0], loss, rtol=1e-6)
+
+    def test_per_token_rewards_padding_invariance(self):
+        scores = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+        lp, ref = rand(27), rand(28)
+        pad = ~MASK.astype(bool)
+        a, ka = ppo.per_token_rewards(scores, lp, ref, MASK)
+        b, kb = ppo.per_token_rewards(scores, np.where(pad, np.nan, lp).astype(np.float32),
+                                      np.where(pad, 1e9, ref).astype(np.float32), MASK)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ka, kb)
 
     def test_adaptive_kl_coef_by_hand(self):
         # KL 9 vs target 6: e = clip(0.5) = 0.2; η' = 0.1 · (1 + 0.2 · 256/10000)
