@@ -1,1 +1,14 @@
-"""jaxalign.rollout."""
+"""jaxalign.rollout: jitted sampling from a causal LM (prefill + KV-cached decode loop).
+
+:func:`generate` is the array-level entry point (token ids in, :class:`Rollout` out);
+:func:`generate_text` wraps it with a tokenizer and chat templates.
+"""
+
+from jaxalign.rollout.sampler import DEFAULT_BUCKETS, Rollout, bucket_length, generate, pad_prompts
+from jaxalign.rollout.sampling import filter_logits, sample_tokens, top_k_filter, top_p_filter
+from jaxalign.rollout.text import generate_text
+
+__all__ = [
+    "DEFAULT_BUCKETS", "Rollout", "bucket_length", "filter_logits", "generate", "generate_text",
+    "pad_prompts", "sample_tokens", "top_k_filter", "top_p_filter",
+]
