@@ -89,8 +89,7 @@ class _Spec:
     greedy: bool
     top_k: int | None
     use_top_p: bool
-    eos_ids: tuple[int, ...]
-    pad_id: int
+    n_eos: int
 
 
 def bucket_length(n: int, buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> int:
@@ -149,7 +148,7 @@ def _constrain_cache(cache: KVCache, mesh) -> KVCache:
 
 @partial(jax.jit, static_argnames=("graphdef", "spec", "mesh"))
 def _generate_jit(graphdef, state, prompt_ids, prompt_mask, row_valid, key, temperature, top_p,
-                  *, spec: _Spec, mesh):
+                  eos, pad_id, *, spec: _Spec, mesh):
     model = nnx.merge(graphdef, state)
     b, p = prompt_ids.shape
     n, t_max = spec.num_samples, spec.max_new_tokens
@@ -168,14 +167,13 @@ def _generate_jit(graphdef, state, prompt_ids, prompt_mask, row_valid, key, temp
     cache = _constrain_cache(cache, mesh)
     rows = b * n
     keys = row_keys(key, rows)
-    eos = jnp.asarray(spec.eos_ids, jnp.int32)
 
     def emit(t, logits, bufs, finished, done):
         tok = sample_tokens(logits, keys, t, temperature, top_k=spec.top_k,
                             top_p=top_p if spec.use_top_p else None, greedy=spec.greedy)
         lp = token_logprobs(logits[:, None], tok[:, None], temperature=temperature)[:, 0]
         live = ~done
-        tok = jnp.where(live, tok, spec.pad_id)
+        tok = jnp.where(live, tok, pad_id)
         lp = jnp.where(live, lp, 0.0)
         hit = live & jnp.any(tok[:, None] == eos[None, :], axis=-1)
         bufs = tuple(jax.lax.dynamic_update_slice(buf, x[:, None].astype(buf.dtype), (0, t))
@@ -184,7 +182,7 @@ def _generate_jit(graphdef, state, prompt_ids, prompt_mask, row_valid, key, temp
 
     # The mask is recorded as written (not recomputed from token values: pad may equal an EOS
     # id, and slots after an early stop are never written).
-    bufs = (jnp.full((rows, t_max), spec.pad_id, jnp.int32), jnp.zeros((rows, t_max), jnp.float32),
+    bufs = (jnp.full((rows, t_max), pad_id, jnp.int32), jnp.zeros((rows, t_max), jnp.float32),
             jnp.zeros((rows, t_max), jnp.int32))
     bufs = tuple(_constrain(x, mesh, ("batch", None)) for x in bufs)
     finished = jnp.zeros((rows,), bool)
@@ -212,7 +210,8 @@ def _generate_jit(graphdef, state, prompt_ids, prompt_mask, row_valid, key, temp
     tokens = jnp.concatenate([ids, toks], axis=1)
     attention_mask = jnp.concatenate([pmask, gen_mask], axis=1)
     completion_mask = jnp.concatenate([jnp.zeros_like(pmask), gen_mask], axis=1)
-    return tokens, attention_mask, completion_mask, lps, gen_mask.sum(-1), finished
+    out = (tokens, attention_mask, completion_mask, lps, gen_mask.sum(-1), finished)
+    return tuple(_constrain(x, mesh, ("batch",) + (None,) * (x.ndim - 1)) for x in out)
 
 
 def _split(model_or_state):
@@ -263,8 +262,9 @@ def generate(model_or_state, prompt_ids, prompt_mask, key, *, max_new_tokens: in
     Everything runs inside one jitted function (prefill, then ``lax.while_loop`` over decode
     steps that stops as soon as every row has emitted an EOS). It is compiled once per
     (model graph, bucketed prompt shape, batch size, ``max_new_tokens``, ``num_samples``,
-    ``greedy``, ``top_k``, whether ``top_p`` is set, EOS ids, pad id); ``temperature`` and the
-    value of ``top_p`` are traced, so changing them does not recompile.
+    ``greedy``, ``top_k``, whether ``top_p`` is set, the number of EOS ids); ``temperature``,
+    the value of ``top_p``, the EOS ids and the pad id are traced, so changing them does not
+    recompile.
 
     **Log-probs.** ``Rollout.logprobs[i, t]`` is ``log_softmax(logits / temperature)`` of the
     sampled token under the *full* vocabulary, not under the top-k/top-p truncated
@@ -333,9 +333,10 @@ def generate(model_or_state, prompt_ids, prompt_mask, key, *, max_new_tokens: in
     if top_k is not None and top_k < 1:
         raise JaxalignError(f"generate: top_k must be >= 1, got {top_k}")
     use_top_p = top_p is not None and top_p < 1 and not greedy
+    eos_ids = _eos_tuple(eos_token_ids)
     spec = _Spec(max_new_tokens=int(max_new_tokens), num_samples=int(num_samples), greedy=bool(greedy),
                  top_k=None if greedy or top_k is None else int(top_k), use_top_p=use_top_p,
-                 eos_ids=_eos_tuple(eos_token_ids), pad_id=int(pad_token_id))
+                 n_eos=len(eos_ids))
 
     b, p = ids.shape
     width = bucket_length(p, buckets)
@@ -347,7 +348,7 @@ def generate(model_or_state, prompt_ids, prompt_mask, key, *, max_new_tokens: in
         shards = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
     rows = -(-b // shards) * shards
     # Dummy rows (batch padding for the shards) carry one real token and start finished.
-    ids_p = np.full((rows, width), spec.pad_id, np.int32)
+    ids_p = np.full((rows, width), pad_token_id, np.int32)
     mask_p = np.zeros((rows, width), np.int32)
     mask_p[b:, -1] = 1
     ids_p[:b, width - p:] = ids
@@ -361,6 +362,7 @@ def generate(model_or_state, prompt_ids, prompt_mask, key, *, max_new_tokens: in
                 jax.device_put(args[2], bs1))
     out = _generate_jit(graphdef, state, *args, _as_key(key, spec.greedy),
                         jnp.float32(temperature), jnp.float32(top_p if use_top_p else 1.0),
+                        jnp.asarray(eos_ids, jnp.int32).reshape(-1), jnp.int32(pad_token_id),
                         spec=spec, mesh=mesh)
     tokens, attention_mask, completion_mask, lps, lengths, finished = out
     n = b * spec.num_samples
