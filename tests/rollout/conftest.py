@@ -1,6 +1,6 @@
 """Tiny models for the rollout tests."""
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 import pytest
 
@@ -33,6 +33,14 @@ def ragged_prompts(n: int = 4, max_len: int = 11, seed: int = 0, vocab: int = TI
         ids[i, max_len - L:] = rng.integers(1, vocab, L)
         mask[i, max_len - L:] = 1
     return ids, mask
+
+
+@pytest.fixture(autouse=True)
+def exact_float32_matmuls():
+    """Full float32 matmuls on GPUs/TPUs too (their default, TF32/bf16 passes, moves the
+    cached-decode and full-forward log-probs ~1e-3 apart); no effect on the CPU."""
+    with jax.default_matmul_precision("float32"):
+        yield
 
 
 @pytest.fixture(scope="module")
