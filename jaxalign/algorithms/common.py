@@ -26,6 +26,10 @@ def tokenizer_from(cfg: RunConfig):
     src = cfg.model.tokenizer or cfg.model.path
     if src is None:
         raise JaxalignError("config key 'model.tokenizer': required when model.path is not set")
+    if src == "tiny":
+        from jaxalign.data import tiny_tokenizer_path
+
+        src = str(tiny_tokenizer_path())
     tok = load_tokenizer(src)
     if tok.pad_token_id is None:
         # Masks come from lengths, so reusing EOS as the pad id is safe here.
@@ -107,3 +111,96 @@ def lm_exporter(graphdef, tokenizer=None):
             tokenizer.save_pretrained(str(out_dir))
 
     return export
+
+
+def say(cfg: RunConfig, msg: str) -> None:
+    """A progress line on stderr unless the run is quiet."""
+    if not cfg.quiet:
+        import sys
+
+        print(msg, file=sys.stderr, flush=True)
+
+
+def data_source(source: str) -> str:
+    """``shipped:NAME`` is a dataset shipped with jaxalign (``shipped:sft_tiny.jsonl``)."""
+    if source.startswith("shipped:"):
+        from jaxalign.data import SHIPPED, shipped_path
+
+        name = source.split(":", 1)[1]
+        if name not in SHIPPED:
+            raise JaxalignError(f"{source}: no such shipped dataset (shipped: {', '.join(SHIPPED)})")
+        return str(shipped_path(name))
+    return source
+
+
+def _load(cfg: RunConfig, tokenizer, source: str, key: str):
+    from jaxalign.data import prepare_dataset
+
+    source = data_source(source)
+    d = cfg.data
+    tokenized, stats = prepare_dataset(
+        source, tokenizer, fmt=d.format, max_length=d.max_length, max_prompt_length=d.max_prompt_length,
+        prompt_overflow=d.prompt_overflow, skip_invalid_rows=d.skip_invalid_rows)
+    extra = [f"{n} {what}" for n, what in ((stats.skipped, "invalid rows skipped"),
+                                          (stats.dropped, "over-long prompts dropped"),
+                                          (getattr(stats, "identical", 0), "identical pairs dropped")) if n]
+    say(cfg, f"{key}: {source}: {stats.examples} {stats.format} examples"
+             + (f" ({', '.join(extra)})" if extra else ""))
+    return tokenized
+
+
+def datasets_from(cfg: RunConfig, tokenizer, kinds: tuple[str, ...]) -> tuple[list, list]:
+    """(train, eval) tokenized examples from ``data.train`` / ``data.eval`` (or ``data.eval_fraction``).
+
+    ``kinds``: the batch kinds (``"sft"``, ``"preference"``, ``"ranked"``) this algorithm trains on.
+    """
+    from jaxalign.data import batch_kind, train_eval_split
+
+    if not cfg.data.train:
+        raise JaxalignError("config key 'data.train': required (a JSONL/JSON/Parquet/CSV file or a hub name)")
+    train = _load(cfg, tokenizer, cfg.data.train, "data.train")
+    kind = batch_kind(train[0])
+    if kind not in kinds:
+        raise JaxalignError(f"config key 'data.train': {cfg.data.train} holds {kind!r} data, but "
+                            f"{cfg.algorithm} trains on {' or '.join(repr(k) for k in kinds)} data")
+    if cfg.data.eval:
+        ev = _load(cfg, tokenizer, cfg.data.eval, "data.eval")
+        if batch_kind(ev[0]) != kind:
+            raise JaxalignError(f"config key 'data.eval': {cfg.data.eval} holds {batch_kind(ev[0])!r} "
+                                f"data, but data.train holds {kind!r}")
+    elif cfg.data.eval_fraction:
+        train, ev = train_eval_split(train, cfg.data.eval_fraction, cfg.seed)
+    else:
+        ev = []
+    return train, ev
+
+
+def batch_iterators(cfg: RunConfig, train: list, ev: list, pad_id: int):
+    """(resumable training iterator, ``eval_batches()`` or None) for the ``train:``/``data:`` settings."""
+    from jaxalign.data import BatchIterator
+
+    bs = cfg.train.batch_size
+    if len(train) < bs:
+        raise JaxalignError(f"config key 'train.batch_size': {bs} is larger than the {len(train)} "
+                            "training examples")
+    it = BatchIterator(train, bs, seed=cfg.seed, shuffle=True, drop_last=True, pad_id=pad_id,
+                       buckets=cfg.data.buckets, max_length=cfg.data.max_length,
+                       process_index=jax.process_index(), process_count=jax.process_count())
+    eval_fn = None
+    if ev:
+        # Eval runs one micro-batch at a time (no gradients, so no accumulation needed).
+        ebs = min(cfg.train.micro_batch_size or bs, len(ev))
+
+        def eval_fn():
+            return BatchIterator(ev, ebs, shuffle=False, drop_last=False, pad_id=pad_id,
+                                 buckets=cfg.data.buckets, max_length=cfg.data.max_length,
+                                 process_index=jax.process_index(), process_count=jax.process_count(),
+                                 num_epochs=1)
+    return it, eval_fn
+
+
+def real_tokens(batch: dict) -> int:
+    """Tokens a step processes (every real token of every sequence in the batch)."""
+    import numpy as np
+
+    return int(sum(np.sum(v) for k, v in batch.items() if k.endswith("attention_mask")))

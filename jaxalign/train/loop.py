@@ -48,6 +48,7 @@ class Job:
     count_tokens: Callable[[dict], int] = lambda b: int(np.sum(b.get("attention_mask", 0)))
     export: Callable[[Any, Path], None] | None = None
     n_micro: int = 1
+    eval_loss_fn: Callable | None = None  # default: loss_fn (e.g. SFT evaluates without NEFTune noise)
 
 
 def _batch_shardings(batch, mesh):
@@ -119,9 +120,13 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
     step_fn = make_train_step(job.loss_fn, job.tx, job.n_micro, job.schedule)
     state_sh = _shardings(state)
     jit_step = jax.jit(step_fn, out_shardings=(state_sh, None), donate_argnums=(0,))
-    jit_eval = jax.jit(make_eval_step(job.loss_fn, job.n_micro)) if job.eval_batches else None
+    jit_eval = jax.jit(make_eval_step(job.eval_loss_fn or job.loss_fn, 1)) if job.eval_batches else None
+
+    evaluated = {}
 
     def evaluate(step):
+        if step in evaluated:  # eval_every already ran at this step
+            return evaluated[step]
         sums, n = {}, 0
         for i, b in enumerate(job.eval_batches()):
             if tcfg.eval_batches is not None and i >= tcfg.eval_batches:
@@ -132,7 +137,8 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
             n += 1
         if n:
             writer.write(step, {k: v / n for k, v in sums.items()}, prefix="eval/")
-        return {k: v / max(n, 1) for k, v in sums.items()}
+        evaluated[step] = {k: v / max(n, 1) for k, v in sums.items()}
+        return evaluated[step]
 
     first = 0 if start is None else start
     last_metrics: dict = {}
