@@ -15,8 +15,14 @@ from jaxalign.models.config import ModelConfig
 
 
 def mesh_from(cfg: RunConfig):
-    """The run's mesh over all devices (``mesh:`` section)."""
-    return shd.make_mesh({"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor})
+    """The run's mesh (``mesh:`` section): over all devices, or, on one host, over the first
+    ``data*fsdp*tensor`` devices when no axis is -1 (e.g. ``mesh.fsdp=1`` for one device)."""
+    dims = {"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor}
+    devices = jax.devices()
+    n = math.prod(dims.values())
+    if -1 not in dims.values() and jax.process_count() == 1 and 0 < n < len(devices):
+        devices = devices[:n]
+    return shd.make_mesh(dims, devices)
 
 
 def tokenizer_from(cfg: RunConfig):

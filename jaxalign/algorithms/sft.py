@@ -56,7 +56,7 @@ def completion_logps(model, batch: dict, *, prefix: str = "", embeds=None, remat
     else:
         logits = model(attention_mask=attn, inputs_embeds=embeds, remat=remat)
     logps = shifted_token_logprobs(logits, ids, chunk_size=chunk_size)
-    mask = batch[prefix + "completion_mask"].astype(bool).at[:, 0].set(False)
+    mask = jnp.asarray(batch[prefix + "completion_mask"], bool).at[:, 0].set(False)
     return logps, mask
 
 
