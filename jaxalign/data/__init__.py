@@ -54,7 +54,9 @@ def tiny_tokenizer_path() -> Path:
 
 @dataclasses.dataclass
 class DataStats:
-    """What :func:`prepare_dataset` kept and why it left rows out."""
+    """What :func:`prepare_dataset` kept and why it left rows out: ``skipped`` invalid rows
+    (``skip_invalid_rows``), ``dropped`` over-long prompts (``prompt_overflow: drop``),
+    ``identical`` preference pairs whose ``rejected`` equals ``chosen`` (always dropped)."""
 
     source: str
     format: str
@@ -63,6 +65,7 @@ class DataStats:
     skipped: int
     dropped: int
     skip_reasons: list
+    identical: int = 0
 
 
 def prepare_dataset(source, tokenizer, *, fmt: str = "auto", split: str = "train",
@@ -73,10 +76,13 @@ def prepare_dataset(source, tokenizer, *, fmt: str = "auto", split: str = "train
 
     Keyword arguments mirror the ``data:`` config section; see :func:`to_examples` and
     :func:`tokenize_example`. ``stats.skipped`` counts invalid rows (``skip_invalid_rows``),
-    ``stats.dropped`` prompts over ``max_prompt_length`` (``prompt_overflow="drop"``).
+    ``stats.dropped`` prompts over ``max_prompt_length`` (``prompt_overflow="drop"``),
+    ``stats.identical`` preference rows dropped because ``rejected`` equals ``chosen``.
     """
     src = str(source)
-    examples, reasons = load_examples(source, fmt, split, skip_invalid_rows)
+    rows = load_dataset_rows(source, split)
+    examples, reasons = check_rows(rows, fmt, src, skip_invalid_rows)
+    identical = len(rows) - len(examples) - len(reasons)  # the only other rows check_rows leaves out
     tokenized, dropped = tokenize_examples(
         examples, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
         prompt_overflow=prompt_overflow, prompt_template=prompt_template, add_eos=add_eos, source=src)
@@ -85,8 +91,8 @@ def prepare_dataset(source, tokenizer, *, fmt: str = "auto", split: str = "train
 
         raise JaxalignError(f"{src}: every example was dropped (prompts longer than max_prompt_length="
                             f"{max_prompt_length}; prompt_overflow: drop)")
-    stats = DataStats(src, example_format(examples[0]), len(examples) + len(reasons), len(tokenized),
-                      len(reasons), dropped, reasons[:5])
+    stats = DataStats(src, example_format(examples[0]), len(rows), len(tokenized),
+                      len(reasons), dropped, reasons[:5], identical)
     return tokenized, stats
 
 

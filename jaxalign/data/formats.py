@@ -100,6 +100,10 @@ class _RowError(Exception):
         self.field, self.msg = field, msg
 
 
+class _Identical(Exception):
+    """A preference row whose 'chosen' equals its 'rejected': dropped and counted, not an error."""
+
+
 class Unreadable:
     """A row the file reader could not parse (e.g. a JSONL line that is not JSON)."""
 
@@ -370,6 +374,8 @@ def _check_row(row: Any, fmt: str, index: int, csv: bool, margin_row) -> Example
         chosen = _text(row, "chosen", csv=csv)
         rejected = _text(row, "rejected", csv=csv)
         if row.get("prompt") is None:
+            if chosen == rejected:  # checked before the split: identical texts have no split point
+                raise _Identical()
             prompt, chosen, rejected = _implicit_prompt(chosen, rejected)
         else:
             prompt = _text(row, "prompt", csv=csv)
@@ -377,7 +383,7 @@ def _check_row(row: Any, fmt: str, index: int, csv: bool, margin_row) -> Example
             rejected = _completion(prompt, rejected, "rejected")
         _prompt_messages_ok(prompt)
         if chosen == rejected:
-            raise _RowError("rejected", "identical to 'chosen'")
+            raise _Identical()
         margin = None
         if margin_row is not False:
             if row.get("margin") is None:
@@ -417,6 +423,10 @@ def to_examples(rows: Iterable, fmt: str = "auto", source: str = "<rows>",
       skip_invalid_rows: skip (and count) bad rows instead of raising; the first few reasons are
         logged as a warning on the ``jaxalign.data`` logger (all of them: :func:`check_rows`).
 
+    A preference row whose ``chosen`` equals its ``rejected`` carries no preference: it is
+    dropped with a warning (not an error, not counted in ``n_skipped``); the number dropped is
+    ``len(rows) - len(examples) - n_skipped``.
+
     Raises:
       JaxalignError: a one-line message naming the source, the row (0-based) and the field.
     """
@@ -442,9 +452,12 @@ def check_rows(rows: Iterable, fmt: str = "auto", source: str = "<rows>",
     has_margin = fmt == "preference" and isinstance(head, dict) and head.get("margin") is not None
     examples: list[Example] = []
     reasons: list[str] = []
+    identical: list[int] = []
     for i, row in enumerate(rows):
         try:
             examples.append(_check_row(row, fmt, i, csv, first if has_margin else False))
+        except _Identical:
+            identical.append(i)
         except _RowError as e:
             err = row_error(source, i, e.field, e.msg)
             if not skip_invalid_rows:
@@ -454,8 +467,16 @@ def check_rows(rows: Iterable, fmt: str = "auto", source: str = "<rows>",
         shown = "; ".join(reasons[:_MAX_REPORTED])
         more = f" (and {len(reasons) - _MAX_REPORTED} more)" if len(reasons) > _MAX_REPORTED else ""
         log.warning("%s: skipped %d invalid row(s) of %d: %s%s", source, len(reasons),
-                    len(reasons) + len(examples), shown, more)
+                    len(rows), shown, more)
+    if identical:
+        shown = ", ".join(map(str, identical[:_MAX_REPORTED]))
+        shown += ", ..." if len(identical) > _MAX_REPORTED else ""
+        log.warning("%s: dropped %d preference row(s) whose 'rejected' is identical to 'chosen' "
+                    "(rows %s, 0-based)", source, len(identical), shown)
     if not examples:
+        if not reasons:
+            raise JaxalignError(f"{source}: every row was dropped: 'rejected' is identical to 'chosen' "
+                                f"in all {len(identical)} rows")
         raise JaxalignError(one_line(f"{source}: every row is invalid; first: {reasons[0]}"))
     return examples, reasons
 

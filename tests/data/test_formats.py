@@ -212,8 +212,39 @@ def test_preference_margin():
     assert "field 'margin': expected a finite number, got nan" in err(
         [rows[0], dict(rows[1], margin=float("nan"))])
     assert "field 'margin': missing (row 0 has a margin" in err([rows[0], PLAIN["preference"][1]])
-    assert "field 'rejected': identical to 'chosen'" in err(
-        [rows[0], {"prompt": "p", "chosen": "a", "rejected": "a", "margin": 1}])
+
+
+def test_identical_chosen_rejected_is_dropped_with_a_warning(caplog):
+    """A pair whose rejected equals its chosen is no preference: a warning and a count, not an error."""
+    p = PLAIN["preference"]
+    same = [{"prompt": "p", "chosen": "a", "rejected": "a"},                             # explicit prompt
+            {"chosen": "Q: x? A: yes", "rejected": "Q: x? A: yes"},                     # implicit prompt
+            {"prompt": msgs(("user", "q")), "chosen": "ok", "rejected": msgs(("assistant", "ok"))}]
+    rows = [p[0], same[0], p[1], same[1]]
+    with caplog.at_level(logging.WARNING, logger="jaxalign.data"):
+        examples, n_skipped = to_examples(rows, "auto", "data/x.jsonl")
+    assert [e.row for e in examples] == [0, 2] and n_skipped == 0
+    assert "data/x.jsonl: dropped 2 preference row(s) whose 'rejected' is identical to 'chosen' " \
+           "(rows 1, 3, 0-based)" in caplog.text
+    # A string and the same text as one assistant message are the same completion.
+    examples, _ = to_examples([CHAT["preference"][0], same[2]], "preference")
+    assert [e.row for e in examples] == [0]
+    # Other problems in such a row are still errors; a file of nothing but identical pairs is one too.
+    assert "field 'prompt'" in err([p[0], {"prompt": 3, "chosen": "a", "rejected": "a"}])
+    assert err([same[0]] * 3) == ("data/x.jsonl: every row was dropped: 'rejected' is identical to "
+                                  "'chosen' in all 3 rows")
+
+
+def test_prepare_dataset_counts_identical_pairs(tmp_path, tok):
+    from jaxalign.data import prepare_dataset
+
+    p = PLAIN["preference"]
+    rows = [p[0], dict(p[0], rejected=p[0]["chosen"]), p[1], {"prompt": 7, "chosen": "a", "rejected": "b"},
+            dict(p[1], chosen=p[1]["rejected"])]
+    path = write_rows(rows, tmp_path / "pairs.jsonl", "jsonl")
+    tokenized, stats = prepare_dataset(path, tok, skip_invalid_rows=True)
+    assert (stats.rows, stats.examples, stats.skipped, stats.identical) == (5, 2, 1, 2)
+    assert len(tokenized) == 2
 
 
 def test_implicit_prompt_strings_split_at_a_word_boundary():
