@@ -1,0 +1,234 @@
+"""Training step time, tokens/s and peak memory: SFT and DPO on SmolLM2-135M (batch 8 x 256).
+
+    .venv/bin/python benchmarks/train_step.py [--algorithms sft,dpo] [--steps 5] [--torch]
+    python3 benchmarks/train_step.py --random --no-torch      # on a GPU box (no GGUF needed)
+
+jaxalign: the run config ``configs/<alg>_smollm2.yaml`` turned into a job by the algorithm's own
+``build_job`` (the exact loss and train step ``jaxalign <alg>`` runs: one jitted step, AdamW,
+global-norm clipping), fed fixed synthetic batches of the benchmark shape so that every step has
+the same shape (a prompt of 128 tokens, a completion of 128; DPO: chosen and rejected each 256).
+"first step" is the first call (trace + compile + run), reported apart from the median of the
+following ``--steps`` steps. Peak memory: on a GPU, the device's ``peak_bytes_in_use``; on a CPU,
+the process's peak resident set (model, optimizer state, activations and the Python runtime).
+
+``--torch``: the same step in eager PyTorch with transformers (AdamW, completion-token NLL; DPO:
+policy forward+backward on chosen and rejected concatenated, reference forward without grad),
+as a baseline on the same machine. Each implementation runs in its own subprocess.
+Writes benchmarks/results/train_step.json (or --out) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB = 49152
+
+
+def synthetic_batch(alg: str, batch: int, seq: int, seed: int = 0) -> dict:
+    """Fixed-shape token batch: prompt = first half, completion = second half, no padding."""
+    rng = np.random.default_rng(seed)
+    half = seq // 2
+
+    def side():
+        ids = rng.integers(4, VOCAB, (batch, seq)).astype(np.int32)
+        comp = np.zeros((batch, seq), np.int32)
+        comp[:, half:] = 1
+        return ids, np.ones((batch, seq), np.int32), comp
+
+    if alg in ("sft", "ift"):
+        ids, attn, comp = side()
+        return {"input_ids": ids, "attention_mask": attn, "completion_mask": comp}
+    out = {}
+    for name in ("chosen", "rejected"):
+        ids, attn, comp = side()
+        out.update({f"{name}_input_ids": ids, f"{name}_attention_mask": attn, f"{name}_completion_mask": comp})
+    out["rejected_input_ids"][:, :half] = out["chosen_input_ids"][:, :half]  # shared prompt
+    return out
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+
+
+def run_jaxalign(args) -> dict:
+    import jax
+
+    from jaxalign import algorithms
+    from jaxalign.config import load_config
+    from jaxalign.train.loop import _batch_shardings, _state_shardings
+    from jaxalign.train.state import TrainState, make_train_step
+
+    alg = args.alg
+    mod = algorithms.get(alg)
+    over = [f"train.batch_size={args.batch}", f"data.max_length={args.seq}", "train.steps=100",
+            "train.micro_batch_size=null", "data.eval_fraction=0.0", "quiet=true"]
+    if args.random:
+        from jaxalign.api import load_model  # noqa: F401  (same import cost as a real run)
+
+        cfg_json = json.loads((ROOT / "benchmarks" / "smollm2_135m_config.json").read_text())
+        over += ["model.init=random", "model.path=null", "model.tokenizer=tiny",
+                 "model.config=" + json.dumps(cfg_json)]
+    if args.dtype:
+        over.append(f"model.dtype={args.dtype}")
+    cfg = load_config(ROOT / "configs" / f"{alg}_smollm2.yaml", over, algorithm=alg)
+    t0 = time.perf_counter()
+    job = mod.build_job(cfg)
+    build_s = time.perf_counter() - t0
+    batch = synthetic_batch(alg, args.batch, args.seq)
+    if alg == "dpo" and getattr(cfg.algo, "reference", "model") == "precomputed":
+        raise SystemExit("benchmark the reference: model setting (precomputed needs the data pass)")
+    state = TrainState.create(job.params, job.tx, cfg.seed, job.extras)
+    state = jax.device_put(state, _state_shardings(state, job.mesh, job.tx))
+    step = jax.jit(make_train_step(job.loss_fn, job.tx, job.n_micro, job.schedule), donate_argnums=(0,))
+    dev_batch = jax.device_put(batch, _batch_shardings(batch, job.mesh))
+    t = time.perf_counter()
+    state, m = step(state, dev_batch, job.frozen)
+    jax.block_until_ready(m)
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        state, m = step(state, dev_batch, job.frozen)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t)
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if dev.platform != "cpu" else None
+    peak = (stats["peak_bytes_in_use"] / 2**30, "device") if stats else (peak_rss_gib(), "process RSS")
+    return {"build_s": build_s, "first_step_s": first, "step_s": statistics.median(times),
+            "loss": float(m["loss"]), "peak_gib": peak[0], "peak_kind": peak[1], "device": dev.device_kind}
+
+
+def run_torch(args) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from jaxalign.io.paths import resolve_model_path
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    gguf = resolve_model_path("smollm2-135m-instruct")
+    t0 = time.perf_counter()
+    load = lambda: AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                        dtype=torch.float32)
+    policy = load().train()
+    ref = load().eval() if args.alg == "dpo" else None
+    build_s = time.perf_counter() - t0
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-6, weight_decay=0.0)
+    b = {k: torch.tensor(v, dtype=torch.long) for k, v in synthetic_batch(args.alg, args.batch, args.seq).items()}
+
+    def seq_logps(model, ids, attn, comp):
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        lp = torch.gather(F.log_softmax(logits.float(), -1), 2, ids[:, 1:, None])[..., 0]
+        return lp, comp[:, 1:].float()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        if args.alg == "sft":
+            lp, m = seq_logps(policy, b["input_ids"], b["attention_mask"], b["completion_mask"])
+            loss = -(lp * m).sum() / m.sum()
+        else:
+            cat = lambda k: torch.cat([b[f"chosen_{k}"], b[f"rejected_{k}"]])
+            ids, attn, comp = cat("input_ids"), cat("attention_mask"), cat("completion_mask")
+            lp, m = seq_logps(policy, ids, attn, comp)
+            with torch.no_grad():
+                rlp, _ = seq_logps(ref, ids, attn, comp)
+            logr = ((lp - rlp) * m).sum(-1)
+            n = args.batch
+            loss = -F.logsigmoid(0.1 * (logr[:n] - logr[n:])).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+        return float(loss)
+
+    t = time.perf_counter()
+    step()
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        loss = step()
+        times.append(time.perf_counter() - t)
+    return {"build_s": build_s, "first_step_s": first, "step_s": statistics.median(times), "loss": loss,
+            "peak_gib": peak_rss_gib(), "peak_kind": "process RSS", "device": "cpu (torch eager)"}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--algorithms", default="sft,dpo")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--dtype", default=None, help="compute dtype override (e.g. bfloat16)")
+    ap.add_argument("--random", action="store_true", help="random model with SmolLM2-135M's config")
+    ap.add_argument("--torch", dest="torch", action="store_true", help="also time eager PyTorch")
+    ap.add_argument("--no-torch", dest="torch", action="store_false")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_step.json"))
+    ap.add_argument("--child", choices=["jaxalign", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--alg", help=argparse.SUPPRESS)
+    ap.set_defaults(torch=False)
+    args = ap.parse_args()
+    if args.child:
+        res = run_jaxalign(args) if args.child == "jaxalign" else run_torch(args)
+        print("RESULT " + json.dumps(res))
+        return
+
+    rows = []
+    for alg in args.algorithms.split(","):
+        for impl in ["jaxalign"] + (["torch"] if args.torch else []):
+            cmd = [sys.executable, __file__, "--child", impl, "--alg", alg, "--batch", str(args.batch),
+                   "--seq", str(args.seq), "--steps", str(args.steps)]
+            cmd += ["--random"] if args.random else []
+            cmd += ["--dtype", args.dtype] if args.dtype else []
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+            if out.returncode or not line:
+                sys.stderr.write(out.stderr[-3000:])
+                raise SystemExit(f"{impl} {alg} failed")
+            res = json.loads(line[-1][7:])
+            res.update(implementation=impl, algorithm=alg, batch=args.batch, seq=args.seq)
+            # Tokens a step processes: every token of every sequence (DPO: chosen and rejected).
+            tokens = args.batch * args.seq * (2 if alg == "dpo" else 1)
+            res["tokens_per_s"] = tokens / res["step_s"]
+            rows.append(res)
+            print(f"{impl} {alg}: step {res['step_s']:.3f}s, first {res['first_step_s']:.2f}s", file=sys.stderr)
+    import platform
+
+    meta = {"python": platform.python_version(), "cpu": _cpu_name(), "cpus": os.cpu_count()}
+    try:
+        import jax
+
+        meta["jax"] = jax.__version__
+    except ImportError:
+        pass
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    print("| implementation | algorithm | device | first step (s) | median step (s) | tokens/s | peak memory (GiB) |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['implementation']} | {r['algorithm']} | {r['device']} | {r['first_step_s']:.2f} | "
+              f"{r['step_s']:.3f} | {r['tokens_per_s']:.0f} | {r['peak_gib']:.2f} ({r['peak_kind']}) |")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()
