@@ -10,7 +10,8 @@ Batch dicts (numpy; ids and masks int32):
 - SFT / LM: ``input_ids``, ``attention_mask``, ``completion_mask`` ``[B, S]``;
 - preference: ``chosen_input_ids``, ``chosen_attention_mask``, ``chosen_completion_mask``,
   ``rejected_input_ids``, ``rejected_attention_mask``, ``rejected_completion_mask`` ``[B, S]``
-  (one S for both) and ``margin [B]`` float32 when the data has margins;
+  (one S for both), ``margin [B]`` float32 when the data has margins, and any other per-example
+  float field (e.g. ``ref_chosen_logp``) as a float32 ``[B]`` array;
 - ranked: ``input_ids``, ``attention_mask``, ``completion_mask`` ``[B, K, S]`` (best first) and
   ``rank_valid [B, K]`` (0 for the padding responses of rows with fewer than K);
 - prompt-only: ``prompt_ids``, ``prompt_mask`` ``[B, S]``, LEFT-padded.
@@ -112,10 +113,12 @@ def collate(examples: Sequence[dict], pad_id: int, buckets=None, *, length: int 
                                          [e[f"{side}_mask"] for e in examples], s, pad_id)
             out.update({f"{side}_input_ids": ids, f"{side}_attention_mask": attn,
                         f"{side}_completion_mask": comp})
-        if any("margin" in e for e in examples):
-            if not all("margin" in e for e in examples):
-                raise JaxalignError("some preference examples have a margin and some do not")
-            out["margin"] = np.asarray([e["margin"] for e in examples], np.float32)
+        # Per-example float fields (the data's ``margin``, precomputed reference log-probs
+        # ``ref_chosen_logp`` / ``ref_rejected_logp``, ...) become float32 [B] arrays.
+        for key in sorted({k for e in examples for k, v in e.items() if isinstance(v, (float, np.floating))}):
+            if not all(key in e for e in examples):
+                raise JaxalignError(f"some preference examples have a {key} and some do not")
+            out[key] = np.asarray([e[key] for e in examples], np.float32)
         return out
     if kind == "ranked":
         k = num_responses or max(len(e["response_ids"]) for e in examples)
