@@ -1,0 +1,276 @@
+"""Offline DPO and its variants (ALGORITHMS.md §3) on preference data.
+
+``jaxalign dpo --config configs/dpo_tiny.yaml``; the ``dpo:`` section is :class:`Config`.
+
+One forward pass of the policy over the concatenated ``[chosen; rejected]`` batch ``[2B, S]``
+(as TRL does) gives the sequence log-probs summed over completion tokens; the reference's come
+from a frozen model (``reference: model``, one more forward without gradients) or from the
+batch (``reference: precomputed``: one pass over the data before training, after which no
+reference model is kept). The loss is :func:`jaxalign.losses.dpo_loss`; its weight is the
+number of pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxalign.algorithms import common
+from jaxalign.algorithms.sft import completion_logps
+from jaxalign.config import RunConfig, register_algorithm
+from jaxalign.errors import JaxalignError
+from jaxalign.losses import dpo_loss, sequence_logprobs
+from jaxalign.losses.dpo import LOSS_TYPES, BCOState, _as_tuple
+from jaxalign.train.loop import Job
+from jaxalign.train.optim import make_optimizer
+
+REFERENCES = ("model", "precomputed")
+REFERENCE_FREE_TYPES = ("simpo", "sft", "rpo")
+REF_KEYS = ("ref_chosen_logp", "ref_rejected_logp")  # per-example floats for reference: precomputed
+
+
+@dataclasses.dataclass
+class Config:
+    """The ``dpo:`` section.
+
+    beta: β, the strength of the implicit KL penalty (TRL default 0.1).
+    loss_type: one of ``jaxalign.losses.dpo.LOSS_TYPES`` (``sigmoid`` = DPO, ``ipo``, ``simpo``, ...)
+      or a list of them, mixed as ``Σ_k loss_weights[k]·loss_k``.
+    loss_weights: weights of a list of loss types (default all 1; same length as loss_type).
+    label_smoothing: ε (cDPO / robust / EXO / AOT / SimPO); in [0, 0.5).
+    reference_free: a uniform reference (ref log-probs = 0); no reference model is built.
+    simpo_gamma: SimPO target margin γ. discopop_tau: DiscoPOP temperature τ.
+    rpo_alpha: weight of an added NLL term on the chosen completions (RPO); null: off.
+    reference: ``model`` (a frozen reference model in memory during training: a copy of the
+      policy's starting weights, or ``reference_path``) or ``precomputed`` (one pass over the data
+      before training computes the reference log-probs of every pair; no reference model stays
+      in memory). Reference-free losses (``reference_free``, ``simpo``) use neither.
+    reference_path: the reference model (HF dir, .gguf or alias); default: the policy's start.
+    chunk_size: compute log-probs over the vocabulary in chunks of this many positions.
+    """
+
+    beta: float = 0.1
+    loss_type: str | list = "sigmoid"
+    loss_weights: list | None = None
+    label_smoothing: float = 0.0
+    reference_free: bool = False
+    simpo_gamma: float = 0.5
+    discopop_tau: float = 0.05
+    rpo_alpha: float | None = None
+    reference: str = "model"
+    reference_path: str | None = None
+    chunk_size: int | None = None
+
+    def loss_types(self) -> tuple[str, ...]:
+        """The loss types as a tuple (aliases resolved)."""
+        return _as_tuple(self.loss_type)
+
+    def needs_reference(self) -> bool:
+        """False for ``reference_free`` and for mixes of reference-free types only (SimPO, SFT)."""
+        return not self.reference_free and not set(self.loss_types()) <= set(REFERENCE_FREE_TYPES)
+
+    def reference_mode(self) -> str | None:
+        """``"model"``, ``"precomputed"`` or None (no reference)."""
+        return self.reference if self.needs_reference() else None
+
+    def validate(self, cfg: RunConfig) -> None:
+        types = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+        known = LOSS_TYPES + ("aot_unpaired", "rpo")
+        for t in types:
+            if t not in known:
+                raise JaxalignError(f"config key 'dpo.loss_type': unknown loss type {t!r} "
+                                    f"(known: {', '.join(LOSS_TYPES)})")
+        if not types:
+            raise JaxalignError("config key 'dpo.loss_type': an empty list")
+        if self.loss_weights is not None:
+            if len(self.loss_weights) != len(types):
+                raise JaxalignError(f"config key 'dpo.loss_weights': {len(self.loss_weights)} weights for "
+                                    f"{len(types)} loss types (dpo.loss_type); give one weight per type")
+            if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in self.loss_weights):
+                raise JaxalignError(f"config key 'dpo.loss_weights': expected numbers, got {self.loss_weights}")
+        if self.beta <= 0:
+            raise JaxalignError(f"config key 'dpo.beta': must be > 0, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise JaxalignError(f"config key 'dpo.label_smoothing': must be in [0, 0.5), got {self.label_smoothing}")
+        if self.discopop_tau <= 0:
+            raise JaxalignError(f"config key 'dpo.discopop_tau': must be > 0, got {self.discopop_tau}")
+        if self.rpo_alpha is not None and self.rpo_alpha < 0:
+            raise JaxalignError(f"config key 'dpo.rpo_alpha': must be >= 0, got {self.rpo_alpha}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise JaxalignError(f"config key 'dpo.chunk_size': must be >= 1, got {self.chunk_size}")
+        if self.reference not in REFERENCES:
+            raise JaxalignError(f"config key 'dpo.reference': {self.reference!r} is not one of {REFERENCES}")
+        if not self.needs_reference():
+            why = ("dpo.reference_free is true" if self.reference_free
+                   else f"loss_type {'/'.join(types)} is reference-free")
+            if self.reference == "precomputed":
+                raise JaxalignError(f"config key 'dpo.reference': {why}, so there are no reference "
+                                    "log-probs to precompute; remove dpo.reference")
+            if self.reference_path is not None:
+                raise JaxalignError(f"config key 'dpo.reference_path': {why}, so no reference model "
+                                    "is used; remove dpo.reference_path")
+
+
+register_algorithm("dpo", Config)
+
+
+def pair_logps(model, batch: dict, *, chunk_size: int | None = None, remat: bool = False):
+    """One forward over ``[chosen; rejected]`` (``[2B, S]``): ``(chosen_logps, rejected_logps,
+    chosen_lengths, rejected_lengths)``, each ``[B]``, log-probs summed over completion tokens."""
+    cat = {k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], axis=0)
+           for k in ("input_ids", "attention_mask", "completion_mask")}
+    logps, mask = completion_logps(model, cat, remat=remat, chunk_size=chunk_size)
+    seq = sequence_logprobs(logps, mask)
+    lengths = jnp.sum(mask, axis=-1).astype(jnp.float32)
+    b = batch["chosen_input_ids"].shape[0]
+    return seq[:b], seq[b:], lengths[:b], lengths[b:]
+
+
+def loss_kwargs(algo: Config) -> dict:
+    """The :func:`dpo_loss` options of a ``dpo:`` section."""
+    return dict(beta=algo.beta, loss_type=algo.loss_types(),
+                loss_weights=None if algo.loss_weights is None else tuple(float(w) for w in algo.loss_weights),
+                label_smoothing=algo.label_smoothing, reference_free=algo.reference_free,
+                simpo_gamma=algo.simpo_gamma, discopop_tau=algo.discopop_tau, rpo_alpha=algo.rpo_alpha)
+
+
+def initial_extras(algo: Config) -> dict:
+    """Checkpointed state of the loss: the BCO running reward mean (``bco_pair``), else empty."""
+    if "bco_pair" in algo.loss_types():
+        return {"bco_mean": jnp.zeros((), jnp.float32), "bco_count": jnp.zeros((), jnp.float32)}
+    return {}
+
+
+def make_loss(graphdef, algo: Config, ref_graphdef=None, remat: bool = False):
+    """``loss_fn(params, batch, frozen, rng, extras)`` for the shared train step.
+
+    The reference log-probs come from ``frozen`` (reference params, merged with ``ref_graphdef``)
+    when it is not None, else from ``batch["ref_chosen_logp"]`` / ``batch["ref_rejected_logp"]``
+    when present, else there is no reference (reference-free losses).
+    """
+    kwargs = loss_kwargs(algo)
+
+    def loss_fn(params, batch, frozen, rng, extras):
+        model = nnx.merge(graphdef, params)
+        pw, pl, len_w, len_l = pair_logps(model, batch, chunk_size=algo.chunk_size, remat=remat)
+        if frozen is not None:
+            ref = nnx.merge(ref_graphdef if ref_graphdef is not None else graphdef,
+                            jax.lax.stop_gradient(frozen))
+            rw, rl, _, _ = pair_logps(ref, batch, chunk_size=algo.chunk_size)
+        elif REF_KEYS[0] in batch:
+            rw, rl = batch[REF_KEYS[0]], batch[REF_KEYS[1]]
+        else:
+            rw = rl = None
+        bco = BCOState(extras["bco_mean"], extras["bco_count"]) if "bco_mean" in extras else None
+        loss, m = dpo_loss(pw, pl, rw, rl, chosen_lengths=len_w, rejected_lengths=len_l,
+                           bco_state=bco, **kwargs)
+        new_extras = extras
+        state = m.pop("bco_state", None)
+        if state is not None:
+            new_extras = {"bco_mean": state.mean, "bco_count": state.count}
+        metrics = dict(m, accuracy=m["rewards/accuracies"])
+        if "bco_mean" in new_extras:
+            metrics["bco/delta"] = new_extras["bco_mean"]
+        return loss, (jnp.float32(pw.shape[0]), metrics, new_extras)
+
+    return loss_fn
+
+
+def _pass_size(cfg: RunConfig) -> int:
+    return cfg.train.micro_batch_size or cfg.train.batch_size
+
+
+def precompute_reference(examples: list, model, cfg: RunConfig, pad_id: int, mesh) -> list:
+    """Copies of the preference ``examples`` with ``ref_chosen_logp`` / ``ref_rejected_logp``
+    (floats) from ``model``: one pass in batches of the micro-batch size, in order."""
+    from jaxalign.data import collate
+    from jaxalign.train.loop import _batch_shardings
+
+    if not examples:
+        return []
+    graphdef, params = nnx.split(model)
+    algo = cfg.algo
+
+    @jax.jit
+    def logps(params, batch):  # params are an argument, not a constant held by the executable
+        return pair_logps(nnx.merge(graphdef, params), batch, chunk_size=algo.chunk_size)[:2]
+
+    bs = min(_pass_size(cfg), len(examples))
+    out_w, out_l = [], []
+    for start in range(0, len(examples), bs):
+        chunk = list(examples[start:start + bs])
+        n = len(chunk)
+        chunk += [chunk[0]] * (bs - n)  # the last batch keeps the shape: no second compile
+        batch = collate(chunk, pad_id, cfg.data.buckets, max_length=cfg.data.max_length)
+        w, l = jax.device_get(logps(params, jax.device_put(batch, _batch_shardings(batch, mesh))))
+        out_w.extend(np.asarray(w[:n], np.float64).tolist())
+        out_l.extend(np.asarray(l[:n], np.float64).tolist())
+    return [dict(e, ref_chosen_logp=w, ref_rejected_logp=l) for e, w, l in zip(examples, out_w, out_l)]
+
+
+def _reference_model(cfg: RunConfig, mesh, vocab_size: int | None = None):
+    """The model at ``dpo.reference_path`` (same vocabulary as the policy)."""
+    from jaxalign.api import load_model
+
+    spec = cfg.model
+    ref = load_model(cfg.algo.reference_path, dtype=spec.param_dtype, compute_dtype=spec.dtype, mesh=mesh)
+    if vocab_size is not None and ref.config.vocab_size != vocab_size:
+        raise JaxalignError(f"config key 'dpo.reference_path': {cfg.algo.reference_path} has a vocabulary of "
+                            f"{ref.config.vocab_size} tokens, the policy {vocab_size}; they must match")
+    return ref
+
+
+def _copy(tree):
+    """Fresh buffers on the same shardings (the policy's are donated to the train step)."""
+    return jax.tree.map(lambda x: jax.device_put(x, x.sharding, may_alias=False), tree)
+
+
+def build_job(cfg: RunConfig) -> Job:
+    """Tokenizer, data, reference, model and optimizer for a DPO run."""
+    algo: Config = cfg.algo
+    mesh = common.mesh_from(cfg)
+    tok = common.tokenizer_from(cfg)
+    train, ev = common.datasets_from(cfg, tok, ("preference",))
+    mode = algo.reference_mode()
+    model = ref_graphdef = frozen = None
+    if mode == "precomputed":
+        if algo.reference_path:
+            # Load, score every pair, drop: the policy is created only afterwards, so the peak
+            # is one model, and nothing keeps the reference alive past this block.
+            ref = _reference_model(cfg, mesh, len(tok) if cfg.model.init == "random" else None)
+            train = precompute_reference(train, ref, cfg, tok.pad_token_id, mesh)
+            ev = precompute_reference(ev, ref, cfg, tok.pad_token_id, mesh)
+            del ref
+            gc.collect()
+            model = common.model_from(cfg, mesh, tok)
+        else:
+            model = common.model_from(cfg, mesh, tok)  # the policy's own start is the reference
+            train = precompute_reference(train, model, cfg, tok.pad_token_id, mesh)
+            ev = precompute_reference(ev, model, cfg, tok.pad_token_id, mesh)
+        common.say(cfg, f"dpo: reference log-probs precomputed for {len(train) + len(ev)} pairs")
+    model = model if model is not None else common.model_from(cfg, mesh, tok)
+    vocab = model.config.vocab_size
+    graphdef, params = nnx.split(model)
+    del model
+    if mode == "model":
+        if algo.reference_path:
+            ref = _reference_model(cfg, mesh, vocab)
+            ref_graphdef, frozen = nnx.split(ref)
+            del ref
+        else:
+            ref_graphdef, frozen = graphdef, _copy(params)
+    batches, eval_batches = common.batch_iterators(cfg, train, ev, tok.pad_token_id)
+    total = common.num_steps(cfg, len(train))
+    tx, schedule = make_optimizer(cfg.optim, total)
+    loss_fn = make_loss(graphdef, algo, ref_graphdef, cfg.model.remat)
+    return Job(params=params, loss_fn=loss_fn, eval_loss_fn=make_loss(graphdef, algo, ref_graphdef),
+               tx=tx, schedule=schedule, total_steps=total, train_batches=batches,
+               eval_batches=eval_batches, mesh=mesh, frozen=frozen, extras=initial_extras(algo),
+               count_tokens=common.real_tokens, export=common.lm_exporter(graphdef, tok),
+               n_micro=common.micro_batches(cfg))
+
