@@ -91,7 +91,9 @@ def cmd_train(args) -> int:
              if k in ("loss", "accuracy", "eval/loss", "eval/accuracy", "tokens_per_s")}
     print(json.dumps({"run_dir": out["run_dir"], "steps": out["steps"], "stopped": out["stopped"],
                       "wall_s": round(out["wall_s"], 1), **shown}))
-    return 0
+    # Stopped by SIGINT/SIGTERM (checkpoint saved): 128 + the signal number, as a shell reports a
+    # signal, so `jaxalign ... && next` does not go on and schedulers see an unfinished run.
+    return 128 + out["signal"] if out["stopped"] and out.get("signal") else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

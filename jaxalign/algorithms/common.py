@@ -30,13 +30,17 @@ def tokenizer_from(cfg: RunConfig):
     from jaxalign.api import load_tokenizer
 
     src = cfg.model.tokenizer or cfg.model.path
+    key = "model.tokenizer" if cfg.model.tokenizer else "model.path"
     if src is None:
         raise JaxalignError("config key 'model.tokenizer': required when model.path is not set")
     if src == "tiny":
         from jaxalign.data import tiny_tokenizer_path
 
         src = str(tiny_tokenizer_path())
-    tok = load_tokenizer(src)
+    try:
+        tok = load_tokenizer(src)
+    except JaxalignError as e:
+        raise JaxalignError(f"config key {key!r}: {e}") from None
     if tok.pad_token_id is None:
         # Masks come from lengths, so reusing EOS as the pad id is safe here.
         tok.pad_token = tok.eos_token
@@ -55,7 +59,10 @@ def model_from(cfg: RunConfig, mesh, tokenizer=None, seed_offset: int = 0):
     if spec.init == "pretrained":
         if spec.path is None:
             raise JaxalignError("config key 'model.path': required when model.init is 'pretrained'")
-        return load_model(spec.path, dtype=spec.param_dtype, compute_dtype=spec.dtype, mesh=mesh)
+        try:
+            return load_model(spec.path, dtype=spec.param_dtype, compute_dtype=spec.dtype, mesh=mesh)
+        except JaxalignError as e:
+            raise JaxalignError(f"config key 'model.path': {e}") from None
     if spec.init != "random":
         raise JaxalignError(f"config key 'model.init': expected 'pretrained' or 'random', got {spec.init!r}")
     fields = dict(spec.config or {})
@@ -99,7 +106,13 @@ def num_steps(cfg: RunConfig, n_examples: int) -> int:
 
 def micro_batches(cfg: RunConfig) -> int:
     """Number of micro-batches per step (gradient accumulation)."""
-    bs, mb = cfg.train.batch_size, cfg.train.micro_batch_size or cfg.train.batch_size
+    bs, mb = cfg.train.batch_size, cfg.train.micro_batch_size
+    if bs <= 0:
+        raise JaxalignError(f"config key 'train.batch_size': must be > 0, got {bs}")
+    if mb is None:
+        mb = bs
+    if mb <= 0:
+        raise JaxalignError(f"config key 'train.micro_batch_size': must be > 0 (or null), got {mb}")
     if bs % mb:
         raise JaxalignError(
             f"config key 'train.micro_batch_size': {mb} does not divide train.batch_size={bs}"

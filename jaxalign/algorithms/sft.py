@@ -76,8 +76,10 @@ def make_loss(graphdef, algo: Config, remat: bool = False):
         if algo.neftune_alpha:
             embeds = neftune_noise(rng, model.embed(batch["input_ids"]), algo.neftune_alpha)
         logps, mask = completion_logps(model, batch, embeds=embeds, remat=remat, chunk_size=algo.chunk_size)
-        loss, m = nll_loss(logps, mask, aggregation=algo.aggregation)
-        return loss, (loss_weight(mask, algo.aggregation), {"nll": m["nll"]}, extras)
+        loss, _ = nll_loss(logps, mask, aggregation=algo.aggregation)
+        # "nll" in the aggregation of the loss (nll_loss's own "nll" is a token mean, which the
+        # sequence-weighted accumulation of sequence_mean would make depend on micro_batch_size).
+        return loss, (loss_weight(mask, algo.aggregation), {"nll": loss}, extras)
 
     return loss_fn
 
@@ -89,16 +91,17 @@ def make_eval_loss(graphdef, algo: Config):
 
 def build_job(cfg: RunConfig) -> Job:
     """Tokenizer, data, model and optimizer for an SFT run."""
+    n_micro = common.micro_batches(cfg)  # config errors first, before any slow work
     mesh = common.mesh_from(cfg)
     tok = common.tokenizer_from(cfg)
     train, ev = common.datasets_from(cfg, tok, ("sft",))
+    total = common.num_steps(cfg, len(train))
     batches, eval_batches = common.batch_iterators(cfg, train, ev, tok.pad_token_id)
     model = common.model_from(cfg, mesh, tok)
     graphdef, params = nnx.split(model)
-    total = common.num_steps(cfg, len(train))
     tx, schedule = make_optimizer(cfg.optim, total)
     return Job(params=params, loss_fn=make_loss(graphdef, cfg.algo, cfg.model.remat),
                eval_loss_fn=make_eval_loss(graphdef, cfg.algo), tx=tx, schedule=schedule,
                total_steps=total, train_batches=batches, eval_batches=eval_batches, mesh=mesh,
                count_tokens=common.real_tokens, export=common.lm_exporter(graphdef, tok),
-               n_micro=common.micro_batches(cfg))
+               n_micro=n_micro)

@@ -68,10 +68,12 @@ def _shardings(tree):
 
 
 class _StopFlag:
-    """SIGTERM / SIGINT ask the loop to checkpoint and stop after the current step."""
+    """SIGTERM / SIGINT ask the loop to checkpoint and stop after the current step; a second
+    signal raises KeyboardInterrupt at once. ``signum`` is the first signal received."""
 
     def __init__(self):
         self.stop = False
+        self.signum: int | None = None
         self._old = {}
 
     def __enter__(self):
@@ -85,7 +87,7 @@ class _StopFlag:
     def _handle(self, signum, frame):
         if self.stop:  # second signal: stop now
             raise KeyboardInterrupt
-        self.stop = True
+        self.stop, self.signum = True, signum
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
@@ -99,11 +101,11 @@ def default_run_dir(cfg: RunConfig) -> Path:
 def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
     """Train ``job`` to ``job.total_steps``; resume from ``run_dir/checkpoints`` if present.
 
-    Returns a summary dict (final metrics, run dir, steps, wall time).
+    Returns a summary dict (final metrics, run dir, steps, wall time, and ``stopped`` /
+    ``signal``: whether and by which signal number SIGTERM/SIGINT stopped the run early).
     """
     run_dir = Path(run_dir or default_run_dir(cfg))
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
     tcfg = cfg.train
     log = (lambda *a: None) if cfg.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
 
@@ -112,9 +114,19 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
     ckpt = Checkpointer(run_dir / "checkpoints", keep=tcfg.keep_checkpoints)
     start = ckpt.latest_step()
     if start is not None:
-        state, meta = ckpt.restore(state, start)
+        try:
+            state, meta = ckpt.restore(state, start)
+        except Exception as e:  # noqa: BLE001 - orbax raises many types for a mismatched tree
+            ckpt.close()
+            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise JaxalignError(
+                f"{ckpt.directory / str(start)}: this checkpoint does not fit the current config "
+                f"({first_line}); resume with the config the run started with (its config.yaml) "
+                "or use a new --run-dir") from None
         job.train_batches.load_state_dict(meta["data"])
         log(f"resumed from {run_dir / 'checkpoints'} at step {start}")
+    # Written only once a resume has succeeded: a failed resume leaves the run dir as it was.
+    save_config(cfg, run_dir / "config.yaml")
     writer = MetricsWriter(run_dir, resume_step=start)
 
     step_fn = make_train_step(job.loss_fn, job.tx, job.n_micro, job.schedule)
@@ -192,12 +204,17 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
                 stopped = True
                 log(f"\nstopped by signal at step {step + 1}; checkpoint saved, rerun to resume")
                 break
+        final_step = int(jax.device_get(state.step))
+        # Still under the signal handler: SIGTERM during this save cannot lose the run's progress.
+        if not stopped and ckpt.latest_step() != final_step:
+            ckpt.save(final_step, state, {"data": job.train_batches.state_dict(), "step": final_step})
+        if flag.stop and not stopped:  # a signal during the final save: skip eval and export
+            stopped = True
+            log(f"\nstopped by signal after step {final_step}; checkpoint saved, rerun to export")
+    signum = flag.signum if stopped else None
     if pbar is not None:
         pbar.close()
-    final_step = int(jax.device_get(state.step))
     if not stopped:
-        if ckpt.latest_step() != final_step:
-            ckpt.save(final_step, state, {"data": job.train_batches.state_dict(), "step": final_step})
         if jit_eval:
             last_metrics.update({f"eval/{k}": v for k, v in evaluate(final_step).items()})
     ckpt.close()
@@ -210,7 +227,8 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
         log(f"plots: {plot}")
     if skipped_total:
         log(f"{skipped_total} step(s) skipped for a non-finite loss or gradient (metric 'skipped')")
-    return {"run_dir": str(run_dir), "steps": final_step, "stopped": stopped, "skipped": skipped_total,
+    return {"run_dir": str(run_dir), "steps": final_step, "stopped": stopped, "signal": signum,
+            "skipped": skipped_total,
             "wall_s": time.perf_counter() - t_start, "metrics": last_metrics, "state": state}
 
 

@@ -8,15 +8,36 @@ import math
 from pathlib import Path
 
 
+def _parse(line: str) -> dict | None:
+    try:
+        row = json.loads(line)
+    except ValueError:  # a line cut short by a crash mid-write
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def _kind(row: dict) -> str:
+    """Which writer call made a row: its metric-name prefix (``""`` or ``"eval/"``)."""
+    keys = [k for k in row if k != "step"]
+    head = keys[0].split("/", 1)[0] + "/" if keys and "/" in keys[0] else ""
+    return head if head and all(k.startswith(head) for k in keys) else ""
+
+
 class MetricsWriter:
-    """Append-only JSONL log; on resume, lines past the restored step are dropped first."""
+    """Append-only JSONL log. On resume, rows past the restored step (and lines a crash cut
+    short) are dropped first, and a row already kept for a (step, prefix) is not written twice
+    (e.g. the final eval when a finished run is run again)."""
 
     def __init__(self, run_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True):
         self.path = Path(run_dir) / "metrics.jsonl"
+        self._seen: set = set()
         if resume_step is not None and self.path.exists():
-            kept = [l for l in self.path.read_text().splitlines()
-                    if l.strip() and json.loads(l).get("step", 0) <= resume_step]
-            self.path.write_text("".join(l + "\n" for l in kept))
+            rows = [r for r in map(_parse, self.path.read_text().splitlines()) if r is not None]
+            kept = [r for r in rows if isinstance(r.get("step"), int) and r["step"] <= resume_step]
+            self._seen = {(r["step"], _kind(r)) for r in kept}
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            tmp.replace(self.path)  # atomic: a crash here keeps the old file, never half of it
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         self._f = self.path.open("a")
@@ -30,6 +51,10 @@ class MetricsWriter:
                 self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
     def write(self, step: int, metrics: dict, prefix: str = "") -> None:
+        """Append one row ``{"step": step, prefix + name: value, ...}`` (non-finite values as text)."""
+        if not metrics or (int(step), prefix) in self._seen:
+            return
+        self._seen.add((int(step), prefix))
         row = {"step": int(step)}
         for k, v in metrics.items():
             v = float(v)
@@ -48,7 +73,8 @@ class MetricsWriter:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+    """The rows of a ``metrics.jsonl`` (a line cut short by a crash is left out)."""
+    return [r for r in map(_parse, Path(path).read_text().splitlines()) if r is not None]
 
 
 # Shown first, in this order, when present; everything else follows alphabetically.
