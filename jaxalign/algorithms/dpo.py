@@ -213,16 +213,21 @@ def precompute_reference(examples: list, model, cfg: RunConfig, pad_id: int, mes
     return [dict(e, ref_chosen_logp=w, ref_rejected_logp=l) for e, w, l in zip(examples, out_w, out_l)]
 
 
-def _reference_model(cfg: RunConfig, mesh, vocab_size: int | None = None):
-    """The model at ``dpo.reference_path`` (same vocabulary as the policy)."""
+def _reference_model(cfg: RunConfig, mesh):
+    """The model at ``dpo.reference_path``, in the policy's dtypes and on its mesh."""
     from jaxalign.api import load_model
 
     spec = cfg.model
-    ref = load_model(cfg.algo.reference_path, dtype=spec.param_dtype, compute_dtype=spec.dtype, mesh=mesh)
-    if vocab_size is not None and ref.config.vocab_size != vocab_size:
+    try:
+        return load_model(cfg.algo.reference_path, dtype=spec.param_dtype, compute_dtype=spec.dtype, mesh=mesh)
+    except JaxalignError as e:
+        raise JaxalignError(f"config key 'dpo.reference_path': {e}") from None
+
+
+def _check_vocab(cfg: RunConfig, ref_vocab: int, policy_vocab: int) -> None:
+    if ref_vocab != policy_vocab:
         raise JaxalignError(f"config key 'dpo.reference_path': {cfg.algo.reference_path} has a vocabulary of "
-                            f"{ref.config.vocab_size} tokens, the policy {vocab_size}; they must match")
-    return ref
+                            f"{ref_vocab} tokens, the policy {policy_vocab}; they must match")
 
 
 def _copy(tree):
@@ -237,12 +242,15 @@ def build_job(cfg: RunConfig) -> Job:
     tok = common.tokenizer_from(cfg)
     train, ev = common.datasets_from(cfg, tok, ("preference",))
     mode = algo.reference_mode()
-    model = ref_graphdef = frozen = None
+    model = ref_graphdef = frozen = ref_vocab = None
     if mode == "precomputed":
         if algo.reference_path:
             # Load, score every pair, drop: the policy is created only afterwards, so the peak
             # is one model, and nothing keeps the reference alive past this block.
-            ref = _reference_model(cfg, mesh, len(tok) if cfg.model.init == "random" else None)
+            ref = _reference_model(cfg, mesh)
+            ref_vocab = ref.config.vocab_size
+            if ref_vocab < len(tok):
+                _check_vocab(cfg, ref_vocab, len(tok))
             train = precompute_reference(train, ref, cfg, tok.pad_token_id, mesh)
             ev = precompute_reference(ev, ref, cfg, tok.pad_token_id, mesh)
             del ref
@@ -257,9 +265,12 @@ def build_job(cfg: RunConfig) -> Job:
     vocab = model.config.vocab_size
     graphdef, params = nnx.split(model)
     del model
+    if ref_vocab is not None:
+        _check_vocab(cfg, ref_vocab, vocab)
     if mode == "model":
         if algo.reference_path:
-            ref = _reference_model(cfg, mesh, vocab)
+            ref = _reference_model(cfg, mesh)
+            _check_vocab(cfg, ref.config.vocab_size, vocab)
             ref_graphdef, frozen = nnx.split(ref)
             del ref
         else:

@@ -337,6 +337,11 @@ def test_reference_path_model_and_precomputed_drops_it(tmp_path, monkeypatch):
     got = jax.tree.leaves(job.frozen)
     assert len(got) == len(want) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(got, want))
 
+    with pytest.raises(JaxalignError, match="'dpo.reference_path'.*vocabulary of 260 tokens, the policy 264"):
+        dpo.build_job(cfg_of(*ov, "model.config.vocab_size=264"))
+    with pytest.raises(JaxalignError, match="'dpo.reference_path'"):
+        dpo.build_job(cfg_of(*SMALL, "dpo.reference=precomputed", f"dpo.reference_path={tmp_path / 'missing'}"))
+
 
 # ------------------------------------------------------------------ BCO running state + resume
 
