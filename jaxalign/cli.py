@@ -88,7 +88,8 @@ def cmd_train(args) -> int:
     job = module.build_job(cfg)
     out = run(cfg, job)
     shown = {k: round(v, 4) for k, v in out["metrics"].items()
-             if k in ("loss", "accuracy", "eval/loss", "eval/accuracy", "tokens_per_s")}
+             if k in ("loss", "accuracy", "eval/loss", "eval/accuracy", "tokens_per_s", "reward/mean",
+                      "eval/reward")}
     print(json.dumps({"run_dir": out["run_dir"], "steps": out["steps"], "stopped": out["stopped"],
                       "wall_s": round(out["wall_s"], 1), **shown}))
     # Stopped by SIGINT/SIGTERM (checkpoint saved): 128 + the signal number, as a shell reports a

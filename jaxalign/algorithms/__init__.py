@@ -13,6 +13,7 @@ ALGORITHMS = {
     "rm": "jaxalign.algorithms.rm",
     "dpo": "jaxalign.algorithms.dpo",
     "ift": "jaxalign.algorithms.ift",
+    "grpo": "jaxalign.algorithms.grpo",
 }
 
 

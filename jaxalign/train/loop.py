@@ -49,6 +49,11 @@ class Job:
     export: Callable[[Any, Path], None] | None = None
     n_micro: int = 1
     eval_loss_fn: Callable | None = None  # default: loss_fn (e.g. SFT evaluates without NEFTune noise)
+    # Online algorithms: ``experience(state, batch) -> (batch, metrics)`` turns each prompt batch
+    # into scored samples from the current params before the step; ``evaluate(params) -> metrics``
+    # replaces eval batches (e.g. the mean reward on held-out prompts).
+    experience: Callable | None = None
+    evaluate: Callable | None = None
 
 
 def _batch_shardings(batch, mesh):
@@ -133,11 +138,17 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
     state_sh = _shardings(state)
     jit_step = jax.jit(step_fn, out_shardings=(state_sh, None), donate_argnums=(0,))
     jit_eval = jax.jit(make_eval_step(job.eval_loss_fn or job.loss_fn, 1)) if job.eval_batches else None
+    if job.evaluate is not None:
+        jit_eval = True  # evaluate() calls the job's own hook
 
     evaluated = {}
 
     def evaluate(step):
         if step in evaluated:  # eval_every already ran at this step
+            return evaluated[step]
+        if job.evaluate is not None:
+            evaluated[step] = {k: float(v) for k, v in job.evaluate(state.params).items()}
+            writer.write(step, evaluated[step], prefix="eval/")
             return evaluated[step]
         sums, n = {}, 0
         for i, b in enumerate(job.eval_batches()):
@@ -172,6 +183,9 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
             except StopIteration:
                 raise JaxalignError("the training data ran out before train.steps; "
                                     "lower train.steps or raise train.epochs") from None
+            exp_metrics = {}
+            if job.experience is not None:
+                batch, exp_metrics = job.experience(state, batch)
             tokens_since += job.count_tokens(batch)
             state, metrics = jit_step(state, jax.device_put(batch, _batch_shardings(batch, job.mesh)),
                                       job.frozen)
@@ -180,6 +194,7 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
                 now = time.perf_counter()
                 dt = (now - t_last) / (step + 1 - last_logged)
                 row = {k: float(v) for k, v in metrics.items()}
+                row.update(exp_metrics)
                 row.update(step_time=dt, tokens_per_s=tokens_since / (now - t_last))
                 t_last, last_logged, tokens_since = now, step + 1, 0
                 writer.write(step + 1, row)
@@ -191,7 +206,8 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
                         f"step {step + 1}); stopping. Lower optim.lr, enable optim.grad_clip or check the data")
                 last_metrics = row
                 if pbar is not None:
-                    pbar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+                    extra = {"reward": f"{row['reward/mean']:.3f}"} if "reward/mean" in row else {}
+                    pbar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}", **extra)
             if pbar is not None:
                 pbar.update(1)
             if jit_eval and tcfg.eval_every and (step + 1) % tcfg.eval_every == 0:
