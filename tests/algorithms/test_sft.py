@@ -64,7 +64,7 @@ def _torch_reference(job, batch, aggregation, tmp_path):
     has = per_seq > 0
     sequence_mean = (nll.sum(1)[has] / per_seq[has]).mean()
     # On ragged data the two objectives differ, so each aggregation is checked for itself.
-    assert abs(float(token_mean) - float(sequence_mean)) > 1e-4
+    assert abs(token_mean.item() - sequence_mean.item()) > 1e-4
     loss = token_mean if aggregation == "token_mean" else sequence_mean
     loss.backward()
     gnorm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None))
