@@ -54,6 +54,9 @@ class Job:
     # replaces eval batches (e.g. the mean reward on held-out prompts).
     experience: Callable | None = None
     evaluate: Callable | None = None
+    # A pure ``step(state, batch, frozen) -> (state, metrics)`` replacing the default one-update
+    # step (e.g. :func:`jaxalign.train.state.make_minibatch_step` for PPO epochs over a buffer).
+    step_fn: Callable | None = None
 
 
 def _batch_shardings(batch, mesh):
@@ -134,7 +137,7 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
     save_config(cfg, run_dir / "config.yaml")
     writer = MetricsWriter(run_dir, resume_step=start)
 
-    step_fn = make_train_step(job.loss_fn, job.tx, job.n_micro, job.schedule)
+    step_fn = job.step_fn or make_train_step(job.loss_fn, job.tx, job.n_micro, job.schedule)
     state_sh = _shardings(state)
     jit_step = jax.jit(step_fn, out_shardings=(state_sh, None), donate_argnums=(0,))
     jit_eval = jax.jit(make_eval_step(job.eval_loss_fn or job.loss_fn, 1)) if job.eval_batches else None

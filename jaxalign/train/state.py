@@ -139,3 +139,44 @@ def make_eval_step(loss_fn: LossFn, n_micro: int = 1):
         return metrics
 
     return eval_step
+
+
+def make_minibatch_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, num_minibatches: int,
+                        epochs: int = 1, n_micro: int = 1, schedule: optax.Schedule | None = None):
+    """Pure ``step(state, batch, frozen) -> (state, metrics)`` that makes ``epochs`` passes over
+    ``batch`` in ``num_minibatches`` shuffled minibatches, one optimizer update each (PPO's
+    inner loop; RAFT's fine-tuning pass) — all inside one jitted call.
+
+    ``state.step`` still advances by one (it counts loop iterations, as checkpoints and logs do);
+    the optimizer makes ``epochs * num_minibatches`` updates, so build its schedule over
+    ``total_iterations * epochs * num_minibatches`` updates. Metrics are means over the updates
+    (``lr`` is the rate of the last update). The shuffles come from the state's key.
+    """
+    single = make_train_step(loss_fn, tx, n_micro, None)
+    updates = epochs * num_minibatches
+
+    def step(state: TrainState, batch, frozen):
+        n = jax.tree.leaves(batch)[0].shape[0]
+        if n % num_minibatches:
+            raise ValueError(f"a batch of {n} rows does not split into {num_minibatches} minibatches")
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), 0x3B)
+
+        def epoch(s, ekey):
+            perm = jax.random.permutation(ekey, n)
+            mbs = jax.tree.map(lambda x: x[perm].reshape((num_minibatches, n // num_minibatches) + x.shape[1:]),
+                               batch)
+
+            def one(s2, mb):
+                # Keep the iteration count fixed inside: only the outer call advances it.
+                s3, m = single(s2, mb, frozen)
+                return s3.replace(step=s2.step), m
+
+            return jax.lax.scan(one, s, mbs)
+
+        new, metrics = jax.lax.scan(epoch, state, jax.random.split(key, epochs))
+        metrics = jax.tree.map(lambda x: jnp.mean(x), metrics)
+        if schedule is not None:
+            metrics["lr"] = schedule((state.step + 1) * updates - 1)
+        return new.replace(step=state.step + 1), metrics
+
+    return step
