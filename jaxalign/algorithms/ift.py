@@ -108,7 +108,13 @@ def make_loss(graphdef, algo: Config, total_steps: int, remat: bool = False, tra
         logps, mask = completion_logps(model, batch, embeds=embeds, remat=remat, chunk_size=algo.chunk_size)
         loss, m = ift_loss(logps, mask, gamma=algo.gamma)
         changed = jnp.sum((pred != ids) & mask) / jnp.maximum(jnp.sum(mask), 1)
-        metrics = {"nll": m["nll"], "lambda": lam, "predicted_differs": changed}
+        # Per-sequence mean NLL, averaged like the loss (over sequences), so the logged value
+        # does not depend on train.micro_batch_size.
+        n_seq_tok = jnp.sum(mask, axis=-1)
+        seq_nll = -jnp.sum(jnp.where(mask, logps, 0.0), axis=-1) / jnp.maximum(n_seq_tok, 1)
+        has = n_seq_tok > 0
+        nll = jnp.sum(jnp.where(has, seq_nll, 0.0)) / jnp.maximum(jnp.sum(has), 1)
+        metrics = {"nll": nll, "lambda": lam, "predicted_differs": changed}
         new_extras = dict(extras, ift_step=step + 1) if train else extras
         return loss, (loss_weight(mask, "sequence_mean"), metrics, new_extras)
 
