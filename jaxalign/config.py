@@ -65,6 +65,7 @@ class TrainConfig:
     batch_size: int = 8  # global, in examples
     micro_batch_size: int | None = None  # gradient accumulation when smaller than batch_size
     eval_every: int = 0
+    eval_at_start: bool = False  # also evaluate before the first step (a baseline for the curves)
     eval_batches: int | None = None
     log_every: int = 1
     save_every: int = 0

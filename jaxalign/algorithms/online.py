@@ -59,30 +59,37 @@ def sample_key(rng_data) -> jax.Array:
     return jax.random.fold_in(jax.random.wrap_key_data(rng_data), _SAMPLE_SALT)
 
 
-def make_evaluate(cfg: RunConfig, s: Setup, batch_size: int = 16) -> Callable | None:
+def make_evaluate(cfg: RunConfig, s: Setup) -> Callable | None:
     """``evaluate(params) -> {"reward": mean, "response_length": mean}`` on the held-out prompts,
-    one sample each with a fixed key (comparable across steps)."""
+    with a fixed key (comparable across steps). Batches have the training shape (the last one
+    padded with repeats that are not counted), so evaluation reuses the compiled sampler."""
     if not s.eval_prompts:
         return None
     from jaxalign.data import collate
 
-    batches = [collate(s.eval_prompts[i:i + batch_size], s.tokenizer.pad_token_id, buckets=cfg.data.buckets,
-                       max_length=cfg.data.max_length)
-               for i in range(0, len(s.eval_prompts), batch_size)]
+    bs = cfg.train.batch_size
+    prompts = list(s.eval_prompts)
+    batches = []
+    for i in range(0, len(prompts), bs):
+        chunk = prompts[i:i + bs]
+        real = len(chunk)
+        chunk = chunk + [chunk[-1]] * (bs - real)
+        batches.append((collate(chunk, s.tokenizer.pad_token_id, buckets=cfg.data.buckets,
+                                max_length=cfg.data.max_length), real))
     maker = s.maker
 
     def evaluate(params):
         rewards, lengths = [], []
-        for i, b in enumerate(batches):
+        for i, (b, real) in enumerate(batches):
             key = jax.random.fold_in(jax.random.key(cfg.seed), i)
             roll = maker.sample(params, b["prompt_ids"], b["prompt_mask"], key)
-            # Score with one sample per prompt: the maker draws num_samples, keep the first.
             g = maker.num_samples
-            prompts, comps = maker.decode(roll) if maker.reward.needs_text else (None, None)
-            scores = maker.reward(prompts, comps, tokens=roll.tokens, attention_mask=roll.attention_mask,
+            texts = maker.decode(roll) if maker.reward.needs_text else (None, None)
+            scores = maker.reward(*texts, tokens=roll.tokens, attention_mask=roll.attention_mask,
                                   finished=np.asarray(roll.finished))
-            rewards.append(scores.reshape(-1, g)[:, 0])
-            lengths.append(np.asarray(roll.lengths).reshape(-1, g)[:, 0])
+            # One sample per prompt (the first), real prompts only.
+            rewards.append(scores.reshape(-1, g)[:real, 0])
+            lengths.append(np.asarray(roll.lengths).reshape(-1, g)[:real, 0])
         return {"reward": float(np.concatenate(rewards).mean()),
                 "response_length": float(np.concatenate(lengths).mean())}
 

@@ -178,6 +178,10 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
         pbar = tqdm(total=job.total_steps, initial=first, desc=cfg.algorithm, unit="step",
                     dynamic_ncols=True, file=sys.stderr)
     stopped = False
+    if jit_eval and tcfg.eval_at_start and first == 0:
+        ev = evaluate(0)
+        if pbar is not None and ev:
+            pbar.write("step 0: " + ", ".join(f"eval/{k}={v:.4f}" for k, v in ev.items()))
     with _StopFlag() as flag:
         step = first
         for step in range(first, job.total_steps):

@@ -63,7 +63,7 @@ def _eval_rewards(run_dir):
 @pytest.mark.parametrize("advantage", ["grpo", "rloo"])
 def test_planted_reward_rises_on_held_out_prompts(tmp_path, advantage):
     run = tmp_path / advantage
-    over = ["train.steps=24", "train.eval_every=4", f"grpo.advantage={advantage}"]
+    over = ["train.steps=20", "train.eval_every=10", "train.eval_at_start=true", f"grpo.advantage={advantage}"]
     if advantage == "rloo":
         over.append("grpo.beta=0.01")  # with a reference model: KL-shaped rewards, kl_ref logged
     rc = main(["grpo", "--config", TINY, "--run-dir", str(run), "--quiet", *over])
