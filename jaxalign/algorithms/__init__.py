@@ -14,6 +14,7 @@ ALGORITHMS = {
     "dpo": "jaxalign.algorithms.dpo",
     "ift": "jaxalign.algorithms.ift",
     "grpo": "jaxalign.algorithms.grpo",
+    "ppo": "jaxalign.algorithms.ppo",
 }
 
 
