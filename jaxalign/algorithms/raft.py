@@ -1,0 +1,373 @@
+"""RAFT: reward-ranked fine-tuning (Dong et al. 2023, arXiv:2304.06767; ALGORITHMS.md §7).
+``jaxalign raft --config configs/raft_tiny.yaml``; the ``raft:`` section is :class:`Config`.
+
+Each iteration (one train step): take ``train.batch_size`` prompts, sample from the current
+policy, score, rank and keep the best, then fine-tune on the kept (prompt, completion) pairs
+with the SFT loss on completion tokens only.
+
+- ``ranking: local``: ``K = 1/α`` samples per prompt, the best one of each prompt is kept;
+- ``ranking: global``: one sample per prompt, the top ``α`` fraction of the batch is kept.
+
+The core, :func:`raft_iteration`, knows nothing about text or models: it takes a sampler, a
+reward and (optionally) a fine-tuning step, so any generator (another model, a different
+prompt, a non-text sampler) plugs in. :class:`TextRaft` is the language-model instance the CLI
+uses: the sampler may see a *generation* prompt (``generation_template``, e.g. a "magic"
+prefix) while the SFT batch holds the plain training prompt, joined to the sampled completion
+token by token (no string surgery).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+import types
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxalign.algorithms import common, online, sft
+from jaxalign.algorithms.experience import ExperienceMaker, SamplingConfig
+from jaxalign.config import RunConfig, register_algorithm
+from jaxalign.errors import JaxalignError
+from jaxalign.losses import best_of_k, filter_rewards, num_top, top_fraction
+from jaxalign.rewards import RewardConfig
+from jaxalign.train.optim import make_optimizer
+from jaxalign.train.state import make_minibatch_step
+
+RANKINGS = ("local", "global")
+
+
+@dataclasses.dataclass
+class RaftSampling(SamplingConfig):
+    """``raft.sampling``: as :class:`SamplingConfig`, temperature 0.85 by default (the paper's)."""
+
+    temperature: float = 0.85
+
+
+@dataclasses.dataclass
+class Config:
+    """The ``raft:`` section.
+
+    ranking: ``local`` (``K = 1/alpha`` samples per prompt, keep the best of each prompt) or
+      ``global`` (one sample per prompt, keep the top ``alpha`` fraction of the batch).
+    alpha: α, the kept fraction of samples (paper default 0.125: K = 8); for ``local`` 1/α must
+      be a whole number.
+    min_length: samples with fewer completion tokens (EOS included) get reward −inf, never kept.
+    forbidden_pattern: a regex; samples whose completion text matches get reward −inf.
+    generation_template: the prompt the sampler sees, with ``{prompt}`` where the data's prompt
+      goes (e.g. ``"Be upbeat! {prompt}"``); the text around ``{prompt}`` is tokenised on its
+      own and joined to the prompt's tokens. Training always uses the plain prompt. null: same.
+    num_minibatches / epochs: the kept samples are split into ``num_minibatches`` shuffled
+      minibatches and passed over ``epochs`` times per iteration, one optimizer update each.
+    aggregation: the SFT loss's ``token_mean`` or ``sequence_mean``.
+    sampling / reward: see :class:`SamplingConfig` and :class:`RewardConfig`.
+    """
+
+    ranking: str = "local"
+    alpha: float = 0.125
+    min_length: int | None = None
+    forbidden_pattern: str | None = None
+    generation_template: str | None = None
+    num_minibatches: int = 1
+    epochs: int = 1
+    aggregation: str = "token_mean"
+    sampling: RaftSampling = dataclasses.field(default_factory=RaftSampling)
+    reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
+
+    def selection(self) -> "Selection":
+        return Selection(self.ranking, self.alpha)
+
+    def validate(self, cfg: RunConfig) -> None:
+        if self.ranking not in RANKINGS:
+            raise JaxalignError(f"config key 'raft.ranking': {self.ranking!r} is not one of {RANKINGS}")
+        if not 0.0 < self.alpha <= 1.0:
+            raise JaxalignError(f"config key 'raft.alpha': must be in (0, 1], got {self.alpha}")
+        if self.ranking == "local" and abs(1.0 / self.alpha - round(1.0 / self.alpha)) > 1e-6:
+            raise JaxalignError(f"config key 'raft.alpha': local ranking draws 1/alpha samples per prompt, "
+                                f"so 1/alpha must be a whole number (got 1/{self.alpha} = {1 / self.alpha:.4g})")
+        if self.min_length is not None and self.min_length < 0:
+            raise JaxalignError(f"config key 'raft.min_length': must be >= 0, got {self.min_length}")
+        if self.forbidden_pattern is not None:
+            try:
+                re.compile(self.forbidden_pattern)
+            except re.error as e:
+                raise JaxalignError(f"config key 'raft.forbidden_pattern': not a valid regex ({e})") from None
+        if self.generation_template is not None and self.generation_template.count("{prompt}") != 1:
+            raise JaxalignError("config key 'raft.generation_template': must contain '{prompt}' exactly once, "
+                                f"got {self.generation_template!r}")
+        for key in ("num_minibatches", "epochs"):
+            if getattr(self, key) < 1:
+                raise JaxalignError(f"config key 'raft.{key}': must be >= 1, got {getattr(self, key)}")
+        if self.aggregation not in sft.AGGREGATIONS:
+            raise JaxalignError(f"config key 'raft.aggregation': {self.aggregation!r} is not one of "
+                                f"{sft.AGGREGATIONS}")
+        bs, mb = cfg.train.batch_size, cfg.train.micro_batch_size or cfg.train.batch_size
+        if bs > 0 and mb > 0 and bs % mb == 0:  # else train.* reports its own error
+            kept = self.selection().num_kept(bs)
+            split = self.num_minibatches * (bs // mb)
+            if kept % split:
+                    raise JaxalignError(f"config key 'raft.num_minibatches': the {kept} samples kept per iteration "
+                                    f"do not split into {self.num_minibatches} minibatches of "
+                                    f"{split // self.num_minibatches} micro-batches (train.micro_batch_size)")
+        self.sampling.validate("raft.sampling")
+        self.reward.validate("raft.reward")
+
+
+register_algorithm("raft", Config)
+
+
+# -- the generic core ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """How samples are ranked and kept: ``ranking`` ``local`` | ``global`` and the fraction α."""
+
+    ranking: str = "local"
+    alpha: float = 0.125
+
+    @property
+    def samples_per_prompt(self) -> int:
+        """K: ``round(1/α)`` for local ranking, 1 for global ranking."""
+        return int(round(1.0 / self.alpha)) if self.ranking == "local" else 1
+
+    def num_kept(self, num_prompts: int) -> int:
+        """Rows of the fine-tuning batch: one per prompt (local) or ``max(1, round(α·B))`` (global)."""
+        return num_prompts if self.ranking == "local" else num_top(num_prompts, self.alpha)
+
+
+def select(rewards, selection: Selection):
+    """Which samples to keep (static shapes, jit-friendly).
+
+    Args:
+      rewards: ``[B·K]`` rewards (row ``b·K + k`` is sample ``k`` of prompt ``b``; ``K = 1`` for
+        global ranking); filtered samples carry ``−inf``.
+    Returns:
+      ``(index [M], keep [M])``: the rows of the fine-tuning batch (``M = B`` for local ranking,
+      the best of each prompt, ties to the first; ``M = max(1, round(α·B))`` for global ranking,
+      best first, ties to the earlier row) and whether each really is kept (False where
+      only filtered samples were left).
+    """
+    rewards = jnp.asarray(rewards, jnp.float32)
+    if selection.ranking == "local":
+        k = selection.samples_per_prompt
+        idx, keep = best_of_k(rewards.reshape(-1, k))
+        return jnp.arange(idx.shape[0]) * k + idx, jnp.any(keep, axis=-1)
+    order, keep = top_fraction(rewards, selection.alpha)
+    return order, keep[order]
+
+
+def _mean_std(x, sel):
+    n = jnp.maximum(jnp.sum(sel), 1)
+    mean = jnp.sum(jnp.where(sel, x, 0.0)) / n
+    var = jnp.sum(jnp.where(sel, (x - mean) ** 2, 0.0)) / n
+    return mean, jnp.sqrt(var)
+
+
+@dataclasses.dataclass
+class RaftResult:
+    """What one iteration produced: the (fine-tuned) ``state``, the ``kept`` samples (a pytree
+    of rows ``index``), ``keep`` (real kept rows), all ``samples`` with their ``rewards`` after
+    the filters, and ``metrics``."""
+
+    state: Any
+    kept: Any
+    keep: Any
+    index: Any
+    samples: Any
+    rewards: Any
+    metrics: dict
+
+
+def raft_iteration(sample_fn: Callable, reward_fn: Callable, selection: Selection, key, *,
+                   filter_fn: Callable | None = None, finetune_fn: Callable | None = None,
+                   state=None) -> RaftResult:
+    """One RAFT iteration over any sampler, reward and fine-tuning step (nothing here is text).
+
+    Args:
+      sample_fn: ``sample_fn(key) -> samples``, a pytree of arrays with a leading axis of
+        ``B·K`` rows (row ``b·K + k`` is sample ``k`` of prompt ``b``, ``K =
+        selection.samples_per_prompt``).
+      reward_fn: ``reward_fn(samples) -> [B·K]`` scores.
+      selection: local or global ranking and α.
+      key: the sampling key.
+      filter_fn: ``filter_fn(samples, rewards) -> rewards`` with ``−inf`` for degenerate
+        samples (reward-hacking filters); these are never kept.
+      finetune_fn: ``finetune_fn(state, kept, keep) -> (state, metrics)``, e.g. SFT on the
+        kept samples (``keep`` marks the rows that really were kept); None: the caller fine-tunes.
+      state: passed to ``finetune_fn``.
+
+    Returns:
+      a :class:`RaftResult`; its metrics: ``reward/all_mean``/``all_std`` (non-filtered
+      samples), ``reward/kept_mean``/``kept_std``, ``reward/mean``/``std`` (raw scores of every
+      sample), ``kept_fraction`` (kept / sampled), ``filtered_fraction``, ``time/sample``,
+      ``time/reward``, and the fine-tuning step's own.
+    """
+    t0 = time.perf_counter()
+    samples = sample_fn(key)
+    jax.block_until_ready(samples)
+    t1 = time.perf_counter()
+    raw = jnp.asarray(reward_fn(samples), jnp.float32)
+    rewards = raw if filter_fn is None else jnp.asarray(filter_fn(samples, raw), jnp.float32)
+    t2 = time.perf_counter()
+    index, keep = select(rewards, selection)
+    kept = jax.tree.map(lambda x: x[index], samples)
+    finite = jnp.isfinite(rewards)
+    kept_mask = jnp.zeros(rewards.shape, bool).at[index].set(keep)  # rows of index are distinct
+    all_m, all_s = _mean_std(rewards, finite)
+    kept_m, kept_s = _mean_std(rewards, kept_mask)
+    metrics = {
+        "reward/mean": raw.mean(), "reward/std": raw.std(),
+        "reward/all_mean": all_m, "reward/all_std": all_s, "reward/kept_mean": kept_m, "reward/kept_std": kept_s,
+        "kept_fraction": jnp.mean(kept_mask.astype(jnp.float32)),
+        "filtered_fraction": 1.0 - jnp.mean(finite.astype(jnp.float32)),
+    }
+    metrics = {k: float(v) for k, v in metrics.items()}
+    metrics.update({"time/sample": t1 - t0, "time/reward": t2 - t1})
+    if finetune_fn is not None:
+        state, ft = finetune_fn(state, kept, keep)
+        metrics.update({k: float(v) for k, v in ft.items()})
+    return RaftResult(state, kept, keep, index, samples, rewards, metrics)
+
+
+# -- language models ----------------------------------------------------------------------------
+
+def join_prompt(prompt_ids, prompt_mask, prefix: list[int], suffix: list[int], *, pad_id: int,
+                bos_id: int | None = None):
+    """Left-padded ``[B, P]`` prompts -> ``[B, P + len(prefix) + len(suffix)]`` prompts
+    ``prefix + prompt + suffix`` (after a leading ``bos_id``, which stays first), joined as
+    tokens. Every row grows by the same amount, so shapes stay bucketed."""
+    ids, mask = np.asarray(prompt_ids), np.asarray(prompt_mask).astype(bool)
+    width = ids.shape[1] + len(prefix) + len(suffix)
+    out_ids = np.full((ids.shape[0], width), pad_id, np.int32)
+    out_mask = np.zeros((ids.shape[0], width), np.int32)
+    for i, (row, m) in enumerate(zip(ids, mask)):
+        real = [int(t) for t in row[m]]
+        head = real[:1] if (bos_id is not None and real[:1] == [bos_id]) else []
+        new = head + list(prefix) + real[len(head):] + list(suffix)
+        out_ids[i, width - len(new):] = new
+        out_mask[i, width - len(new):] = 1
+    return out_ids, out_mask
+
+
+class TextRaft:
+    """RAFT's sampler / reward / filters for a causal LM (what ``jaxalign raft`` runs).
+
+    ``sample_fn(params, prompt_batch)`` returns a sampler for :func:`raft_iteration` whose
+    samples are training rows ``{input_ids, attention_mask, completion_mask, lengths,
+    finished}`` ``[B·K, P + T]``: the plain left-padded prompt followed by the completion the
+    policy sampled after the *generation* prompt (``generation_template``).
+    """
+
+    def __init__(self, algo: Config, maker: ExperienceMaker, tokenizer):
+        self.algo, self.maker, self.tokenizer = algo, maker, tokenizer
+        self.selection = algo.selection()
+        self.prefix, self.suffix = [], []
+        if algo.generation_template is not None:
+            before, after = algo.generation_template.split("{prompt}")
+            enc = lambda s: list(tokenizer(s, add_special_tokens=False)["input_ids"]) if s else []
+            self.prefix, self.suffix = enc(before), enc(after)
+        bos = tokenizer.bos_token_id
+        self.bos_id = bos if (bos is not None and list(tokenizer("a")["input_ids"])[:1] == [bos]) else None
+        self.pattern = re.compile(algo.forbidden_pattern) if algo.forbidden_pattern else None
+
+    def generation_prompts(self, prompt_ids, prompt_mask):
+        """The prompts the sampler sees (the plain ones when there is no generation template)."""
+        if not self.prefix and not self.suffix:
+            return np.asarray(prompt_ids), np.asarray(prompt_mask)
+        return join_prompt(prompt_ids, prompt_mask, self.prefix, self.suffix, pad_id=self.maker.pad_id,
+                           bos_id=self.bos_id)
+
+    def sample_fn(self, params, prompt_batch: dict) -> Callable:
+        k = self.selection.samples_per_prompt
+
+        def sample(key):
+            gen_ids, gen_mask = self.generation_prompts(prompt_batch["prompt_ids"], prompt_batch["prompt_mask"])
+            roll = self.maker.sample(params, gen_ids, gen_mask, key)
+            plain_ids = np.repeat(np.asarray(prompt_batch["prompt_ids"]), k, axis=0)
+            plain_mask = np.repeat(np.asarray(prompt_batch["prompt_mask"]), k, axis=0)
+            comp_mask = roll.generated_mask
+            return {
+                "input_ids": jnp.concatenate([plain_ids, roll.completion_ids], axis=1),
+                "attention_mask": jnp.concatenate([plain_mask, comp_mask], axis=1),
+                "completion_mask": jnp.concatenate([np.zeros_like(plain_mask), comp_mask], axis=1),
+                "lengths": roll.lengths, "finished": roll.finished,
+            }
+
+        return sample
+
+    def texts(self, samples) -> tuple[list[str], list[str]]:
+        """Decoded (plain) prompts and completions of the sample rows."""
+        return self.maker.decode(types.SimpleNamespace(tokens=samples["input_ids"],
+                                                       attention_mask=samples["attention_mask"],
+                                                       completion_mask=samples["completion_mask"]))
+
+    def reward_fn(self, samples):
+        """Scores of the training rows (plain prompt + completion; a reward model reads these tokens)."""
+        prompts, comps = self.texts(samples) if self.maker.reward.needs_text else (None, None)
+        return self.maker.reward(prompts, comps, tokens=samples["input_ids"],
+                                 attention_mask=samples["attention_mask"],
+                                 finished=np.asarray(samples["finished"]))
+
+    def filter_fn(self, samples, rewards):
+        """Too-short completions and completions matching ``forbidden_pattern`` -> −inf."""
+        if self.algo.min_length is not None:
+            rewards = filter_rewards(rewards, samples["input_ids"], samples["completion_mask"],
+                                     min_length=self.algo.min_length)
+        if self.pattern is not None:
+            _, comps = self.texts(samples)
+            bad = np.array([self.pattern.search(c) is not None for c in comps])
+            rewards = jnp.where(jnp.asarray(bad), -jnp.inf, rewards)
+        return rewards
+
+    def iteration(self, params, prompt_batch: dict, key) -> tuple[dict, dict]:
+        """``(sft_batch, metrics)``: sample, score, filter, select; the batch's completion mask
+        is zero on rows that were not really kept (so they carry no loss)."""
+        filt = self.filter_fn if (self.algo.min_length is not None or self.pattern is not None) else None
+        res = raft_iteration(self.sample_fn(params, prompt_batch), self.reward_fn, self.selection, key,
+                             filter_fn=filt)
+        kept, keep = res.kept, res.keep
+        batch = {"input_ids": kept["input_ids"], "attention_mask": kept["attention_mask"],
+                 "completion_mask": kept["completion_mask"] * keep[:, None].astype(kept["completion_mask"].dtype)}
+        lengths = np.asarray(res.samples["lengths"], np.float32)
+        keep_np = np.asarray(keep)
+        metrics = dict(res.metrics, response_length=float(lengths.mean()),
+                       eos_rate=float(np.asarray(res.samples["finished"]).mean()))
+        metrics["response_length/kept"] = (float(np.asarray(kept["lengths"])[keep_np].mean())
+                                           if keep_np.any() else 0.0)
+        return batch, metrics
+
+
+def make_loss(graphdef, algo: Config, remat: bool = False):
+    """The fine-tuning loss: SFT NLL on the kept rows' completion tokens only (prompt tokens,
+    padding and rows that were not kept carry none; each row is one sample)."""
+    return sft.make_loss(graphdef, sft.Config(aggregation=algo.aggregation), remat)
+
+
+def build_job(cfg: RunConfig):
+    """Prompts, policy, reward and the SFT-on-kept-samples step as an online job."""
+    algo: Config = cfg.algo
+    selection = algo.selection()
+    setup = online.setup(cfg, num_samples=selection.samples_per_prompt, sampling=algo.sampling,
+                         reward=algo.reward, need_ref=False)
+    raft = TextRaft(algo, setup.maker, setup.tokenizer)
+    # Held-out evaluation draws one sample per (plain) prompt.
+    m = setup.maker
+    eval_maker = ExperienceMaker(m.graphdef, m.tokenizer, m.reward, m.sampling, num_samples=1, mesh=m.mesh)
+    evaluate = online.make_evaluate(cfg, dataclasses.replace(setup, maker=eval_maker))
+
+    def experience(state, prompt_batch):
+        return raft.iteration(state.params, prompt_batch, online.sample_key(state.rng))
+
+    loss = make_loss(setup.graphdef, algo, cfg.model.remat)
+    job = online.job(cfg, setup, loss)
+    updates = algo.num_minibatches * algo.epochs
+    changes: dict = dict(experience=experience, evaluate=evaluate)
+    if updates > 1:
+        tx, schedule = make_optimizer(cfg.optim, job.total_steps * updates)
+        step = make_minibatch_step(loss, tx, num_minibatches=algo.num_minibatches, epochs=algo.epochs,
+                                   n_micro=job.n_micro, schedule=schedule)
+        changes.update(tx=tx, schedule=schedule, step_fn=step)
+    return dataclasses.replace(job, **changes)
