@@ -15,6 +15,8 @@ ALGORITHMS = {
     "ift": "jaxalign.algorithms.ift",
     "grpo": "jaxalign.algorithms.grpo",
     "ppo": "jaxalign.algorithms.ppo",
+    "raft": "jaxalign.algorithms.raft",
+    "online-dpo": "jaxalign.algorithms.online_dpo",
 }
 
 
