@@ -269,6 +269,9 @@ def build_job(cfg: RunConfig) -> Job:
     mb = algo.minibatch_size or rows
     n_mb, n_micro = rows // mb, mb // (cfg.train.micro_batch_size or mb)
     t = algo.sampling.max_new_tokens
+    use_ptx = algo.ptx_data is not None and algo.ptx_coef > 0
+    # PPO-ptx data first: its errors come before any model is built.
+    ptx = _ptx_batches(cfg, common.tokenizer_from(cfg), rows) if use_ptx else None
     s = online.setup(cfg, num_samples=algo.num_generations, sampling=algo.sampling, reward=algo.reward,
                      need_ref=algo.kl_coef > 0)
     critic_def, critic_params = build_critic(cfg, s)
@@ -283,10 +286,7 @@ def build_job(cfg: RunConfig) -> Job:
     step_fn = px.make_step(algo, loss_fn, tx, critic_def, t=t, num_minibatches=n_mb, epochs=algo.ppo_epochs,
                            n_micro=n_micro, policy_lr=policy_lr, critic_lr=critic_lr,
                            warmup_steps=algo.critic_warmup_steps, remat=cfg.model.remat)
-    batches = s.prompts
-    use_ptx = algo.ptx_data is not None and algo.ptx_coef > 0
-    if use_ptx:
-        batches = _WithPtx(s.prompts, _ptx_batches(cfg, s.tokenizer, rows))
+    batches = _WithPtx(s.prompts, ptx) if use_ptx else s.prompts
 
     def experience(state, batch):
         prompts = batch["prompts"] if use_ptx else batch

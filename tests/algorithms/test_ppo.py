@@ -263,6 +263,8 @@ def test_old_values_are_the_critic_value_of_the_state_before_each_completion_tok
 
 
 def test_one_iteration_updates_moments_once_and_warmup_freezes_the_policy():
+    from jax.sharding import NamedSharding, PartitionSpec
+
     from jaxalign.train.state import TrainState
 
     # 8 rollouts, 2 minibatches x 2 epochs = 4 updates per iteration; 1 warm-up iteration.
@@ -271,8 +273,10 @@ def test_one_iteration_updates_moments_once_and_warmup_freezes_the_policy():
                    "ppo.ptx_coef=0.1"]
     cfg = load_config(TINY, over, algorithm="ppo")
     job = ppo.build_job(cfg)
-    state = TrainState.create(job.params, job.tx, cfg.seed, job.extras)
-    step = jax.jit(job.step_fn)
+    # Replicated in and out (as the loop does with explicit shardings): one compile of each program.
+    rep = NamedSharding(job.mesh, PartitionSpec())
+    state = jax.device_put(TrainState.create(job.params, job.tx, cfg.seed, job.extras), rep)
+    step = jax.jit(job.step_fn, out_shardings=(jax.tree.map(lambda _: rep, state), None))
     exp, _ = job.experience(state, next(job.train_batches))
     s1, m1 = step(state, exp, None)
     assert float(s1.extras["score_moments"].count) == 8  # once per iteration, not per update
