@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         gen = sub.add_parser("generate", help="sample completions from a model")
         add_generate_args(gen)
         gen.set_defaults(func=generate_cli)
+
+    from jaxalign.demo import add_demo_args, cmd_demo
+
+    demo = sub.add_parser("demo", help="align SmolLM2-135M-Instruct toward positive movie reviews (VADER)")
+    add_demo_args(demo)
+    demo.set_defaults(func=cmd_demo)
     return p
 
 

@@ -36,7 +36,8 @@ from jaxalign.data.formats import (
 from jaxalign.data.loading import load_dataset_rows, load_examples
 from jaxalign.data.tokenize import Renderer, sequence_length, tokenize_example, tokenize_examples
 
-SHIPPED = ("sft_tiny.jsonl", "preference_tiny.jsonl", "ranked_tiny.jsonl", "prompts_tiny.jsonl")
+SHIPPED = ("sft_tiny.jsonl", "preference_tiny.jsonl", "ranked_tiny.jsonl", "prompts_tiny.jsonl",
+           "movie_prompts.jsonl")
 
 
 def shipped_path(name: str = "") -> Path:
