@@ -19,8 +19,8 @@ from jaxalign.algorithms import common, online
 from jaxalign.algorithms.experience import SamplingConfig
 from jaxalign.config import RunConfig, register_algorithm
 from jaxalign.errors import JaxalignError
-from jaxalign.losses import (grpo_advantages, kl_penalty, kl_shaped_rewards, masked_mean, policy_loss,
-                             rloo_advantages, shifted_token_logprobs)
+from jaxalign.losses import (entropy_from_logits, grpo_advantages, kl_penalty, kl_shaped_rewards, masked_mean,
+                             policy_loss, rloo_advantages, shifted_token_logprobs)
 from jaxalign.rewards import RewardConfig
 
 ADVANTAGES = ("grpo", "rloo")
@@ -93,7 +93,9 @@ def make_loss(graphdef, algo: Config, temperature: float, remat: bool = False):
         mask = batch["completion_mask"].astype(bool)
         loss, m = policy_loss(logps, batch["old_logps"], batch["advantages"][:, None], mask,
                               clip_eps=algo.clip_eps, aggregation=algo.aggregation)
-        metrics = {"clipfrac": m["clipfrac"], "approx_kl": m["approx_kl"]}
+        entropy = masked_mean(entropy_from_logits(jax.lax.stop_gradient(logits), temperature=temperature,
+                                                  shifted=True), mask)
+        metrics = {"clipfrac": m["clipfrac"], "approx_kl": m["approx_kl"], "entropy": entropy}
         if "ref_logps" in batch:
             kl = masked_mean(kl_penalty(jax.lax.stop_gradient(logps), batch["ref_logps"], "k3"), mask)
             metrics["kl_ref"] = kl

@@ -78,8 +78,9 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 # Shown first, in this order, when present; everything else follows alphabetically.
-_MAIN = ("loss", "eval/loss", "accuracy", "eval/accuracy", "reward_mean", "kl", "lr", "grad_norm",
-         "tokens_per_s")
+_MAIN = ("loss", "eval/loss", "accuracy", "eval/accuracy", "reward/mean", "eval/reward", "reward/kept_mean",
+         "reward_mean", "kl", "kl_ref", "entropy", "response_length", "clipfrac", "value_loss",
+         "explained_variance", "lr", "grad_norm", "tokens_per_s", "time/generate", "time/score")
 
 
 def write_plots(run_dir: str | Path, max_panels: int = 16) -> Path | None:
@@ -96,7 +97,7 @@ def write_plots(run_dir: str | Path, max_panels: int = 16) -> Path | None:
         return None
     keys = sorted({k for r in rows for k, v in r.items() if k != "step" and isinstance(v, (int, float))})
     keys = [k for k in _MAIN if k in keys] + [k for k in keys if k not in _MAIN]
-    keys = [k for k in keys if k not in ("time", "step_time")][:max_panels]
+    keys = [k for k in keys if k not in ("time", "step_time")][:max_panels]  # the main curves first
     n = len(keys)
     cols = min(4, n)
     nrows = math.ceil(n / cols)
