@@ -202,8 +202,8 @@ def raft_iteration(sample_fn: Callable, reward_fn: Callable, selection: Selectio
     Returns:
       a :class:`RaftResult`; its metrics: ``reward/all_mean``/``all_std`` (non-filtered
       samples), ``reward/kept_mean``/``kept_std``, ``reward/mean``/``std`` (raw scores of every
-      sample), ``kept_fraction`` (kept / sampled), ``filtered_fraction``, ``time/sample``,
-      ``time/reward``, and the fine-tuning step's own.
+      sample), ``kept_fraction`` (kept / sampled), ``filtered_fraction``, ``time/generate``,
+      ``time/score``, and the fine-tuning step's own.
     """
     t0 = time.perf_counter()
     samples = sample_fn(key)
@@ -225,7 +225,7 @@ def raft_iteration(sample_fn: Callable, reward_fn: Callable, selection: Selectio
         "filtered_fraction": 1.0 - jnp.mean(finite.astype(jnp.float32)),
     }
     metrics = {k: float(v) for k, v in metrics.items()}
-    metrics.update({"time/sample": t1 - t0, "time/reward": t2 - t1})
+    metrics.update({"time/generate": t1 - t0, "time/score": t2 - t1})
     if finetune_fn is not None:
         state, ft = finetune_fn(state, kept, keep)
         metrics.update({k: float(v) for k, v in ft.items()})

@@ -263,5 +263,5 @@ def test_planted_reward_rises_on_held_out_prompts(tmp_path, ranking):
         assert r["reward/kept_mean"] >= r["reward/all_mean"] - 1e-6
         assert r["kept_fraction"] <= 0.25 + 1e-6
         assert {"response_length", "response_length/kept", "reward/all_std", "reward/kept_std",
-                "time/sample", "nll"} <= set(r)
+                "time/generate", "time/score", "nll"} <= set(r)
     assert (run / "final" / "config.json").exists()
