@@ -50,8 +50,8 @@ def prompts_for(batch: int) -> list[str]:
             for i in range(batch)]
 
 
-def load(random_model: bool):
-    """(model, tokenizer, source description)."""
+def load(random_model: bool, dtype: str = "float32"):
+    """(model, tokenizer, source description); ``dtype`` for parameters and compute."""
     import jaxalign
     from jaxalign.models.config import ModelConfig
 
@@ -61,12 +61,13 @@ def load(random_model: bool):
         tok = None  # random prompts of chat-prompt lengths instead
     if not random_model and tok is not None:
         try:
-            return jaxalign.load_model("smollm2-135m-instruct"), tok, "SmolLM2-135M-Instruct GGUF (Q4_1 -> float32)"
+            return (jaxalign.load_model("smollm2-135m-instruct", dtype=dtype), tok,
+                    f"SmolLM2-135M-Instruct GGUF (Q4_1 -> {dtype})")
         except (ImportError, jaxalign.JaxalignError) as e:
             print(f"GGUF model unavailable ({e}); using a random model", file=sys.stderr)
     cfg = ModelConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                       num_attention_heads=9, num_key_value_heads=3, head_dim=64, rope_theta=100000.0,
-                      tie_word_embeddings=True, max_position_embeddings=8192)
+                      tie_word_embeddings=True, max_position_embeddings=8192, dtype=dtype, param_dtype=dtype)
     return jaxalign.init_model(cfg), tok, "random model with SmolLM2-135M's config"
 
 
@@ -93,7 +94,7 @@ def run_jax(args) -> dict:
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, secs, **kw: compile_s.append(secs) if event == "/jax/core/compile/backend_compile_duration" else None)
     t0 = time.perf_counter()
-    model, tok, source = load(args.random)
+    model, tok, source = load(args.random, args.dtype)
     load_s = time.perf_counter() - t0
     pad, eos = (tok.pad_token_id, eos_token_ids(tok)) if tok is not None else (2, [2, 0])
     out = {"framework": "jaxalign", "jax": jax.__version__, "model": source, "load_s": load_s,
@@ -147,7 +148,7 @@ def run_torch(args) -> dict:
     path = resolve_model_path("smollm2-135m-instruct")
     t0 = time.perf_counter()
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+        str(path.parent), gguf_file=path.name, dtype=getattr(torch, args.dtype)).eval()
     load_s = time.perf_counter() - t0
     tok = jaxalign.load_tokenizer(path)
     pad = tok.pad_token_id
@@ -204,6 +205,8 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--random", action="store_true", help="random model with SmolLM2's config")
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="parameter and compute dtype of both frameworks")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "generate.json"))
     p.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -220,7 +223,7 @@ def main():
     for worker in ["jax"] + ([] if args.no_torch or args.random else ["torch"]):
         cmd = [sys.executable, __file__, "--worker", worker, "--batch-sizes",
                ",".join(map(str, args.batch_sizes)), "--new-tokens", str(args.new_tokens),
-               "--repeats", str(args.repeats)] + (["--random"] if args.random else [])
+               "--repeats", str(args.repeats), "--dtype", args.dtype] + (["--random"] if args.random else [])
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
         sys.stderr.write(proc.stderr[-3000:] if proc.returncode else "")
         if proc.returncode:
