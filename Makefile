@@ -20,12 +20,11 @@ venv: $(VENV)/.installed-test
 test: $(VENV)/.installed-test
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(VPY) -m pytest -q tests
 
-# Until the alignment demo lands (issue 7), `make demo` shows the embedded real model working:
-# its architecture, and a greedy chat completion.
+# The alignment demo: RAFT on SmolLM2-135M-Instruct toward positive movie-review continuations
+# (VADER reward), about 10 minutes on 2 CPU cores. `make demo DEMO_ARGS="--algorithm ppo"` etc.
+DEMO_ARGS ?=
 demo: $(VENV)/.installed-test
-	$(VENV)/bin/jaxalign info --model smollm2-135m-instruct
-	$(VENV)/bin/jaxalign generate --model smollm2-135m-instruct --chat --greedy --max-new-tokens 48 \
-		--prompt "Write one sentence about a movie you loved."
+	$(VENV)/bin/jaxalign demo $(DEMO_ARGS)
 
 bench: $(VENV)/.installed-test
 	$(VPY) benchmarks/forward.py

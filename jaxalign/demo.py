@@ -96,20 +96,20 @@ _SENTIMENT = {"kind": "sentiment"}
 PLANS: dict[str, Plan] = {
     "raft": Plan({"ranking": "local", "alpha": 0.25, "min_length": 4,
                   "sampling": {"temperature": 0.85}, "reward": _SENTIMENT},
-                 batch_size=8, lr=2e-5, seconds_per_step=20.0,
+                 batch_size=8, lr=2e-5, seconds_per_step=21.0,
                  describe="{b} prompts x 4 samples, SFT on the best sample of each prompt"),
     "grpo": Plan({"num_generations": 4, "beta": 0.0, "sampling": {"temperature": 1.0}, "reward": _SENTIMENT},
-                 batch_size=4, lr=1e-5, seconds_per_step=20.0,
+                 batch_size=4, lr=2e-5, seconds_per_step=16.0,
                  describe="{b} prompts x 4 samples, group-normalised advantages"),
     "ppo": Plan({"preset": "ppo_max", "num_generations": 2, "ppo_epochs": 1, "kl_coef": 0.05,
                  "sampling": {"temperature": 1.0}, "reward": _SENTIMENT},
-                batch_size=4, lr=1e-5, seconds_per_step=25.0,
+                batch_size=4, lr=1e-5, seconds_per_step=18.0,
                 describe="{b} prompts x 2 samples, PPO-max with a critic from the policy", policy_key="policy"),
     "online-dpo": Plan({"beta": 0.1, "sampling": {"temperature": 0.9}, "reward": _SENTIMENT},
-                       batch_size=8, lr=5e-6, seconds_per_step=20.0,
+                       batch_size=8, lr=1e-5, seconds_per_step=18.0,
                        describe="{b} prompts x 2 samples, the better one chosen"),
     "dpo": Plan({"beta": 0.1, "loss_type": "sigmoid", "reference": "precomputed"},
-                batch_size=8, lr=5e-6, seconds_per_step=20.0, pairs=True,
+                batch_size=8, lr=5e-6, seconds_per_step=16.0, pairs=True,
                 describe="{b} VADER-labelled pairs sampled from the starting model"),
 }
 
@@ -146,8 +146,8 @@ class Sizes:
 
 
 FULL = Sizes({"path": MODEL, "param_dtype": "float32", "dtype": "float32"}, max_new_tokens=32,
-             max_prompt_length=48, buckets=[48, 64, 128], overhead_s=150.0, pair_prompts=128,
-             pair_seconds_per_prompt=0.8)
+             max_prompt_length=48, buckets=[48, 64, 128], overhead_s=120.0, pair_prompts=128,
+             pair_seconds_per_prompt=1.0)
 TINY = Sizes({"init": "random", "tokenizer": "tiny",
               "config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                          "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 256,

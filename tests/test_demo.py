@@ -141,11 +141,21 @@ def _torch_kl(final_dir, ref_dir, tokens, attn, comp):
     return float(np.where(c, out[0] - out[1], 0.0).sum() / c.sum())
 
 
-def test_tiny_demo_end_to_end(tmp_path, capsys):
-    run_dir = tmp_path / "run"
-    assert main(["demo", "--tiny", "--quiet", "--run-dir", str(run_dir)]) == 0
-    printed = capsys.readouterr().out
-    s = json.loads((run_dir / "demo_summary.json").read_text())
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One ``jaxalign demo --tiny`` run (the CI smoke test): ``(run_dir, printed, summary)``."""
+    import contextlib
+    import io
+
+    run_dir = tmp_path_factory.mktemp("demo") / "run"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["demo", "--tiny", "--quiet", "--run-dir", str(run_dir)]) == 0
+    return run_dir, out.getvalue(), json.loads((run_dir / "demo_summary.json").read_text())
+
+
+def test_tiny_demo_prints_the_summary_and_writes_the_files(tiny_run):
+    run_dir, printed, s = tiny_run
     assert s["algorithm"] == "raft" and s["steps"] == 3 and s["heldout_prompts"] == 40
     for field in ("held-out reward", "before:", "after:", "KL to the reference", "per token",
                   "aligned model (Hugging Face format): " + str(run_dir / "final"), "plots:"):
@@ -168,16 +178,23 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     assert [r["opening"] for r in held] == demo.movie_prompts("heldout")
     assert all(r["prompt"].endswith(r["opening"]) for r in held)
 
-    # Rewards: VADER recomputed on the reported completions.
+
+def test_tiny_demo_rewards_are_vader_of_the_completions(tiny_run):
+    run_dir, _, s = tiny_run
     before = [e["before"] for e in s["examples"]]
     after = [e["after"] for e in s["examples"]]
     assert np.allclose(_vader(before), [e["reward_before"] for e in s["examples"]], atol=1e-6)
     assert np.allclose(_vader(after), [e["reward_after"] for e in s["examples"]], atol=1e-6)
     assert s["reward_before"] == pytest.approx(_vader(before).mean(), abs=1e-6)
     assert s["reward_after"] == pytest.approx(_vader(after).mean(), abs=1e-6)
+    z = np.load(run_dir / "heldout_samples.npz")
+    assert np.allclose(z["after_rewards"], [e["reward_after"] for e in s["examples"]])
 
-    # KL of the aligned model, recomputed in PyTorch on
-    # the exported final/ against the reference (the same random init, exported here).
+
+def test_tiny_demo_kl_matches_pytorch(tiny_run, tmp_path):
+    """The KL of the aligned model, recomputed in PyTorch/transformers on the exported final/
+    against the reference (the same random init, rebuilt and exported here)."""
+    run_dir, _, s = tiny_run
     from jaxalign.algorithms import common
     from jaxalign.api import save_model
 
@@ -189,7 +206,6 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
                    z["after_completion_mask"])
     assert kl > 1e-3  # three steps at lr 1e-2 move a tiny model
     assert s["kl_per_token"] == pytest.approx(kl, rel=1e-3, abs=1e-5)
-    assert np.allclose(z["after_rewards"], [e["reward_after"] for e in s["examples"]])
 
 
 def _planted(prompts, completions):
