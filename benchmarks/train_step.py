@@ -71,7 +71,8 @@ def run_jaxalign(args) -> dict:
 
     alg = args.alg
     mod = algorithms.get(alg)
-    over = [f"train.batch_size={args.batch}", f"data.max_length={args.seq}", "train.steps=100",
+    over = [f"train.batch_size={args.batch}", f"data.max_length={args.seq}",
+            f"data.max_prompt_length={args.seq // 2}", "train.steps=100",
             "train.micro_batch_size=null", "data.eval_fraction=0.0", "quiet=true"]
     if args.random:
         from jaxalign.api import load_model  # noqa: F401  (same import cost as a real run)
