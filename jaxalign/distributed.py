@@ -73,6 +73,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                                    process_id=process_id, initialization_timeout=timeout_s)
     except (RuntimeError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        if auto and "should be defined" in first:
+            raise JaxalignError("--distributed: JAX found no TPU VM, SLURM or Open MPI cluster to join ("
+                                f"{first}); give --coordinator, --num-processes and --process-id") from None
         raise JaxalignError(f"could not start the multi-process run (coordinator {coordinator}, "
                             f"process {process_id} of {num_processes}): {first}") from None
     return True

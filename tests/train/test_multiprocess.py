@@ -32,9 +32,11 @@ from jaxalign.train.metrics import read_metrics
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "dpo_tiny.yaml"
 STEPS = 4
-# One padded length (buckets: [128]) so every step runs one compiled program; no plots.
+# One padded length (buckets: [128]) so every step runs one compiled program; no plots. 4 of the
+# 64 pairs held out, evaluated at steps 2 and 4: an eval batch of 4 rows (2 per process) does not
+# split over 8 devices, so it is replicated (each process gathers the other's rows).
 OVERRIDES = [f"train.steps={STEPS}", "train.log_every=1", "train.save_every=2", "data.buckets=[128]",
-             "train.plots=false"]
+             "train.plots=false", "data.eval_fraction=0.0625", "train.eval_every=2"]
 TIMEOUT = 240
 NOT_COMPARED = ("step_time", "tokens_per_s")  # timings (tokens are compared, see below)
 # Step functions of the reward margins (compared themselves): a margin within float noise of 0
@@ -125,6 +127,10 @@ def train_rows(run_dir: Path) -> list[dict]:
     return [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
 
 
+def eval_rows(run_dir: Path) -> list[dict]:
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval/loss" in r]
+
+
 def assert_same_metrics(run_dir: Path, ref_dir: Path) -> None:
     rows, ref = train_rows(run_dir), train_rows(ref_dir)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # each step once
@@ -136,6 +142,12 @@ def assert_same_metrics(run_dir: Path, ref_dir: Path) -> None:
         # own rows; the log sums them over processes).
         tokens = r["tokens_per_s"] * r["step_time"]
         assert tokens == pytest.approx(q["tokens_per_s"] * q["step_time"], rel=1e-4), r["step"]
+    rows, ref = eval_rows(run_dir), eval_rows(ref_dir)
+    assert [r["step"] for r in rows] == [r["step"] for r in ref] == [2, 4]
+    for r, q in zip(rows, ref):
+        assert set(r) == set(q)
+        for k in set(q) - {"step", *(f"eval/{m}" for m in STEP_FUNCTIONS)}:
+            assert math.isclose(r[k], q[k], rel_tol=1e-5, abs_tol=1e-5), (r["step"], k, r[k], q[k])
 
 
 def assert_same_export(run_dir: Path, ref_dir: Path) -> None:
