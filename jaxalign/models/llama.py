@@ -105,25 +105,27 @@ class RMSNorm(nnx.Module):
 
 @flax.struct.dataclass
 class KVCache:
-    """Pre-allocated keys/values for all layers.
+    """Pre-allocated keys/values, one array per layer.
 
-    k, v: ``[layers, batch, max_len, kv_heads, head_dim]``; ``mask``: ``[batch, max_len]`` bool,
-    True where a slot holds a real token; ``index``: int32 scalar, the number of filled slots
-    (shared by the batch: prompts are left-padded).
+    k, v: tuples of ``[batch, max_len, kv_heads, head_dim]``, one per layer; ``mask``:
+    ``[batch, max_len]`` bool, True where a slot holds a real token; ``index``: int32 scalar, the
+    number of filled slots (shared by the batch: prompts are left-padded). Per-layer arrays (not one
+    stacked ``[layers, ...]`` array) let every decode step update each layer's slot in place.
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple
+    v: tuple
     mask: jax.Array
     index: jax.Array
 
     @classmethod
     def init(cls, config: ModelConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
         dtype = dtype or config.jnp_dtype
-        shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads, config.head_dim)
+        shape = (batch, max_len, config.num_key_value_heads, config.head_dim)
+        n = config.num_hidden_layers
         return cls(
-            k=jnp.zeros(shape, dtype),
-            v=jnp.zeros(shape, dtype),
+            k=tuple(jnp.zeros(shape, dtype) for _ in range(n)),
+            v=tuple(jnp.zeros(shape, dtype) for _ in range(n)),
             mask=jnp.zeros((batch, max_len), bool),
             index=jnp.zeros((), jnp.int32),
         )
@@ -288,9 +290,10 @@ class CausalLM(nnx.Module):
         table = self.embed_tokens if self.lm_head is None else self.lm_head
         return table.weight[...]
 
-    def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
+    def logits_from_hidden(self, hidden: jax.Array, table: jax.Array | None = None) -> jax.Array:
+        """Logits ``[b, s, vocab]``; ``table``: the output embedding already cast (decode loops)."""
         dtype = self.config.jnp_dtype
-        return mm("bsd,vd->bsv", hidden, self.output_embedding(), dtype)
+        return mm("bsd,vd->bsv", hidden, self.output_embedding() if table is None else table, dtype)
 
     def hidden_states(
         self,
@@ -301,8 +304,12 @@ class CausalLM(nnx.Module):
         positions=None,
         cache: KVCache | None = None,
         remat: bool = False,
+        layers: list | None = None,
     ):
-        """Final-norm hidden states ``[b, s, d]``; and the updated cache when one is given."""
+        """Final-norm hidden states ``[b, s, d]``; and the updated cache when one is given.
+
+        ``layers``: with a cache, the result of :meth:`unstacked_layers` to reuse across calls.
+        """
         cfg = self.config
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.jnp_dtype)
         b, s = x.shape[:2]
@@ -328,23 +335,41 @@ class CausalLM(nnx.Module):
         mask = allowed[None] & key_mask[:, None, :]
         cos, sin = rope_cos_sin(positions, rope_inv_freq(cfg))
 
+        if cache is not None:
+            # Decoding: the layers run one after another, each with its own weights (sliced and
+            # cast once per call by ``unstacked_layers``, or once per generate call by the
+            # sampler) and its own cache array. Inside a scan, every step would copy each
+            # layer's weight slice and the stacked cache again (2x slower decode on CPU).
+            layers = self.unstacked_layers() if layers is None else layers
+            ks, vs = [], []
+            for layer, ck, cv in zip(layers, cache.k, cache.v, strict=True):
+                x, (k, v) = layer(x, cos, sin, mask, (ck, cv), index)
+                ks.append(k)
+                vs.append(v)
+            new_cache = KVCache(k=tuple(ks), v=tuple(vs), mask=key_mask, index=index + s)
+            return self.norm(x), new_cache
+
         graphdef, layer_state = nnx.split(self.layers)
 
-        def body(h, xs):
-            lstate, lcache = xs
-            layer = nnx.merge(graphdef, lstate)
-            h, new_kv = layer(h, cos, sin, mask, lcache, index)
-            return h, (new_kv if cache is not None else None)
+        def body(h, lstate):
+            return nnx.merge(graphdef, lstate)(h, cos, sin, mask)[0], None
 
         if remat:
             body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-        caches = (cache.k, cache.v) if cache is not None else None
-        x, new_kv = jax.lax.scan(body, x, (layer_state, caches))
-        x = self.norm(x)
-        if cache is None:
-            return x
-        new_cache = KVCache(k=new_kv[0], v=new_kv[1], mask=key_mask, index=index + s)
-        return x, new_cache
+        x, _ = jax.lax.scan(body, x, layer_state)
+        return self.norm(x)
+
+    def unstacked_layers(self) -> list[DecoderLayer]:
+        """The decoder layers as separate modules, weights cast to the compute dtype (for decoding)."""
+        graphdef, state = nnx.split(self.layers)
+        dtype = self.config.jnp_dtype
+
+        def take(x, i):
+            x = x[i]
+            return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+        return [nnx.merge(graphdef, jax.tree.map(lambda x: take(x, i), state))
+                for i in range(self.config.num_hidden_layers)]
 
     def __call__(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, positions=None,
                  cache: KVCache | None = None, remat: bool = False):

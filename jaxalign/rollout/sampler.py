@@ -141,8 +141,9 @@ def _constrain(x, mesh, logical):
 
 
 def _constrain_cache(cache: KVCache, mesh) -> KVCache:
-    kv_axes = ("layers", "batch", "seq", "kv_heads", None)
-    return KVCache(k=_constrain(cache.k, mesh, kv_axes), v=_constrain(cache.v, mesh, kv_axes),
+    kv_axes = ("batch", "seq", "kv_heads", None)
+    return KVCache(k=tuple(_constrain(k, mesh, kv_axes) for k in cache.k),
+                   v=tuple(_constrain(v, mesh, kv_axes) for v in cache.v),
                    mask=_constrain(cache.mask, mesh, ("batch", "seq")), index=cache.index)
 
 
@@ -156,13 +157,16 @@ def _generate_jit(graphdef, state, prompt_ids, prompt_mask, row_valid, key, temp
     # Masked prompt slots are fed token 0: an out-of-range pad id would embed as NaN, and
     # 0 * NaN in the attention would leak into real positions.
     feed = jnp.where(prompt_mask > 0, prompt_ids, 0)
-    hidden, cache = model.hidden_states(feed, prompt_mask, cache=cache)
-    logits = model.logits_from_hidden(hidden[:, -1:])[:, 0]
+    # Weights sliced per layer and cast to the compute dtype once, outside the decode loop.
+    layers = model.unstacked_layers()
+    table = model.output_embedding().astype(model.config.jnp_dtype)
+    hidden, cache = model.hidden_states(feed, prompt_mask, cache=cache, layers=layers)
+    logits = model.logits_from_hidden(hidden[:, -1:], table)[:, 0]
     if n > 1:
         # Prefill once per prompt, then give each sample its own copy of the cache.
         rep = partial(jnp.repeat, repeats=n, total_repeat_length=b * n)
-        cache = KVCache(k=rep(cache.k, axis=1), v=rep(cache.v, axis=1), mask=rep(cache.mask, axis=0),
-                        index=cache.index)
+        cache = KVCache(k=tuple(rep(k, axis=0) for k in cache.k), v=tuple(rep(v, axis=0) for v in cache.v),
+                        mask=rep(cache.mask, axis=0), index=cache.index)
         logits, row_valid = rep(logits, axis=0), rep(row_valid, axis=0)
     cache = _constrain_cache(cache, mesh)
     rows = b * n
@@ -195,8 +199,8 @@ def _generate_jit(graphdef, state, prompt_ids, prompt_mask, row_valid, key, temp
     def body(carry):
         t, tok, live, cache, bufs, finished, done = carry
         hidden, cache = model.hidden_states(jnp.where(live, tok, 0)[:, None],
-                                            live.astype(jnp.int32)[:, None], cache=cache)
-        logits = model.logits_from_hidden(hidden)[:, 0]
+                                            live.astype(jnp.int32)[:, None], cache=cache, layers=layers)
+        logits = model.logits_from_hidden(hidden, table)[:, 0]
         tok, live, bufs, finished, done = emit(t, logits, bufs, finished, done)
         return t + 1, tok, live, cache, bufs, finished, done
 
