@@ -92,7 +92,7 @@ def device_limit(cfg, mesh) -> tuple[int | None, str]:
             limits.append(int(stats["bytes_limit"]))
     if limits:
         return min(limits), f"{mesh.devices.flat[0].platform} device memory"
-    return None, "unknown (set train.device_memory_limit)"
+    return None, "set train.device_memory_limit"
 
 
 @dataclasses.dataclass
@@ -137,7 +137,10 @@ class Estimate:
 
     def table(self) -> str:
         """The per-device breakdown that ``jaxalign plan`` prints."""
-        shapes = ", ".join(f"{k} {list(v)}" for k, v in self.batch_shapes.items())
+        by_shape: dict = {}
+        for k, v in self.batch_shapes.items():
+            by_shape.setdefault(tuple(v), []).append(k)
+        shapes = "; ".join(f"{', '.join(ks)} {list(v)}" for v, ks in by_shape.items())
         rows = [
             ("parameters", self.params),
             ("optimizer state", self.opt_state),
