@@ -128,7 +128,7 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
     jit_step = jax.jit(step_fn, out_shardings=(_shardings(state), None), donate_argnums=(0,))
     # Memory preflight: compiles the step (the loop reuses it) and refuses a run that cannot fit,
     # before anything is written. Online jobs are checked on their first experience batch below.
-    check_memory = MemoryCheck(cfg, job, jit_step, log)
+    check_memory = MemoryCheck(cfg, job, jit_step)
     if job.experience is None:
         check_memory(state, longest_batch(job.train_batches), job.frozen)
     run_dir.mkdir(parents=True, exist_ok=True)

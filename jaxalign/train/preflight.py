@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from typing import Any
 
 import jax
@@ -251,8 +252,8 @@ class MemoryCheck:
     Disabled by ``train.preflight: false``. Later calls do nothing (the first batch decides).
     """
 
-    def __init__(self, cfg, job, jit_step, log):
-        self.cfg, self.job, self.jit_step, self.log = cfg, job, jit_step, log
+    def __init__(self, cfg, job, jit_step):
+        self.cfg, self.job, self.jit_step = cfg, job, jit_step
         self.done = not getattr(cfg.train, "preflight", True)
         self.estimate: Estimate | None = None
 
@@ -265,7 +266,10 @@ class MemoryCheck:
             return est
         if not est.fits:
             raise JaxalignError(too_big_message(est, self.cfg, self.job.mesh, self.job.experience is not None))
-        self.log(est.summary())
+        if not self.cfg.quiet:  # tqdm.write: the online check runs while the progress bar is up
+            from tqdm.auto import tqdm
+
+            tqdm.write(est.summary(), file=sys.stderr)
         return est
 
 
