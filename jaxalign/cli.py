@@ -85,8 +85,14 @@ def cmd_train(args) -> int:
         cfg.quiet = True
     if args.run_dir:
         cfg.run_dir = args.run_dir
+    from jaxalign import distributed
+
+    # Before anything touches a device: join the other processes of a multi-process run.
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
     job = module.build_job(cfg)
     out = run(cfg, job)
+    if not distributed.is_main():
+        return 128 + out["signal"] if out["stopped"] and out.get("signal") else 0
     shown = {k: round(v, 4) for k, v in out["metrics"].items()
              if k in ("loss", "accuracy", "eval/loss", "eval/accuracy", "tokens_per_s", "reward/mean",
                       "eval/reward")}
@@ -141,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
         tr.add_argument("--config", help="YAML run config")
         tr.add_argument("--run-dir", help="output directory (default: runs/<algorithm>-<time>)")
         tr.add_argument("--quiet", action="store_true", help="no progress bar")
+        mp = tr.add_argument_group("multi-process runs (every process runs the same command; "
+                                   "README: Multi-process and TPU VM)")
+        mp.add_argument("--coordinator", metavar="HOST:PORT",
+                        help="address of process 0 (env JAXALIGN_COORDINATOR)")
+        mp.add_argument("--num-processes", type=int, metavar="N", help="env JAXALIGN_NUM_PROCESSES")
+        mp.add_argument("--process-id", type=int, metavar="I", help="0..N-1 (env JAXALIGN_PROCESS_ID)")
+        mp.add_argument("--distributed", action="store_true",
+                        help="auto-detect the processes (Cloud TPU VM, SLURM, Open MPI)")
         tr.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides, e.g. optim.lr=1e-4 train.steps=100")
         tr.set_defaults(func=cmd_train)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Mapping, Sequence
 
 import jax
@@ -170,16 +169,12 @@ def shard_model(model, mesh: Mesh, rules=None):
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None) -> None:
-    """Start multi-host JAX (TPU pod slices, multi-node GPU) when asked.
+    """Start multi-host JAX (TPU pod slices, multi-node GPU); see :func:`jaxalign.distributed.initialize`.
 
     With no arguments on a TPU VM / SLURM / Open MPI, JAX discovers the cluster itself. On CPU,
     pass a localhost ``coordinator_address`` and the process count/id (or set
     ``JAXALIGN_COORDINATOR``, ``JAXALIGN_NUM_PROCESSES``, ``JAXALIGN_PROCESS_ID``).
     """
-    coordinator_address = coordinator_address or os.environ.get("JAXALIGN_COORDINATOR")
-    if num_processes is None and "JAXALIGN_NUM_PROCESSES" in os.environ:
-        num_processes = int(os.environ["JAXALIGN_NUM_PROCESSES"])
-    if process_id is None and "JAXALIGN_PROCESS_ID" in os.environ:
-        process_id = int(os.environ["JAXALIGN_PROCESS_ID"])
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+    from jaxalign.distributed import initialize
+
+    initialize(coordinator_address, num_processes, process_id, auto=True)

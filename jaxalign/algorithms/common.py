@@ -22,7 +22,13 @@ def mesh_from(cfg: RunConfig):
     n = math.prod(dims.values())
     if -1 not in dims.values() and jax.process_count() == 1 and 0 < n < len(devices):
         devices = devices[:n]
-    return shd.make_mesh(dims, devices)
+    try:
+        return shd.make_mesh(dims, devices)
+    except JaxalignError as e:
+        if jax.process_count() == 1:
+            raise
+        raise JaxalignError(f"{e} ({jax.process_count()} processes x {jax.local_device_count()} devices); "
+                            "a multi-process run's mesh spans every device of every process") from None
 
 
 def tokenizer_from(cfg: RunConfig):
@@ -133,8 +139,8 @@ def lm_exporter(graphdef, tokenizer=None):
 
 
 def say(cfg: RunConfig, msg: str) -> None:
-    """A progress line on stderr unless the run is quiet."""
-    if not cfg.quiet:
+    """A progress line on stderr unless the run is quiet (process 0 only, in a multi-process run)."""
+    if not cfg.quiet and jax.process_index() == 0:
         import sys
 
         print(msg, file=sys.stderr, flush=True)

@@ -189,6 +189,7 @@ def precompute_reference(examples: list, model, cfg: RunConfig, pad_id: int, mes
     """Copies of the preference ``examples`` with ``ref_chosen_logp`` / ``ref_rejected_logp``
     (floats) from ``model``: one pass in batches of the micro-batch size, in order."""
     from jaxalign.data import collate
+    from jaxalign.distributed import to_host
     from jaxalign.train.loop import _batch_shardings
 
     if not examples:
@@ -207,7 +208,8 @@ def precompute_reference(examples: list, model, cfg: RunConfig, pad_id: int, mes
         n = len(chunk)
         chunk += [chunk[0]] * (bs - n)  # the last batch keeps the shape: no second compile
         batch = collate(chunk, pad_id, cfg.data.buckets, max_length=cfg.data.max_length)
-        w, l = jax.device_get(logps(params, jax.device_put(batch, _batch_shardings(batch, mesh))))
+        # Every process collates the same whole batch; to_host gathers the shards of the others.
+        w, l = to_host(logps(params, jax.device_put(batch, _batch_shardings(batch, mesh))))
         out_w.extend(np.asarray(w[:n], np.float64).tolist())
         out_l.extend(np.asarray(l[:n], np.float64).tolist())
     return [dict(e, ref_chosen_logp=w, ref_rejected_logp=l) for e, w, l in zip(examples, out_w, out_l)]

@@ -10,6 +10,7 @@ safetensors file. The decoder layers are one ``DecoderLayer`` whose parameters c
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import flax.nnx as nnx
 import flax.struct
@@ -19,6 +20,54 @@ import jax.numpy as jnp
 from jaxalign.models.config import ModelConfig
 
 _INIT_STD = 0.02  # transformers' initializer_range default for these families
+
+
+def mm(spec: str, a, b, dtype, out_dtype=None):
+    """``einsum(spec, a, b)`` with operands in ``dtype`` and float32 accumulation, cast to
+    ``out_dtype`` (default ``dtype``).
+
+    Float32 accumulation is what makes low-precision matmuls fast on CPU: XLA:CPU runs a
+    bfloat16 x bfloat16 -> float32 dot on the AVX-512 BF16 units (2-3.5x its float32 rate at
+    SmolLM2's decode shapes), but a bfloat16 -> bfloat16 dot 2-5x *slower* than float32 (see
+    benchmarks/README.md, "bfloat16 matmuls"). It is also how GPUs and TPUs accumulate bfloat16.
+    The backward pass keeps the same form (see :func:`_mm_low`). For float32 it is a plain einsum.
+    """
+    out_dtype = jnp.dtype(out_dtype or dtype)
+    if jnp.dtype(dtype) == jnp.float32:
+        return jnp.einsum(spec, a.astype(dtype), b.astype(dtype)).astype(out_dtype)
+    return _mm_low(spec, out_dtype, a.astype(dtype), b.astype(dtype))
+
+
+def _transpose_specs(spec: str):
+    """For ``"A,B->C"`` the specs of the two gradients, ``"C,B->A"`` and ``"C,A->B"``."""
+    ins, out = spec.split("->")
+    a, b = ins.split(",")
+    return f"{out},{b}->{a}", f"{out},{a}->{b}"
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _mm_low(spec, out_dtype, a, b):
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(out_dtype)
+
+
+def _mm_low_fwd(spec, out_dtype, a, b):
+    return _mm_low(spec, out_dtype, a, b), (a, b)
+
+
+def _mm_low_bwd(spec, out_dtype, res, g):
+    # JAX's own transpose of a dot with preferred_element_type=float32 feeds the float32 cotangent
+    # into float32 dots (the bfloat16 operand is upcast): the backward would run at float32 speed
+    # on CPU and, on a TPU, as a multi-pass float32 matmul. Here both gradient dots are again
+    # low-precision x low-precision -> float32.
+    a, b = res
+    spec_a, spec_b = _transpose_specs(spec)
+    g = g.astype(a.dtype)
+    da = jnp.einsum(spec_a, g, b, preferred_element_type=jnp.float32).astype(a.dtype)
+    db = jnp.einsum(spec_b, g, a, preferred_element_type=jnp.float32).astype(b.dtype)
+    return da, db
+
+
+_mm_low.defvjp(_mm_low_fwd, _mm_low_bwd)
 
 
 def _normal(rngs: nnx.Rngs, shape, dtype):
@@ -34,7 +83,7 @@ class Linear(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x):
-        y = jnp.einsum("...i,oi->...o", x.astype(self.dtype), self.weight[...].astype(self.dtype))
+        y = mm("...i,oi->...o", x, self.weight[...], self.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
@@ -145,12 +194,12 @@ class Attention(nnx.Module):
         new_kv = (k, v)
         g = self.n_heads // self.n_kv
         q = q.reshape(b, s, self.n_kv, g, self.head_dim)
-        scores = jnp.einsum("bskgh,btkh->bkgst", q, k.astype(q.dtype)).astype(jnp.float32)
+        scores = mm("bskgh,btkh->bkgst", q, k, q.dtype, out_dtype=jnp.float32)
         scores = scores / math.sqrt(self.head_dim)
         # A finite fill keeps fully-masked rows (left padding) NaN-free; their outputs are unused.
         scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-        out = jnp.einsum("bkgst,btkh->bskgh", probs, v.astype(q.dtype))
+        out = mm("bkgst,btkh->bskgh", probs, v, q.dtype)
         return self.o_proj(out.reshape(b, s, self.n_heads * self.head_dim)), new_kv
 
 
@@ -241,7 +290,7 @@ class CausalLM(nnx.Module):
 
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
         dtype = self.config.jnp_dtype
-        return jnp.einsum("bsd,vd->bsv", hidden.astype(dtype), self.output_embedding().astype(dtype))
+        return mm("bsd,vd->bsv", hidden, self.output_embedding(), dtype)
 
     def hidden_states(
         self,

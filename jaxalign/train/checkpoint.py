@@ -208,6 +208,10 @@ class Checkpointer:
                 log(f"checkpoint step {bad_step} is damaged ({why}); moved to {dest}, "
                     f"resuming from step {step}")
             if damaged:
+                if jax.process_count() > 1:  # process 0 moved them: wait before listing again
+                    from jax.experimental import multihost_utils
+
+                    multihost_utils.sync_global_devices("jaxalign-damaged-checkpoints")
                 self.manager.close()
                 self.manager = self._open()
             return step, state, meta

@@ -24,10 +24,14 @@ class SkipCounter:
     Args:
       limit: ``train.max_nonfinite_steps``.
       in_row: the streak a resumed run starts with.
+      eager: raise as soon as a step is counted (:meth:`add`); otherwise only at :meth:`flush` /
+        :meth:`check`, which every process of a multi-process run reaches at the same step (a
+        step's readiness differs between processes: raising on it would leave the others waiting).
     """
 
-    def __init__(self, limit: int, in_row: int = 0):
+    def __init__(self, limit: int, in_row: int = 0, eager: bool = True):
         self.limit, self.in_row, self.total = max(1, int(limit)), int(in_row), 0
+        self.eager = eager
         self.first_in_row: int | None = None
         self.error: str | None = None
         self._pending: deque = deque()
@@ -38,7 +42,8 @@ class SkipCounter:
         if skipped is not None:
             self._pending.append((step, skipped))
         self._drain(block=False)
-        self.check()
+        if self.eager:
+            self.check()
 
     def flush(self, check: bool = True) -> None:
         """Count every pending step (waits for them), then :meth:`check` unless ``check=False``."""

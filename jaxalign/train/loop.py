@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxalign import distributed
 from jaxalign.config import RunConfig, save_config
 from jaxalign.errors import JaxalignError
 from jaxalign.train.checkpoint import Checkpointer
@@ -73,6 +74,16 @@ def _batch_shardings(batch, mesh):
     return jax.tree.map(f, batch)
 
 
+class _NoWriter:
+    """Processes other than 0 write no metrics."""
+
+    def write(self, *a, **k):
+        pass
+
+    def close(self):
+        pass
+
+
 def _shardings(tree):
     return jax.tree.map(lambda x: x.sharding, tree)
 
@@ -120,7 +131,12 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
     """
     run_dir = Path(run_dir or default_run_dir(cfg))
     tcfg = cfg.train
-    log = (lambda *a: None) if cfg.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    main = distributed.is_main()  # several processes: only process 0 logs and writes files
+    quiet = cfg.quiet or not main
+    log = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if job.experience is not None and jax.process_count() > 1:
+        raise JaxalignError(f"{cfg.algorithm} samples on the host: multi-process runs support the "
+                            "offline algorithms (sft, rm, dpo, ift) for now; run it as one process")
 
     state = TrainState.create(job.params, job.tx, cfg.seed, job.extras)
     state = jax.device_put(state, _state_shardings(state, job.mesh, job.tx))
@@ -134,7 +150,7 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpointer(run_dir / "checkpoints", keep=tcfg.keep_checkpoints)
     try:  # damaged checkpoints fall back to the newest good one; a mismatch is an error
-        start, state, meta = ckpt.restore_latest_good(state, _warn, needs=("data",))
+        start, state, meta = ckpt.restore_latest_good(state, _warn if main else log, needs=("data",))
     except JaxalignError:
         ckpt.close()
         raise
@@ -142,8 +158,9 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
         job.train_batches.load_state_dict(meta["data"])
         log(f"resumed from {run_dir / 'checkpoints'} at step {start}")
     # Written only once a resume has succeeded: a failed resume leaves the run dir as it was.
-    save_config(cfg, run_dir / "config.yaml")
-    writer = MetricsWriter(run_dir, resume_step=start)
+    if main:
+        save_config(cfg, run_dir / "config.yaml")
+    writer = MetricsWriter(run_dir, resume_step=start) if main else _NoWriter()
 
     jit_eval = jax.jit(make_eval_step(job.eval_loss_fn or job.loss_fn, 1)) if job.eval_batches else None
     if job.evaluate is not None:
@@ -162,7 +179,7 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
         for i, b in enumerate(job.eval_batches()):
             if tcfg.eval_batches is not None and i >= tcfg.eval_batches:
                 break
-            m = jax.device_get(jit_eval(state, jax.device_put(b, _batch_shardings(b, job.mesh)), job.frozen))
+            m = jax.device_get(jit_eval(state, distributed.global_batch(b, job.mesh), job.frozen))
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             n += 1
@@ -177,9 +194,10 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
     last_logged, tokens_since = first, 0
     # Counts every skipped (non-finite) step without a per-step host sync; raises after
     # train.max_nonfinite_steps in a row. A resumed default step continues its streak.
-    skips = SkipCounter(tcfg.max_nonfinite_steps, int(state.bad_steps) if job.step_fn is None else 0)
+    skips = SkipCounter(tcfg.max_nonfinite_steps, int(state.bad_steps) if job.step_fn is None else 0,
+                        eager=jax.process_count() == 1)
     pbar = None
-    if not cfg.quiet:
+    if not quiet:
         from tqdm.auto import tqdm
 
         pbar = tqdm(total=job.total_steps, initial=first, desc=cfg.algorithm, unit="step",
@@ -201,13 +219,14 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
             if job.experience is not None:
                 batch, exp_metrics = job.experience(state, batch)
             tokens_since += job.count_tokens(batch)
-            batch = jax.device_put(batch, _batch_shardings(batch, job.mesh))
+            batch = distributed.global_batch(batch, job.mesh)
             if job.experience is not None:
                 check_memory(state, batch, job.frozen)  # once: the first experience batch
             state, metrics = jit_step(state, batch, job.frozen)
             skips.add(step + 1, metrics.get("skipped"))
             if (step + 1) % max(tcfg.log_every, 1) == 0 or step + 1 == job.total_steps:
                 metrics = jax.device_get(metrics)  # waits for the step: timings below are real
+                tokens_since = distributed.sum_over_processes(tokens_since)  # each counted its rows
                 now = time.perf_counter()
                 dt = (now - t_last) / (step + 1 - last_logged)
                 row = {k: float(v) for k, v in metrics.items()}
@@ -227,10 +246,12 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
                 ev = evaluate(step + 1)
                 if pbar is not None and ev:
                     pbar.write(f"step {step + 1}: " + ", ".join(f"eval/{k}={v:.4f}" for k, v in ev.items()))
-            if (tcfg.save_every and (step + 1) % tcfg.save_every == 0) or flag.stop:
+            # Several processes save and stop together, whichever of them got the signal.
+            stop = distributed.any_process(flag.stop)
+            if (tcfg.save_every and (step + 1) % tcfg.save_every == 0) or stop:
                 skips.flush()
                 ckpt.save(step + 1, state, {"data": job.train_batches.state_dict(), "step": step + 1})
-            if flag.stop:
+            if stop:
                 stopped = True
                 log(f"\nstopped by signal at step {step + 1}; checkpoint saved, rerun to resume")
                 break
@@ -239,7 +260,8 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
         # Still under the signal handler: SIGTERM during this save cannot lose the run's progress.
         if not stopped and ckpt.latest_step() != final_step:
             ckpt.save(final_step, state, {"data": job.train_batches.state_dict(), "step": final_step})
-        if flag.stop and not stopped:  # a signal during the final save: skip eval and export
+        # A signal during the final save (on any process): skip eval and export.
+        if not stopped and distributed.any_process(flag.stop):
             stopped = True
             log(f"\nstopped by signal after step {final_step}; checkpoint saved, rerun to export")
     signum = flag.signum if stopped else None
@@ -250,9 +272,11 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
             last_metrics.update({f"eval/{k}": v for k, v in evaluate(final_step).items()})
     ckpt.close()
     writer.close()
-    plot = write_plots(run_dir) if tcfg.plots else None
+    plot = write_plots(run_dir) if tcfg.plots and main else None
     if not stopped and tcfg.save_final and job.export is not None:
-        job.export(state.params, run_dir / "final")
+        params = distributed.to_host(state.params) if jax.process_count() > 1 else state.params
+        if main:
+            job.export(params, run_dir / "final")
         log(f"final model (Hugging Face format): {run_dir / 'final'}")
     if plot is not None:
         log(f"plots: {plot}")

@@ -170,11 +170,21 @@ class Estimate:
 
 
 def abstract_batch(batch, mesh):
-    """ShapeDtypeStructs of a numpy or device ``batch`` on the loop's batch shardings."""
+    """ShapeDtypeStructs of the global batch the loop feeds the step: a device batch as it is;
+    a numpy batch (this process's rows) with ``process_count`` times its rows, on the loop's
+    batch shardings (:func:`jaxalign.distributed.global_batch`)."""
     from jaxalign.train.loop import _batch_shardings
 
-    sh = _batch_shardings(batch, mesh)
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), batch, sh)
+    def one(x):
+        if isinstance(x, jax.Array):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+        shape = (x.shape[0] * jax.process_count(),) + tuple(x.shape[1:])
+        return jax.ShapeDtypeStruct(shape, x.dtype)
+
+    shapes = jax.tree.map(one, batch)
+    sh = _batch_shardings(shapes, mesh)
+    return jax.tree.map(lambda x, s: x if x.sharding is not None else
+                        jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, sh)
 
 
 def longest_batch(batches):
@@ -192,7 +202,8 @@ def estimate(jit_step, state, batch, frozen, mesh, cfg) -> Estimate:
     """Compile ``jit_step(state, batch, frozen)`` (abstractly: nothing runs) and read its memory."""
     abstract = lambda t: jax.tree.map(  # noqa: E731
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), t)
-    compiled = jit_step.lower(abstract(state), abstract_batch(batch, mesh), abstract(frozen)).compile()
+    batch = abstract_batch(batch, mesh)
+    compiled = jit_step.lower(abstract(state), batch, abstract(frozen)).compile()
     ma = compiled.memory_analysis()
     if isinstance(ma, (list, tuple)):  # some versions return one entry per device
         ma = ma[0]
@@ -201,11 +212,11 @@ def estimate(jit_step, state, batch, frozen, mesh, cfg) -> Estimate:
     params, opt = per_device_bytes(state.params), per_device_bytes(state.opt_state)
     return Estimate(
         params=params, opt_state=opt, other_state=per_device_bytes(state) - params - opt,
-        frozen=per_device_bytes(frozen), batch=per_device_bytes(abstract_batch(batch, mesh)),
+        frozen=per_device_bytes(frozen), batch=per_device_bytes(batch),
         arguments=get("argument_size_in_bytes"), outputs=get("output_size_in_bytes"),
         aliased=get("alias_size_in_bytes"), temp=get("temp_size_in_bytes"),
         code=get("generated_code_size_in_bytes"), limit=limit, limit_source=source,
-        batch_shapes={k: tuple(np.shape(v)) for k, v in batch.items()} if isinstance(batch, dict) else {},
+        batch_shapes={k: tuple(v.shape) for k, v in batch.items()} if isinstance(batch, dict) else {},
         devices=mesh.devices.size)
 
 
@@ -264,9 +275,13 @@ class MemoryCheck:
         self.estimate = est = estimate(self.jit_step, state, batch, frozen, self.job.mesh, self.cfg)
         if est.arguments == 0 and est.temp == 0:  # no memory analysis on this backend
             return est
-        if not est.fits:
-            raise JaxalignError(too_big_message(est, self.cfg, self.job.mesh, self.job.experience is not None))
-        if not self.cfg.quiet:  # tqdm.write: the online check runs while the progress bar is up
+        from jaxalign import distributed
+
+        # Every process decides alike (their devices' limits could differ): none trains alone.
+        if distributed.any_process(not est.fits):
+            raise JaxalignError(too_big_message(est, self.cfg, self.job.mesh, self.job.experience is not None)
+                                if not est.fits else "another process's devices cannot fit the train step")
+        if not self.cfg.quiet and distributed.is_main():  # tqdm.write: the online check runs while the progress bar is up
             from tqdm.auto import tqdm
 
             tqdm.write(est.summary(), file=sys.stderr)
