@@ -103,6 +103,21 @@ def cmd_train(args) -> int:
     return 128 + out["signal"] if out["stopped"] and out.get("signal") else 0
 
 
+def cmd_plan(args) -> int:
+    from jaxalign import algorithms
+    from jaxalign.config import load_config
+    from jaxalign.train.preflight import plan
+
+    for name in algorithms.ALGORITHMS:  # register every config section; the file names one
+        algorithms.get(name)
+    cfg = load_config(args.config, args.overrides)
+    est = plan(cfg)
+    print(json.dumps(est.to_dict()) if args.json else est.table(), flush=True)
+    if not est.fits:
+        raise JaxalignError(est.message)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxalign", description="Align language models in JAX.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -118,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="output directory")
     exp.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     exp.set_defaults(func=cmd_export)
+
+    plan = sub.add_parser("plan", help="memory per device of a run's train step, and whether it fits")
+    plan.add_argument("--config", required=True, help="YAML run config (its algorithm: key picks the algorithm)")
+    plan.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    plan.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, as for training")
+    plan.set_defaults(func=cmd_plan)
 
     from jaxalign import algorithms
 

@@ -73,6 +73,8 @@ class TrainConfig:
     save_final: bool = True
     plots: bool = True
     max_nonfinite_steps: int = 10  # consecutive skipped (NaN/Inf) steps before the run stops
+    preflight: bool = True  # compile the step first and refuse a run that cannot fit in memory
+    device_memory_limit: int | str | None = None  # bytes or "16GiB"; default: the device's own limit
 
 
 @dataclasses.dataclass

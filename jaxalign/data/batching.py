@@ -243,6 +243,13 @@ class BatchIterator:
         mine = idx[self.process_index * per:(self.process_index + 1) * per]
         return collate([self.examples[i] for i in mine], self.pad_id, length=length, num_responses=self._k)
 
+    def longest_batch(self) -> dict[str, np.ndarray]:
+        """A batch of the largest shape this iterator yields (the longest example's padded length,
+        K responses), for a memory check; its rows are the first examples, in order."""
+        length = bucket_length(int(self._lengths.max()), self.buckets, self.max_length)
+        rows = [self.examples[i % len(self.examples)] for i in range(self.batch_size // self.process_count)]
+        return collate(rows, self.pad_id, length=length, num_responses=self._k)
+
     def state_dict(self) -> dict:
         """Position of the iterator: ``{"epoch", "position", "seed", "num_examples", "batch_size"}``."""
         epoch, position = self.epoch, self.position

@@ -3,18 +3,103 @@
 Orbax writes each step into a temporary directory and renames it when complete, so a crash
 while saving never leaves a checkpoint that looks valid. Restores go straight onto the
 current shardings (``jax.ShapeDtypeStruct(..., sharding=...)`` targets).
+
+A checkpoint damaged after the fact (a deleted or truncated array file, garbage in a metadata
+file, an empty step directory) is found by :meth:`Checkpointer.restore_latest_good`, which
+falls back to the newest checkpoint that restores completely. A checkpoint whose arrays do not
+fit the current train state (another model size, optimizer or algorithm) is a different error,
+:class:`CheckpointMismatch`: no fallback, since every checkpoint of the run has the same layout.
+A state with a NaN or Inf is never saved.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
+import shutil
+import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxalign.errors import JaxalignError
+
+
+class CheckpointMismatch(Exception):
+    """A readable checkpoint whose arrays (paths or shapes) differ from the current train state."""
+
+
+class CheckpointDamaged(Exception):
+    """A checkpoint that cannot be read back completely (missing/truncated files, bad metadata)."""
 
 
 def _abstract(tree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _path_names(path) -> tuple[str, ...]:
+    """A key path as plain names (dataclass fields, dict keys, sequence indices alike)."""
+    out = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                out.append(str(getattr(k, attr)))
+                break
+        else:
+            out.append(str(k))
+    return tuple(out)
+
+
+def _shapes(tree) -> dict[tuple[str, ...], tuple]:
+    return {_path_names(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _reason(e: BaseException) -> str:
+    """One short line from a (often very long) Orbax / TensorStore exception."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    text = re.sub(r"\s*\[tensorstore_spec.*", "", text)
+    text = re.sub(r'Error opening "(cast|zarr)" driver: ', "", text)
+    return f"{type(e).__name__}: {text}"[:240]
+
+
+@jax.jit
+def _finite_flags(leaves):
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def nonfinite_leaf(tree) -> str | None:
+    """The path of the first floating leaf of ``tree`` holding a NaN or Inf, else None (one
+    small device reduction and one host transfer)."""
+    flat = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+    if not flat:
+        return None
+    flags = np.asarray(jax.device_get(_finite_flags([x for _, x in flat])))
+    bad = np.flatnonzero(~flags)
+    return "/".join(_path_names(flat[bad[0]][0])) if bad.size else None
+
+
+def _quiet_orphaned_reads() -> None:
+    """Silence one known echo of a failed read: TensorStore completes the other reads of an
+    aborted restore after Orbax closed its event loop, and each completion reports
+    ``RuntimeError('Event loop is closed')`` through ``sys.unraisablehook`` as a traceback.
+    Every other unraisable exception still reaches the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxalign_quiet", False):
+        return
+
+    def hook(u):
+        if isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed":
+            return
+        previous(u)
+
+    hook._jaxalign_quiet = True
+    sys.unraisablehook = hook
 
 
 class Checkpointer:
@@ -22,15 +107,25 @@ class Checkpointer:
 
     def __init__(self, directory: str | Path, keep: int = 2):
         self.directory = Path(directory).absolute()
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max(1, keep), create=True),
-        )
+        self.keep = max(1, keep)
+        self.manager = self._open()
+
+    def _open(self):
+        return ocp.CheckpointManager(self.directory,
+                                     options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
     def save(self, step: int, state, meta: dict, force: bool = True) -> None:
+        """Save ``state`` and ``meta`` as ``step``; a state with a NaN/Inf is refused (JaxalignError)."""
+        bad = nonfinite_leaf(state)
+        if bad is not None:
+            raise JaxalignError(f"step {step}: the train state holds a NaN or Inf ({bad}); not saving a "
+                                f"checkpoint (the last good one in {self.directory} is kept)")
         self.manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -46,6 +141,105 @@ class Checkpointer:
                                     meta=ocp.args.JsonRestore()),
         )
         return out["state"], out["meta"]
+
+    def check_layout(self, step: int, state_like) -> None:
+        """Raise :class:`CheckpointMismatch` when ``step``'s array paths or shapes differ from
+        ``state_like``'s, :class:`CheckpointDamaged` when its metadata cannot be read."""
+        path = self.directory / str(step) / "state"
+        _quiet_orphaned_reads()
+        try:
+            meta = ocp.StandardCheckpointHandler().metadata(path)
+            saved = _shapes(meta)
+        except Exception as e:  # noqa: BLE001 - missing files, bad JSON, TensorStore errors
+            raise CheckpointDamaged(_reason(e)) from None
+        want = _shapes(state_like)
+        for key in sorted(set(saved) | set(want)):
+            name = "/".join(key)
+            if key not in saved:
+                raise CheckpointMismatch(f"the config has {name}, the checkpoint does not")
+            if key not in want:
+                raise CheckpointMismatch(f"the checkpoint has {name}, the config does not")
+            if saved[key] != want[key]:
+                raise CheckpointMismatch(f"{name}: shape {saved[key]} in the checkpoint, {want[key]} "
+                                         "in the config")
+
+    def restore_checked(self, state_like, step: int, needs: tuple[str, ...] = ()):
+        """:meth:`restore` of ``step`` that raises :class:`CheckpointMismatch` for another layout
+        and :class:`CheckpointDamaged` for anything unreadable, a meta without the keys
+        ``needs``, or non-finite values."""
+        self.check_layout(step, state_like)
+        try:
+            state, meta = self.restore(state_like, step)
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointDamaged(_reason(e)) from None
+        missing = [k for k in needs if not isinstance(meta, dict) or k not in meta]
+        if missing:
+            raise CheckpointDamaged(f"its meta lacks {', '.join(missing)}")
+        bad = nonfinite_leaf(state)
+        if bad is not None:
+            raise CheckpointDamaged(f"NaN or Inf in {bad}")
+        return state, meta
+
+    def restore_latest_good(self, state_like, log: Callable[[str], None] = print,
+                            needs: tuple[str, ...] = ()):
+        """``(step, state, meta)`` of the newest checkpoint that restores completely, or
+        ``(None, state_like, None)`` when there is none.
+
+        Each damaged newer checkpoint is reported in one line and, once a good one is found,
+        moved to ``<directory>.damaged/<step>`` (so later saves can reuse its step number).
+        Raises :class:`JaxalignError` for a checkpoint that does not fit the config, or when
+        every checkpoint is damaged; both leave the directory as it was.
+        """
+        steps = self.all_steps()
+        damaged: list[tuple[int, str]] = []
+        for step in reversed(steps):
+            try:
+                state, meta = self.restore_checked(state_like, step, needs)
+            except CheckpointMismatch as e:
+                raise JaxalignError(
+                    f"{self.directory / str(step)}: this checkpoint does not fit the current config ({e}); "
+                    "resume with the config the run started with (its config.yaml) or use a new --run-dir"
+                ) from None
+            except CheckpointDamaged as e:
+                damaged.append((step, str(e)))
+                continue
+            for bad_step, why in damaged:
+                dest = self._move_aside(bad_step)
+                log(f"checkpoint step {bad_step} is damaged ({why}); moved to {dest}, "
+                    f"resuming from step {step}")
+            if damaged:
+                if jax.process_count() > 1:  # process 0 moved them: wait before listing again
+                    from jax.experimental import multihost_utils
+
+                    multihost_utils.sync_global_devices("jaxalign-damaged-checkpoints")
+                self.manager.close()
+                self.manager = self._open()
+            return step, state, meta
+        if damaged:
+            detail = "; ".join(f"step {s}: {why}" for s, why in damaged)
+            raise JaxalignError(f"{self.directory}: no usable checkpoint ({detail}); move the directory "
+                                "away to start over, or use a new --run-dir")
+        return None, state_like, None
+
+    def _move_aside(self, step: int) -> Path:
+        dest_dir = self.directory.with_name(self.directory.name + ".damaged")
+        dest = dest_dir / str(step)
+        if dest.exists():
+            dest = dest_dir / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if jax.process_index() == 0:
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(self.directory / str(step)), str(dest))
+        return dest
+
+    @contextlib.contextmanager
+    def finish_on_error(self):
+        """On an exception inside the block, let pending saves complete (and close) before it
+        propagates: a run stopped by an error still leaves whole checkpoints."""
+        try:
+            yield self
+        except BaseException:
+            self.close()
+            raise
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

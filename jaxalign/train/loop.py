@@ -22,7 +22,9 @@ from jaxalign import distributed
 from jaxalign.config import RunConfig, save_config
 from jaxalign.errors import JaxalignError
 from jaxalign.train.checkpoint import Checkpointer
+from jaxalign.train.guard import SkipCounter
 from jaxalign.train.metrics import MetricsWriter, write_plots
+from jaxalign.train.preflight import MemoryCheck, longest_batch
 from jaxalign.train.state import TrainState, make_eval_step, make_train_step
 
 
@@ -113,6 +115,10 @@ class _StopFlag:
             signal.signal(s, h)
 
 
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)  # even with --quiet
+
+
 def default_run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.run_dir or f"runs/{cfg.algorithm}-{time.strftime('%Y%m%d-%H%M%S')}")
 
@@ -124,7 +130,6 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
     ``signal``: whether and by which signal number SIGTERM/SIGINT stopped the run early).
     """
     run_dir = Path(run_dir or default_run_dir(cfg))
-    run_dir.mkdir(parents=True, exist_ok=True)
     tcfg = cfg.train
     main = distributed.is_main()  # several processes: only process 0 logs and writes files
     quiet = cfg.quiet or not main
@@ -135,18 +140,21 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
 
     state = TrainState.create(job.params, job.tx, cfg.seed, job.extras)
     state = jax.device_put(state, _state_shardings(state, job.mesh, job.tx))
+    step_fn = job.step_fn or make_train_step(job.loss_fn, job.tx, job.n_micro, job.schedule)
+    jit_step = jax.jit(step_fn, out_shardings=(_shardings(state), None), donate_argnums=(0,))
+    # Memory preflight: compiles the step (the loop reuses it) and refuses a run that cannot fit,
+    # before anything is written. Online jobs are checked on their first experience batch below.
+    check_memory = MemoryCheck(cfg, job, jit_step)
+    if job.experience is None:
+        check_memory(state, longest_batch(job.train_batches), job.frozen)
+    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpointer(run_dir / "checkpoints", keep=tcfg.keep_checkpoints)
-    start = ckpt.latest_step()
+    try:  # damaged checkpoints fall back to the newest good one; a mismatch is an error
+        start, state, meta = ckpt.restore_latest_good(state, _warn if main else log, needs=("data",))
+    except JaxalignError:
+        ckpt.close()
+        raise
     if start is not None:
-        try:
-            state, meta = ckpt.restore(state, start)
-        except Exception as e:  # noqa: BLE001 - orbax raises many types for a mismatched tree
-            ckpt.close()
-            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise JaxalignError(
-                f"{ckpt.directory / str(start)}: this checkpoint does not fit the current config "
-                f"({first_line}); resume with the config the run started with (its config.yaml) "
-                "or use a new --run-dir") from None
         job.train_batches.load_state_dict(meta["data"])
         log(f"resumed from {run_dir / 'checkpoints'} at step {start}")
     # Written only once a resume has succeeded: a failed resume leaves the run dir as it was.
@@ -154,9 +162,6 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
         save_config(cfg, run_dir / "config.yaml")
     writer = MetricsWriter(run_dir, resume_step=start) if main else _NoWriter()
 
-    step_fn = job.step_fn or make_train_step(job.loss_fn, job.tx, job.n_micro, job.schedule)
-    state_sh = _shardings(state)
-    jit_step = jax.jit(step_fn, out_shardings=(state_sh, None), donate_argnums=(0,))
     jit_eval = jax.jit(make_eval_step(job.eval_loss_fn or job.loss_fn, 1)) if job.eval_batches else None
     if job.evaluate is not None:
         jit_eval = True  # evaluate() calls the job's own hook
@@ -187,7 +192,10 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
     last_metrics: dict = {}
     t_start = t_last = time.perf_counter()
     last_logged, tokens_since = first, 0
-    skipped_in_row = skipped_total = 0
+    # Counts every skipped (non-finite) step without a per-step host sync; raises after
+    # train.max_nonfinite_steps in a row. A resumed default step continues its streak.
+    skips = SkipCounter(tcfg.max_nonfinite_steps, int(state.bad_steps) if job.step_fn is None else 0,
+                        eager=jax.process_count() == 1)
     pbar = None
     if not quiet:
         from tqdm.auto import tqdm
@@ -199,7 +207,7 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
         ev = evaluate(0)
         if pbar is not None and ev:
             pbar.write("step 0: " + ", ".join(f"eval/{k}={v:.4f}" for k, v in ev.items()))
-    with _StopFlag() as flag:
+    with _StopFlag() as flag, ckpt.finish_on_error():
         step = first
         for step in range(first, job.total_steps):
             try:
@@ -211,7 +219,11 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
             if job.experience is not None:
                 batch, exp_metrics = job.experience(state, batch)
             tokens_since += job.count_tokens(batch)
-            state, metrics = jit_step(state, distributed.global_batch(batch, job.mesh), job.frozen)
+            batch = distributed.global_batch(batch, job.mesh)
+            if job.experience is not None:
+                check_memory(state, batch, job.frozen)  # once: the first experience batch
+            state, metrics = jit_step(state, batch, job.frozen)
+            skips.add(step + 1, metrics.get("skipped"))
             if (step + 1) % max(tcfg.log_every, 1) == 0 or step + 1 == job.total_steps:
                 metrics = jax.device_get(metrics)  # waits for the step: timings below are real
                 tokens_since = distributed.sum_over_processes(tokens_since)  # each counted its rows
@@ -219,15 +231,11 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
                 dt = (now - t_last) / (step + 1 - last_logged)
                 row = {k: float(v) for k, v in metrics.items()}
                 row.update(exp_metrics)
-                row.update(step_time=dt, tokens_per_s=tokens_since / (now - t_last))
+                skips.flush(check=False)  # count first: the row is written, then the run may stop
+                row.update(step_time=dt, tokens_per_s=tokens_since / (now - t_last), skipped_steps=skips.total)
                 t_last, last_logged, tokens_since = now, step + 1, 0
                 writer.write(step + 1, row)
-                skipped_in_row = int(jax.device_get(state.bad_steps))
-                skipped_total += int(row.get("skipped", 0) > 0)
-                if skipped_in_row >= tcfg.max_nonfinite_steps:
-                    raise JaxalignError(
-                        f"{skipped_in_row} steps in a row had a non-finite loss or gradient (last at "
-                        f"step {step + 1}); stopping. Lower optim.lr, enable optim.grad_clip or check the data")
+                skips.check()
                 last_metrics = row
                 if pbar is not None:
                     extra = {"reward": f"{row['reward/mean']:.3f}"} if "reward/mean" in row else {}
@@ -241,12 +249,14 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
             # Several processes save and stop together, whichever of them got the signal.
             stop = distributed.any_process(flag.stop)
             if (tcfg.save_every and (step + 1) % tcfg.save_every == 0) or stop:
+                skips.flush()
                 ckpt.save(step + 1, state, {"data": job.train_batches.state_dict(), "step": step + 1})
             if stop:
                 stopped = True
                 log(f"\nstopped by signal at step {step + 1}; checkpoint saved, rerun to resume")
                 break
         final_step = int(jax.device_get(state.step))
+        skips.flush()
         # Still under the signal handler: SIGTERM during this save cannot lose the run's progress.
         if not stopped and ckpt.latest_step() != final_step:
             ckpt.save(final_step, state, {"data": job.train_batches.state_dict(), "step": final_step})
@@ -270,10 +280,10 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
         log(f"final model (Hugging Face format): {run_dir / 'final'}")
     if plot is not None:
         log(f"plots: {plot}")
-    if skipped_total:
-        log(f"{skipped_total} step(s) skipped for a non-finite loss or gradient (metric 'skipped')")
+    if skips.total:
+        log(f"{skips.total} step(s) skipped for a non-finite loss or gradient (metric 'skipped')")
     return {"run_dir": str(run_dir), "steps": final_step, "stopped": stopped, "signal": signum,
-            "skipped": skipped_total,
+            "skipped": skips.total,
             "wall_s": time.perf_counter() - t_start, "metrics": last_metrics, "state": state}
 
 

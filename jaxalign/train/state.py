@@ -48,6 +48,11 @@ class TrainState:
 # optax >= 0.2.5 spells it optax.tree.norm; global_norm is deprecated there.
 _global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
 
+def _all_finite(tree) -> jax.Array:
+    return jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)), tree),
+                           jnp.bool_(True))
+
+
 LossFn = Callable[..., tuple[jax.Array, tuple[jax.Array, dict, Any]]]
 
 
@@ -101,7 +106,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, n_micro: 
     """Pure ``step(state, batch, frozen) -> (state, metrics)``; jit it with explicit shardings.
 
     Metrics: the loss function's own (weight-averaged), plus ``loss``, ``grad_norm``, ``lr``
-    and ``skipped`` (1 when a non-finite loss or gradient made the step skip its update).
+    and ``skipped`` (1 when a non-finite loss, gradient or updated parameter made the step skip
+    its update).
     """
 
     def step(state: TrainState, batch, frozen):
@@ -112,9 +118,10 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, n_micro: 
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = _global_norm(grads)
-        # Non-finite guard: a NaN/Inf loss or gradient skips the update (params, optimizer
-        # state and extras stay as they were), so a checkpoint never holds non-finite values.
-        ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+        # Non-finite guard: a NaN/Inf loss or gradient, or an update that overflows a parameter,
+        # skips the update (params, optimizer state and extras stay as they were), so a
+        # checkpoint never holds non-finite values.
+        ok = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm) & _all_finite(params)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
         new_extras = keep(new_extras, state.extras)
