@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -17,6 +18,33 @@ from typing import Any
 import yaml
 
 from jaxalign.errors import JaxalignError
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (plain data only: no Python objects, no code) that also refuses a
+    key given twice in one mapping, which plain YAML loading resolves by silently keeping the last."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_load(text: str):
+    """Parse YAML as plain data (``SafeLoader`` rules, duplicate keys refused)."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
 
 
 @dataclasses.dataclass
@@ -119,6 +147,18 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
+def _finite(value, key: str):
+    """``value``; a NaN or infinite float is an error (no config value means either)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise JaxalignError(f"config key {key!r}: must be a finite number, got {value}")
+    return value
+
+
 def _coerce(value, tp, key: str):
     """Check ``value`` against annotation ``tp`` (int -> float allowed); return it."""
     origin = typing.get_origin(tp)
@@ -126,6 +166,8 @@ def _coerce(value, tp, key: str):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        if float in args:
+            _finite(value, key)
         errors = []
         for a in args:
             if a is type(None):
@@ -149,11 +191,11 @@ def _coerce(value, tp, key: str):
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return _finite(float(value), key)
     if tp is float and isinstance(value, str):
         # YAML 1.1 reads "1e-5" (no dot) as a string; accept any float literal.
         try:
-            return float(value)
+            return _finite(float(value), key)
         except ValueError:
             pass
     if tp is int and isinstance(value, bool):
@@ -188,7 +230,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         raise JaxalignError(f"override {item!r}: expected key=value (e.g. optim.lr=1e-4)")
     key, raw = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = _yaml_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -200,11 +242,21 @@ def load_config(path: str | Path | None, overrides=(), algorithm: str | None = N
     if path is not None:
         path = Path(path)
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = _yaml_load(path.read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise JaxalignError(f"{path}: config file not found") from None
+        except IsADirectoryError:
+            raise JaxalignError(f"{path}: is a directory, not a config file") from None
+        except UnicodeDecodeError as e:
+            raise JaxalignError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        except OSError as e:
+            raise JaxalignError(f"{path}: cannot read the config file ({e.strerror or e})") from None
         except yaml.YAMLError as e:
-            raise JaxalignError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or (lines[0] if lines else type(e).__name__)
+            raise JaxalignError(f"{path}: not valid YAML{where} ({problem})") from None
         if not isinstance(raw, dict):
             raise JaxalignError(f"{path}: the top level must be a mapping")
     for item in overrides:
@@ -229,6 +281,9 @@ def load_config(path: str | Path | None, overrides=(), algorithm: str | None = N
     algo_raw = raw.pop(section, None)
     cfg = from_dict(RunConfig, raw)
     cfg.algo = from_dict(_ALGORITHMS[alg], algo_raw, section)
+    from jaxalign.config_checks import check_values
+
+    check_values(cfg)
     check = getattr(cfg.algo, "validate", None)
     if check is not None:
         check(cfg)
