@@ -204,3 +204,92 @@ def test_any_bytes_in_a_jsonl_file_load_or_fail_in_one_line(quiet_data_log, data
             assert_one_line(e, str(path))
             return
         assert len(examples) + len(reasons) <= len(rows)
+
+
+def test_json_files_that_crash_pyarrow_are_read_line_by_line(tmp_path):
+    """Found bugs: pyarrow's JSON reader (under ``datasets``) segfaults on a JSON Lines file whose
+    first row (or the first row of a read block) is ``null``, and on nesting ~10,000 levels deep.
+    Run in a child process, so that a regression fails this test instead of killing the session."""
+    import subprocess
+    import sys
+
+    files = {"null_first.jsonl": b'null\n{"prompt": "p", "completion": " c"}\n',
+             "blank_then_null.jsonl": b'\n  null\n{"prompt": "p", "completion": " c"}\n',
+             "deep.jsonl": b'{"prompt": "p", "completion": " c"}\n{"prompt": ' + b"[" * 100_000
+                           + b"]" * 100_000 + b', "completion": " c"}\n',
+             "deep.json": b'{"rows": [{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}]}"}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    script = f"""
+import sys
+from jaxalign.data.formats import load_dataset_rows, to_examples
+from jaxalign.errors import JaxalignError
+for name in {sorted(files)!r}:
+    path = {str(tmp_path)!r} + "/" + name
+    try:
+        examples, skipped = to_examples(load_dataset_rows(path, cache_dir={str(tmp_path / "cache")!r}), "auto",
+                                        path, skip_invalid_rows=True)
+        print(name, "examples", len(examples), "skipped", skipped)
+    except JaxalignError as e:
+        print(name, "error", str(e))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
+    assert lines["null_first.jsonl"] == "examples 1 skipped 1", lines
+    assert lines["blank_then_null.jsonl"] == "examples 1 skipped 1", lines
+    assert lines["deep.jsonl"] == "examples 1 skipped 1", lines
+    assert lines["deep.json"].startswith("error ") and "not valid JSON" in lines["deep.json"], lines
+
+
+def tree_digest(root: Path) -> dict:
+    """Every file, directory and symlink under ``root`` with its content hash or link target."""
+    import hashlib
+
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            out[rel] = "-> " + str(p.readlink())
+        elif p.is_file():
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+        else:
+            out[rel] = "dir"
+    return out
+
+
+GOOD_SFT = [{"prompt": f"Question {i}?", "completion": f" Answer {i}."} for i in range(12)]
+
+
+@st.composite
+def invalid_row(draw):
+    """A row that fails validation on its own (a prompt_completion row, fuzzed)."""
+    r = draw(row("prompt_completion"))
+    try:
+        check_rows([r], "prompt_completion", "x.jsonl")
+    except JaxalignError:
+        return r
+    return dict(r, completion=draw(st.sampled_from(["", " ", None, 3, [], {}])))
+
+
+@settings(FUZZ, max_examples=5)
+@given(bad=invalid_row(), at=st.integers(0, 12))
+def test_cli_bad_rows_are_one_error_line_with_exit_2_and_the_run_dir_untouched(capsys, quiet_data_log, bad, at):
+    from jaxalign.cli import main
+
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        data = d / "train.jsonl"
+        rows = GOOD_SFT[:at] + [bad] + GOOD_SFT[at:]
+        data.write_bytes(b"".join(json.dumps(r).encode("utf-8", "surrogateescape") + b"\n" for r in rows))
+        run = d / "run"
+        run.mkdir()
+        (run / "notes.txt").write_text("mine")
+        before = tree_digest(run)
+        capsys.readouterr()
+        rc = main(["sft", "--config", "configs/sft_tiny.yaml", "--run-dir", str(run), "--quiet",
+                   f"data.train={data}", "train.steps=1"])
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {data}: row {at} (0-based)"), err
+        assert tree_digest(run) == before
