@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -39,8 +40,27 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+_QUOTED_OR_COMMENT = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|#[^\n]*')
+_MAX_NESTING = 64
+
+
+def _nesting(text: str) -> int:
+    """Deepest ``[``/``{`` nesting outside quotes and comments (PyYAML's scanner is quadratic in
+    it, so a pathological file is refused before parsing)."""
+    depth = best = 0
+    for ch in _QUOTED_OR_COMMENT.sub("", text):
+        if ch in "[{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+    return best
+
+
 def _yaml_load(text: str):
     """Parse YAML as plain data (``SafeLoader`` rules, duplicate keys refused)."""
+    if _nesting(text) > _MAX_NESTING:
+        raise yaml.YAMLError("nested too deeply")
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except RecursionError:

@@ -15,16 +15,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import event, given, settings, strategies as st
 
 from jaxalign.data import prepare_dataset
 from jaxalign.data.formats import FORMATS, ROLES, check_rows, load_dataset_rows
 from jaxalign.data.tokenize import tokenize_examples
 from jaxalign.errors import JaxalignError
-
-FUZZ = settings(derandomize=True, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                       HealthCheck.function_scoped_fixture])
+from tests.fuzz_helpers import FUZZ, cli_error_line, one_error_line, tree_digest
 
 FIELDS = ["text", "messages", "prompt", "completion", "chosen", "rejected", "responses", "ranking", "margin"]
 json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True),
@@ -115,10 +112,7 @@ def dataset(draw):
 
 
 def assert_one_line(e: JaxalignError, source: str) -> str:
-    msg = str(e)
-    assert msg and "\n" not in msg and "\r" not in msg, repr(msg)
-    assert source in msg, msg
-    return msg
+    return one_error_line(e, source)
 
 
 @pytest.fixture(scope="module")
@@ -243,22 +237,6 @@ for name in {sorted(files)!r}:
     assert lines["deep.json"].startswith("error ") and "not valid JSON" in lines["deep.json"], lines
 
 
-def tree_digest(root: Path) -> dict:
-    """Every file, directory and symlink under ``root`` with its content hash or link target."""
-    import hashlib
-
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        if p.is_symlink():
-            out[rel] = "-> " + str(p.readlink())
-        elif p.is_file():
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-        else:
-            out[rel] = "dir"
-    return out
-
-
 GOOD_SFT = [{"prompt": f"Question {i}?", "completion": f" Answer {i}."} for i in range(12)]
 
 
@@ -290,6 +268,5 @@ def test_cli_bad_rows_are_one_error_line_with_exit_2_and_the_run_dir_untouched(c
         capsys.readouterr()
         rc = main(["sft", "--config", "configs/sft_tiny.yaml", "--run-dir", str(run), "--quiet",
                    f"data.train={data}", "train.steps=1"])
-        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-        assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {data}: row {at} (0-based)"), err
+        assert cli_error_line(capsys, rc).startswith(f"error: {data}: row {at} (0-based)")
         assert tree_digest(run) == before
