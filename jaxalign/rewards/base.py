@@ -78,9 +78,15 @@ class Reward:
         else:
             scores = fn.check_scores(fn.call_reward(self.text_fn, self.name, list(prompts), list(completions)),
                                      len(completions), self.name)
-        if self.cfg.missing_eos_penalty is not None and finished is not None:
-            scores = scores - self.cfg.missing_eos_penalty * (1.0 - np.asarray(finished, np.float32))
-        return (scores * self.cfg.scale).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.cfg.missing_eos_penalty is not None and finished is not None:
+                scores = scores - np.float32(self.cfg.missing_eos_penalty) * (1.0 - np.asarray(finished, np.float32))
+            scores = (scores * np.float32(self.cfg.scale)).astype(np.float32)
+        bad = np.flatnonzero(~np.isfinite(scores))
+        if bad.size:
+            raise JaxalignError(f"reward {self.name}: score {bad[0]} overflows float32 after reward.scale="
+                                f"{self.cfg.scale} / missing_eos_penalty={self.cfg.missing_eos_penalty}")
+        return scores
 
 
 def build_reward(cfg: RewardConfig, tokenizer=None, mesh=None) -> Reward:

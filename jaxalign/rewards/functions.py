@@ -81,7 +81,7 @@ def load_callable(spec: str) -> Callable:
             module = importlib.import_module(mod_name)
     except JaxalignError:
         raise
-    except Exception as e:  # noqa: BLE001 - the user's module failed to import (SyntaxError, ...)
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's module failed to import
         raise JaxalignError(f"config key 'reward.function': cannot import {mod_name!r} "
                             f"({_describe(e)})") from None
     fn = getattr(module, fn_name, None)
@@ -109,7 +109,7 @@ def call_reward(fn: Callable, name: str, *args):
         return fn(*args)
     except JaxalignError:
         raise
-    except Exception as e:  # noqa: BLE001 - the user's code: report it in one line
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's code: report it in one line
         raise JaxalignError(f"reward {name}: raised {_describe(e)}") from None
 
 
