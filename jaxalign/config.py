@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import re
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -57,14 +58,41 @@ def _nesting(text: str) -> int:
     return best
 
 
+_MAX_VALUES = 100_000
+
+
+def _expanded_size(value, memo: dict) -> int:
+    """Values in ``value`` with every YAML alias expanded, computed once per shared container."""
+    if not isinstance(value, (list, dict)):
+        return 1
+    if id(value) not in memo:
+        memo[id(value)] = 0  # a cycle (a recursive alias) counts once
+        children = list(value.keys()) + list(value.values()) if isinstance(value, dict) else value
+        memo[id(value)] = 1 + sum(_expanded_size(v, memo) for v in children)
+    return memo[id(value)]
+
+
 def _yaml_load(text: str):
-    """Parse YAML as plain data (``SafeLoader`` rules, duplicate keys refused)."""
+    """Parse YAML as plain data (``SafeLoader`` rules, duplicate keys refused; no deeper than 64
+    brackets, and aliases may not expand to more than 100,000 values: a "billion laughs"
+    document would make every later walk or message over it exponential)."""
     if _nesting(text) > _MAX_NESTING:
         raise yaml.YAMLError("nested too deeply")
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except RecursionError:
         raise yaml.YAMLError("nested too deeply") from None
+    if _expanded_size(data, {}) > _MAX_VALUES:
+        raise yaml.YAMLError(f"aliases expand to more than {_MAX_VALUES:,} values")
+    return data
+
+
+def short(value, limit: int = 120) -> str:
+    """``repr(value)`` cut to ``limit`` characters, without walking all of a huge value."""
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 3, 6, 6, limit, limit
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclasses.dataclass
@@ -179,6 +207,23 @@ def _finite(value, key: str):
     return value
 
 
+def _finite_deep(value, key: str, _seen=None):
+    """``value``; a NaN or infinite float anywhere inside a list or mapping is an error. (Each
+    container is visited once: YAML aliases share them, and a "billion laughs" document would
+    otherwise be walked exponentially often.)"""
+    seen = set() if _seen is None else _seen
+    if id(value) in seen:
+        return value
+    seen.add(id(value))
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for k, v in items:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise JaxalignError(f"config key {key!r}: must hold finite numbers, got {v} at {k!r}")
+        if isinstance(v, (list, tuple, dict)):
+            _finite_deep(v, key, seen)
+    return value
+
+
 def _coerce(value, tp, key: str):
     """Check ``value`` against annotation ``tp`` (int -> float allowed); return it."""
     origin = typing.get_origin(tp)
@@ -188,6 +233,7 @@ def _coerce(value, tp, key: str):
             return None
         if float in args:
             _finite(value, key)
+        _finite_deep(value, key)
         errors = []
         for a in args:
             if a is type(None):
@@ -197,17 +243,17 @@ def _coerce(value, tp, key: str):
             except JaxalignError as e:
                 errors.append(e)
         names = " or ".join(_type_name(a) for a in args)
-        raise JaxalignError(f"config key {key!r}: expected {names}, got {value!r}")
+        raise JaxalignError(f"config key {key!r}: expected {names}, got {short(value)}")
     if tp is Any:
         return value
     if origin in (list, tuple) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise JaxalignError(f"config key {key!r}: expected a list, got {value!r}")
-        return list(value)
+            raise JaxalignError(f"config key {key!r}: expected a list, got {short(value)}")
+        return list(_finite_deep(value, key))
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise JaxalignError(f"config key {key!r}: expected a mapping, got {value!r}")
-        return value
+            raise JaxalignError(f"config key {key!r}: expected a mapping, got {short(value)}")
+        return _finite_deep(value, key)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, key)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -219,9 +265,9 @@ def _coerce(value, tp, key: str):
         except ValueError:
             pass
     if tp is int and isinstance(value, bool):
-        raise JaxalignError(f"config key {key!r}: expected int, got {value!r}")
+        raise JaxalignError(f"config key {key!r}: expected int, got {short(value)}")
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise JaxalignError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
+        raise JaxalignError(f"config key {key!r}: expected {_type_name(tp)}, got {short(value)}")
     return value
 
 
@@ -230,7 +276,7 @@ def from_dict(cls, data, prefix: str = ""):
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise JaxalignError(f"config key {prefix or '<root>'!r}: expected a mapping, got {data!r}")
+        raise JaxalignError(f"config key {prefix or '<root>'!r}: expected a mapping, got {short(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     kwargs = {}

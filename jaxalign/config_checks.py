@@ -13,6 +13,7 @@ import dataclasses
 import math
 import typing
 
+from jaxalign.config import short
 from jaxalign.errors import JaxalignError
 
 _CHOICES = {
@@ -76,7 +77,7 @@ def _bounds_text(lo, hi, lo_inc, hi_inc) -> str:
 def check_number(value, key: str, lo=None, hi=None, lo_inclusive: bool = True, hi_inclusive: bool = True):
     """``value`` if it is a finite number within the bounds, else a one-line error naming ``key``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise JaxalignError(f"config key {key!r}: expected a number, got {value!r}")
+        raise JaxalignError(f"config key {key!r}: expected a number, got {short(value)}")
     if isinstance(value, float) and not math.isfinite(value):
         raise JaxalignError(f"config key {key!r}: must be a finite number, got {value}")
     ok = (lo is None or (value >= lo if lo_inclusive else value > lo)) and \
@@ -91,12 +92,12 @@ def _check_buckets(buckets) -> None:
     if buckets is None or buckets == "pow2":
         return
     if isinstance(buckets, str):
-        raise JaxalignError(f"config key 'data.buckets': expected 'pow2', a list of lengths or null, got {buckets!r}")
+        raise JaxalignError(f"config key 'data.buckets': expected 'pow2', a list of lengths or null, got {short(buckets)}")
     if not buckets:
         raise JaxalignError("config key 'data.buckets': an empty list; give lengths, 'pow2' or null")
     for b in buckets:
         if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-            raise JaxalignError(f"config key 'data.buckets': expected positive integer lengths, got {b!r}")
+            raise JaxalignError(f"config key 'data.buckets': expected positive integer lengths, got {short(b)}")
 
 
 def _check_model_config(fields: dict) -> None:
@@ -125,7 +126,7 @@ def _check_model_config(fields: dict) -> None:
         elif k == "eos_token_id":
             for i in (v if isinstance(v, (list, tuple)) else [v]):
                 if isinstance(i, bool) or not isinstance(i, int) or i < 0:
-                    raise JaxalignError(f"config key {key!r}: expected token ids >= 0, got {v!r}")
+                    raise JaxalignError(f"config key {key!r}: expected token ids >= 0, got {short(v)}")
 
 
 def check_values(cfg) -> None:
@@ -134,7 +135,7 @@ def check_values(cfg) -> None:
     for key, choices in _CHOICES.items():
         value = _get(cfg, key)
         if value not in choices:
-            raise JaxalignError(f"config key {key!r}: {value!r} is not one of {', '.join(choices)}")
+            raise JaxalignError(f"config key {key!r}: {short(value)} is not one of {', '.join(choices)}")
     for key, (lo, hi, lo_inc, hi_inc) in _RANGES.items():
         value = _get(cfg, key)
         if value is not None:

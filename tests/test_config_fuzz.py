@@ -210,12 +210,38 @@ def test_found_yaml_bugs(tmp_path, content, expected):
         load_config(tmp_path, [], algorithm="sft")
 
 
+def _billion_laughs(key: str) -> str:
+    s = '&a ["l", "l", "l", "l", "l", "l", "l", "l", "l"]'
+    for prev, name in zip("abcdefgh", "bcdefghi"):
+        s = f"&{name} [{s}, {', '.join(['*' + prev] * 8)}]"
+    section, k = key.split(".")
+    return f"{section}:\n  {k}: {s}\n"
+
+
+def test_a_billion_laughs_config_is_refused_quickly(tmp_path):
+    """Found: YAML aliases expanding to 9**9 values hung load_config (the type error's repr of the
+    value walked all of it). Run in a child process so that a regression fails instead of hanging."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "laughs.yaml"
+    path.write_text(_billion_laughs("data.buckets"))
+    script = ("from jaxalign.config import load_config\nimport jaxalign.algorithms.sft\n"
+              f"try:\n    load_config({str(path)!r}, [], algorithm='sft')\n"
+              "except Exception as e:\n    print(type(e).__name__, e)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == (f"JaxalignError {path}: not valid YAML (aliases expand to more than "
+                                  "100,000 values)"), (out.stdout, out.stderr[-1000:])
+
+
 @pytest.mark.parametrize("item, key", [
     ("optim.lr=.nan", "optim.lr"), ("optim.lr=.inf", "optim.lr"), ("dpo.beta=.nan", "dpo.beta"),
     ("train.epochs=.inf", "train.epochs"), ("seed=-1", "seed"), ("mesh.fsdp=0", "mesh.fsdp"),
     ("optim.b2=1.5", "optim.b2"), ("data.eval_fraction=1", "data.eval_fraction"),
     ("model.config.hidden_size=0", "model.config.hidden_size"), ("data.buckets=[]", "data.buckets"),
     ("online_dpo.loss_type=[]", "online_dpo.loss_type"), ("sft.chunk_size=0", "sft.chunk_size"),
+    ("dpo.loss_weights=[.nan]", "dpo.loss_weights"), ("model.config={rope_scaling: {factor: .inf}}", "model.config"),
 ], ids=lambda x: x if "=" in x else "")
 def test_found_value_bugs_are_refused_naming_the_key(item, key):
     """Found by the fuzzer: accepted and failing later (a NaN run, ValueError from numpy's seed,

@@ -25,7 +25,7 @@ from jaxalign.errors import JaxalignError
 
 # The top-level names a training run (and ``jaxalign demo``) writes inside its run directory.
 RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "checkpoints", "plots", "tensorboard", "final",
-               "demo_config.yaml", "demo_summary.json", "data", "samples.jsonl")
+               "demo_config.yaml", "demo_summary.json", "data", "heldout_samples.npz")
 
 
 def _label(key: str) -> str:

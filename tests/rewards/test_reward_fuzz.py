@@ -79,7 +79,7 @@ def oracle(value, n: int):
     return np.asarray(out, np.float32)
 
 
-@settings(FUZZ, max_examples=600)
+@settings(FUZZ, max_examples=400)
 @given(data=st.data(), n=st.integers(1, 4), scale=st.sampled_from([1.0, -2.0]))
 def test_any_return_value_gives_its_scores_or_one_error_line(data, n, scale):
     value = data.draw(returned(n))
