@@ -85,6 +85,10 @@ def cmd_train(args) -> int:
         cfg.quiet = True
     if args.run_dir:
         cfg.run_dir = args.run_dir
+    if cfg.run_dir:  # fail before loading anything (run() checks again before it writes)
+        from jaxalign.io.outputs import check_output_keys, check_run_dir
+
+        check_output_keys(cfg, check_run_dir(cfg.run_dir, "--run-dir" if args.run_dir else "run_dir"))
     from jaxalign import distributed
 
     # Before anything touches a device: join the other processes of a multi-process run.
@@ -186,6 +190,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - out of memory: sizes in the config, reported in one line
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        first = " ".join(str(e).split())[:300]
+        print(f"error: out of memory ({first}); lower train.micro_batch_size / train.batch_size, the "
+              "sequence lengths or the model size", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

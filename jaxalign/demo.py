@@ -257,7 +257,9 @@ def run_demo(algorithm: str | None = None, *, tiny: bool = False, run_dir: str |
     if minutes <= 0:
         raise JaxalignError(f"demo: --minutes must be > 0, got {minutes}")
     n_steps = steps or plan_steps(algorithm, sizes, minutes)
-    run_dir = Path(run_dir or f"runs/demo-{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}")
+    from jaxalign.io.outputs import check_run_dir
+
+    run_dir = check_run_dir(run_dir or f"runs/demo-{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}", "--run-dir")
     if (run_dir / "checkpoints").exists() or (run_dir / "demo_summary.json").exists():
         raise JaxalignError(f"demo: {run_dir} already holds a run; give a new --run-dir")
     data_dir = run_dir / "data"

@@ -66,9 +66,13 @@ def model_from(cfg: RunConfig, mesh, tokenizer=None, seed_offset: int = 0):
         if spec.path is None:
             raise JaxalignError("config key 'model.path': required when model.init is 'pretrained'")
         try:
-            return load_model(spec.path, dtype=spec.param_dtype, compute_dtype=spec.dtype, mesh=mesh)
+            model = load_model(spec.path, dtype=spec.param_dtype, compute_dtype=spec.dtype, mesh=mesh)
         except JaxalignError as e:
             raise JaxalignError(f"config key 'model.path': {e}") from None
+        if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
+            raise JaxalignError(f"config key 'model.tokenizer': the tokenizer has {len(tokenizer)} tokens but the "
+                                f"model's vocabulary only {model.config.vocab_size}; use the model's own tokenizer")
+        return model
     if spec.init != "random":
         raise JaxalignError(f"config key 'model.init': expected 'pretrained' or 'random', got {spec.init!r}")
     fields = dict(spec.config or {})
@@ -79,6 +83,15 @@ def model_from(cfg: RunConfig, mesh, tokenizer=None, seed_offset: int = 0):
     fields.setdefault("head_dim", fields.get("hidden_size", 0) // max(fields.get("num_attention_heads", 1), 1))
     fields.setdefault("num_key_value_heads", fields.get("num_attention_heads"))
     fields.setdefault("intermediate_size", 4 * fields.get("hidden_size", 0))
+    if tokenizer is not None and fields["vocab_size"] < len(tokenizer):
+        raise JaxalignError(f"config key 'model.config.vocab_size': {fields['vocab_size']} is smaller than the "
+                            f"tokenizer's {len(tokenizer)} tokens (leave it out to use the tokenizer's size)")
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        ids = fields.get(name)
+        for i in ids if isinstance(ids, (list, tuple)) else [ids]:
+            if i is not None and not 0 <= i < fields["vocab_size"]:
+                raise JaxalignError(f"config key 'model.config.{name}': {i} is outside the vocabulary "
+                                    f"(vocab_size {fields['vocab_size']})")
     if tokenizer is not None:
         fields.setdefault("eos_token_id", tokenizer.eos_token_id)
         fields.setdefault("pad_token_id", tokenizer.pad_token_id)

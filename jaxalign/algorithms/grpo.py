@@ -63,6 +63,8 @@ class Config:
                                 "('token_mean', 'sequence_mean')")
         if self.beta < 0:
             raise JaxalignError(f"config key 'grpo.beta': must be >= 0, got {self.beta}")
+        if self.clip_eps <= 0:
+            raise JaxalignError(f"config key 'grpo.clip_eps': must be > 0, got {self.clip_eps}")
         self.sampling.validate("grpo.sampling")
         self.reward.validate("grpo.reward")
 

@@ -45,6 +45,19 @@ def setup(cfg: RunConfig, *, num_samples: int, sampling: SamplingConfig, reward:
     train, ev = common.datasets_from(cfg, tok, ("prompt",))
     prompts, _ = common.batch_iterators(cfg, train, [], tok.pad_token_id)
     model = common.model_from(cfg, mesh, tok)
+    context = model.config.max_position_embeddings
+    if cfg.data.max_prompt_length + sampling.max_new_tokens > context:
+        key = f"{cfg.algorithm.replace('-', '_')}.sampling.max_new_tokens"
+        raise JaxalignError(f"config key {key!r}: data.max_prompt_length={cfg.data.max_prompt_length} + "
+                            f"{sampling.max_new_tokens} new tokens exceed the model's context of {context} "
+                            "positions (max_position_embeddings)")
+    tokens = cfg.train.batch_size * num_samples * (cfg.data.max_prompt_length + sampling.max_new_tokens)
+    if tokens >= 2**31:
+        section = cfg.algorithm.replace("-", "_")
+        key = f"{section}.num_generations" if hasattr(cfg.algo, "num_generations") else "train.batch_size"
+        raise JaxalignError(f"config key {key!r}: {cfg.train.batch_size} prompts x {num_samples} "
+                            f"samples of up to {cfg.data.max_prompt_length + sampling.max_new_tokens} tokens is "
+                            f"{tokens} tokens per step, more than one array can index (2**31)")
     graphdef, params = nnx.split(model)
     # The reference is the starting policy: a copy (jnp arrays are immutable, so sharing the
     # buffers is safe only until the first donated step; copy to keep it frozen).

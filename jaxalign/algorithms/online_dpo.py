@@ -60,6 +60,8 @@ class Config:
 
     def validate(self, cfg: RunConfig) -> None:
         types = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+        if not types:
+            raise JaxalignError(f"config key '{SECTION}.loss_type': an empty list")
         try:
             resolved = _as_tuple(types)
         except ValueError:
@@ -72,6 +74,9 @@ class Config:
         if self.loss_weights is not None and len(self.loss_weights) != len(types):
             raise JaxalignError(f"config key '{SECTION}.loss_weights': {len(self.loss_weights)} weights for "
                                 f"{len(types)} loss types ({SECTION}.loss_type)")
+        if self.loss_weights is not None and not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) for w in self.loss_weights):
+            raise JaxalignError(f"config key '{SECTION}.loss_weights': expected numbers, got {self.loss_weights}")
         if self.beta <= 0:
             raise JaxalignError(f"config key '{SECTION}.beta': must be > 0, got {self.beta}")
         if not 0.0 <= self.label_smoothing < 0.5:

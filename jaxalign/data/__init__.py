@@ -76,7 +76,8 @@ def prepare_dataset(source, tokenizer, *, fmt: str = "auto", split: str = "train
     """Load, validate and tokenise a dataset: ``(tokenized_examples, stats)``.
 
     Keyword arguments mirror the ``data:`` config section; see :func:`to_examples` and
-    :func:`tokenize_example`. ``stats.skipped`` counts invalid rows (``skip_invalid_rows``),
+    :func:`tokenize_example`. ``stats.skipped`` counts invalid rows (``skip_invalid_rows``; rows
+    the chat template cannot render count too),
     ``stats.dropped`` prompts over ``max_prompt_length`` (``prompt_overflow="drop"``),
     ``stats.identical`` preference rows dropped because ``rejected`` equals ``chosen``.
     """
@@ -84,12 +85,24 @@ def prepare_dataset(source, tokenizer, *, fmt: str = "auto", split: str = "train
     rows = load_dataset_rows(source, split)
     examples, reasons = check_rows(rows, fmt, src, skip_invalid_rows)
     identical = len(rows) - len(examples) - len(reasons)  # the only other rows check_rows leaves out
+    unrenderable: list[str] = []
     tokenized, dropped = tokenize_examples(
         examples, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
-        prompt_overflow=prompt_overflow, prompt_template=prompt_template, add_eos=add_eos, source=src)
+        prompt_overflow=prompt_overflow, prompt_template=prompt_template, add_eos=add_eos, source=src,
+        skipped=unrenderable if skip_invalid_rows else None)
+    if unrenderable:
+        import logging
+
+        logging.getLogger("jaxalign.data").warning(
+            "%s: skipped %d row(s) the chat template cannot render: %s", src, len(unrenderable),
+            "; ".join(unrenderable[:5]))
+        reasons = list(reasons) + unrenderable
     if not tokenized:
         from jaxalign.errors import JaxalignError
 
+        if unrenderable:
+            raise JaxalignError(f"{src}: no example left ({dropped} over-long prompts dropped, "
+                                f"{len(unrenderable)} rows skipped); first skipped: {unrenderable[0]}")
         raise JaxalignError(f"{src}: every example was dropped (prompts longer than max_prompt_length="
                             f"{max_prompt_length}; prompt_overflow: drop)")
     stats = DataStats(src, example_format(examples[0]), len(rows), len(tokenized),

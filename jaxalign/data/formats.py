@@ -220,8 +220,11 @@ def _messages(v: list, field: str) -> Messages:
             raise _RowError(field, f"message {j}: missing 'role'")
         if not isinstance(role, str) or role not in ROLES:
             raise _RowError(field, f"message {j}: role {role!r} is not one of {', '.join(ROLES)}")
+        calls = m.get("tool_calls")
+        if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
+            raise _RowError(field, f"message {j}: 'tool_calls' expected a list of objects, got {_tname(calls)}")
         content = m.get("content")
-        if content is None and not m.get("tool_calls"):
+        if content is None and not calls:
             raise _RowError(field, f"message {j}: missing 'content'")
         if content is not None:
             if not isinstance(content, str):

@@ -10,6 +10,7 @@ columns), or a column mixing strings and lists (plain and conversational rows), 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from jaxalign.data.formats import Unreadable, _tname, _utf8_ok, check_rows, one_line
@@ -27,7 +28,8 @@ def _read_jsonl(path: Path) -> list:
     """JSON Lines read line by line: a bad line becomes an :class:`Unreadable` row, and bytes that
     are not UTF-8 survive as lone surrogates, so the row check can name the row and field."""
     rows: list = []
-    for raw in path.read_bytes().split(b"\n"):
+    data = path.read_bytes()
+    for raw in (data[len(_BOM):] if data.startswith(_BOM) else data).split(b"\n"):
         if not raw.strip():
             continue
         text = raw.decode("utf-8", errors="surrogateescape")
@@ -41,7 +43,7 @@ def _read_jsonl(path: Path) -> list:
 
 def _read_json(path: Path) -> list:
     try:
-        data = json.loads(path.read_bytes().decode("utf-8", errors="surrogateescape"))
+        data = json.loads(path.read_bytes().decode("utf-8-sig", errors="surrogateescape"))
     except (ValueError, RecursionError) as e:
         rows = _read_jsonl(path)  # maybe JSON Lines with a .json name
         if rows and isinstance(rows[0], dict):
@@ -55,6 +57,55 @@ def _read_json(path: Path) -> list:
     if not isinstance(data, list):
         raise JaxalignError(f"{path}: expected a JSON list of rows, got {_tname(data)}")
     return data
+
+
+# pyarrow's JSON reader (under ``datasets``) crashes the whole process (a segfault, no exception)
+# on two kinds of input: a block that starts with ``null`` (a JSON Lines row ``null``), and
+# nesting past ~10,000 levels. Such files go to the Python line reader instead, which names the
+# bad row. (Python's json raises RecursionError on deep nesting rather than crashing.)
+_MAX_NESTING = 256
+_STRING = re.compile(rb'"[^"\\\n]*(?:\\.[^"\\\n]*)*"')  # unrolled: one pass, no backtracking
+_NON_OBJECT_LINE = re.compile(rb"^[ \t\r\f\v]*[^{\s]", re.M)
+_BOM = b"\xef\xbb\xbf"
+
+
+def _arrow_unsafe(path: Path, limit: int = _MAX_NESTING) -> bool:
+    """Whether handing the JSON file ``path`` to pyarrow could crash the process: a non-blank
+    line that does not start an object (``.json`` files may start with ``[``), or brackets
+    nested deeper than ``limit`` outside strings.
+
+    Read in chunks split at newlines (a JSON string never holds a raw newline); a closing
+    bracket with nothing open does not count below zero.
+    """
+    import numpy as np
+
+    depth, low, tail, first = 0, 0, b"", True
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 22)
+            data = tail + chunk
+            if chunk:
+                cut = data.rfind(b"\n") + 1
+                data, tail = data[:cut], data[cut:]
+                if not data:
+                    continue
+            if first:
+                first = False
+                data = data[len(_BOM):] if data.startswith(_BOM) else data
+                if path.suffix.lower() == ".json" and data.lstrip()[:1] == b"[":
+                    return False  # pyarrow refuses a top-level array at once; datasets parses it itself
+            if _NON_OBJECT_LINE.search(data):
+                return True
+            a = np.frombuffer(_STRING.sub(b"", data), np.uint8)
+            steps = (a == ord("[")).astype(np.int32) + (a == ord("{")) - (a == ord("]")) - (a == ord("}"))
+            if steps.size:
+                level = np.cumsum(steps, dtype=np.int64) + depth
+                floor = np.minimum(np.minimum.accumulate(level), low)  # <= 0: unmatched closers
+                if int(np.max(level - floor)) > limit:
+                    return True
+                depth, low = int(level[-1]), int(floor[-1])
+            if not chunk:
+                return False
 
 
 def _valid_table(ds) -> bool:
@@ -114,6 +165,8 @@ def load_dataset_rows(source, split: str = "train", cache_dir: str | None = None
             if kind is None:
                 raise JaxalignError(f"{source}: unknown data file type {p.suffix!r}; expected one of "
                                     f"{', '.join(sorted(_EXTENSIONS))}")
+            if kind == "json" and _arrow_unsafe(p):  # the Python reader names the line instead
+                return _read_jsonl(p) if p.suffix.lower() != ".json" else _read_json(p)
             kw = {"cache_dir": cache_dir}
             if kind == "csv":
                 kw.update(features=_csv_features(p), keep_default_na=False, na_filter=False)

@@ -40,6 +40,11 @@ from jaxalign.errors import JaxalignError
 PROMPT_OVERFLOW = ("truncate_left", "drop", "error")
 
 
+class ChatTemplateError(JaxalignError):
+    """The tokenizer's chat template could not render a conversation (a template error, e.g.
+    ``raise_exception('roles must alternate')`` or a message without the key it reads)."""
+
+
 def _end_of_turn_ids(tokenizer) -> set[int]:
     try:
         from jaxalign.io.tokenizer import eos_token_ids
@@ -92,8 +97,13 @@ class Renderer:
         if not getattr(self.tokenizer, "chat_template", None):
             raise JaxalignError(f"tokenizer {getattr(self.tokenizer, 'name_or_path', '')!r} has no chat "
                                 "template, but the data has message lists")
-        return self.tokenizer.apply_chat_template(list(messages), tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+        try:
+            return self.tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
+        except Exception as e:  # noqa: BLE001 - the template is the tokenizer's code: any failure
+            msg = " ".join(str(e).split()) or type(e).__name__
+            raise ChatTemplateError(f"the chat template cannot render this conversation "
+                                    f"({type(e).__name__}: {msg[:200]})") from None
 
     def prompt_text(self, prompt) -> str:
         """The prompt as the model sees it: a string (through the template) or a chat rendering."""
@@ -219,8 +229,16 @@ def tokenize_example(example: Example, tokenizer=None, *, max_length: int | None
     _check_lengths(max_length, max_prompt_length)
     r = renderer or Renderer(tokenizer, prompt_template=prompt_template, add_eos=add_eos)
     row = example.row
+
+    def render(field, fn, *args):
+        """``fn(*args)``; a chat-template failure becomes an error naming the row and field."""
+        try:
+            return fn(*args)
+        except ChatTemplateError as e:
+            raise ChatTemplateError(str(row_error(source, row, field, str(e)))) from None
+
     if isinstance(example, LMExample):
-        ids = r.text_ids(example.text)
+        ids = render(None, r.text_ids, example.text)
         if max_length is not None:
             ids = ids[:max_length]
         return {"input_ids": _i32(ids), "completion_mask": _i32([0] + [1] * (len(ids) - 1)), "row": row}
@@ -228,29 +246,29 @@ def tokenize_example(example: Example, tokenizer=None, *, max_length: int | None
     limit = max_prompt_length
     if limit is None and max_length is not None:
         limit = max_length - 1
-    full_prompt = r.prompt_ids(example.prompt)  # completions are split off the untruncated prompt
+    full_prompt = render("prompt", r.prompt_ids, example.prompt)  # completions split off the untruncated prompt
     p_ids = _fit_prompt(full_prompt, limit, prompt_overflow, r.bos_id, source, row)
     if p_ids is None:
         return None
 
-    def completion(c):
-        return r.completion_ids(example.prompt, c, full_prompt)
+    def completion(c, field):
+        return render(field, r.completion_ids, example.prompt, c, full_prompt)
 
     if isinstance(example, PromptExample):
         return {"prompt_ids": _i32(p_ids), "row": row}
     if isinstance(example, PromptCompletionExample):
-        ids, mask = _sequence(p_ids, completion(example.completion), max_length)
+        ids, mask = _sequence(p_ids, completion(example.completion, "completion"), max_length)
         return {"input_ids": ids, "completion_mask": mask, "row": row}
     if isinstance(example, PreferenceExample):
-        c_ids, c_mask = _sequence(p_ids, completion(example.chosen), max_length)
-        r_ids, r_mask = _sequence(p_ids, completion(example.rejected), max_length)
+        c_ids, c_mask = _sequence(p_ids, completion(example.chosen, "chosen"), max_length)
+        r_ids, r_mask = _sequence(p_ids, completion(example.rejected, "rejected"), max_length)
         out = {"prompt_ids": _i32(p_ids), "chosen_ids": c_ids, "chosen_mask": c_mask,
                "rejected_ids": r_ids, "rejected_mask": r_mask, "row": row}
         if example.margin is not None:
             out["margin"] = float(example.margin)
         return out
     if isinstance(example, RankedExample):
-        seqs = [_sequence(p_ids, completion(c), max_length) for c in example.responses]
+        seqs = [_sequence(p_ids, completion(c, "responses"), max_length) for c in example.responses]
         return {"prompt_ids": _i32(p_ids), "response_ids": [s[0] for s in seqs],
                 "response_masks": [s[1] for s in seqs], "row": row}
     raise TypeError(f"not a canonical example: {type(example).__name__}")
@@ -259,14 +277,24 @@ def tokenize_example(example: Example, tokenizer=None, *, max_length: int | None
 def tokenize_examples(examples: Iterable[Example], tokenizer, *, max_length: int | None = None,
                       max_prompt_length: int | None = None, prompt_overflow: str = "truncate_left",
                       prompt_template: str | None = None, add_eos: bool = True,
-                      source: str = "<data>") -> tuple[list[dict], int]:
+                      source: str = "<data>", skipped: list | None = None) -> tuple[list[dict], int]:
     """:func:`tokenize_example` over ``examples``: ``(tokenized, n_dropped)`` (dropped: prompts too
-    long under ``prompt_overflow="drop"``)."""
+    long under ``prompt_overflow="drop"``).
+
+    ``skipped``: when a list, an example the chat template cannot render is left out and its
+    one-line reason appended there (``skip_invalid_rows``); otherwise that is an error.
+    """
     r = Renderer(tokenizer, prompt_template=prompt_template, add_eos=add_eos)
     out, dropped = [], 0
     for ex in examples:
-        t = tokenize_example(ex, max_length=max_length, max_prompt_length=max_prompt_length,
-                             prompt_overflow=prompt_overflow, source=source, renderer=r)
+        try:
+            t = tokenize_example(ex, max_length=max_length, max_prompt_length=max_prompt_length,
+                                 prompt_overflow=prompt_overflow, source=source, renderer=r)
+        except ChatTemplateError as e:
+            if skipped is None:
+                raise
+            skipped.append(str(e))
+            continue
         if t is None:
             dropped += 1
         else:

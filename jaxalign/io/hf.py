@@ -18,6 +18,8 @@ from jaxalign.models.llama import CausalLM
 
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 INDEX_NAME = "model.safetensors.index.json"
+# Weight files in Python's pickle format (PyTorch, joblib, ...), which jaxalign never opens.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")
 
 
 class SafetensorsSource:
@@ -31,14 +33,22 @@ class SafetensorsSource:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError) as e:
                 raise JaxalignError(f"{index}: not a valid safetensors index ({e})") from None
-            files = sorted(set(weight_map.values()))
+            if not isinstance(weight_map, dict):
+                raise JaxalignError(f"{index}: not a valid safetensors index ('weight_map' is not a mapping)")
+            files = sorted(set(map(str, weight_map.values())))
+            other = [f for f in files if not f.endswith(".safetensors")]
+            if other:
+                raise JaxalignError(f"{index}: lists {other[0]!r}; jaxalign reads only *.safetensors weights")
         else:
             files = sorted(p.name for p in model_dir.glob("*.safetensors"))
         if not files:
-            if list(model_dir.glob("*.bin")) or list(model_dir.glob("*.pt")):
+            pickled = sorted(p.name for p in model_dir.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+            if pickled:
+                shown = ", ".join(pickled[:3]) + (", ..." if len(pickled) > 3 else "")
                 raise JaxalignError(
-                    f"{model_dir}: only pickle weights (*.bin/*.pt) found; jaxalign loads "
-                    "safetensors only (convert with transformers: save_pretrained(safe_serialization=True))"
+                    f"{model_dir}: only pickle weights ({shown}) and no *.safetensors; jaxalign never unpickles "
+                    "(loading a pickle can run code): convert them to safetensors with transformers "
+                    "(save_pretrained(safe_serialization=True)) or use a GGUF file"
                 )
             raise JaxalignError(f"{model_dir}: no *.safetensors weights found")
         self._handles, self._where = {}, {}
@@ -79,7 +89,24 @@ def read_config(model_dir: str | Path, **overrides) -> ModelConfig:
     cfg_path = model_dir / "config.json"
     if not cfg_path.exists():
         raise JaxalignError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
-    return ModelConfig.from_json(cfg_path, **overrides)
+    config = ModelConfig.from_json(cfg_path, **overrides)
+    _note_custom_code(cfg_path)
+    return config
+
+
+def _note_custom_code(cfg_path: Path) -> None:
+    """Say that a config's ``auto_map`` (custom Python code shipped with the model) is ignored:
+    jaxalign runs its own implementation of the (supported) architecture, never the model's code."""
+    try:
+        auto_map = json.loads(cfg_path.read_text()).get("auto_map")
+    except (ValueError, AttributeError, OSError):
+        return
+    if auto_map:
+        import logging
+
+        logging.getLogger("jaxalign.io").warning(
+            "%s: ignoring 'auto_map' (the model's own Python code); jaxalign never runs code from a model "
+            "directory and loads it with its built-in implementation of the architecture", cfg_path)
 
 
 def load_hf(model_dir: str | Path, dtype: str | None = None, mesh=None, rules=None,

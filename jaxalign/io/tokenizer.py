@@ -64,6 +64,9 @@ def _hf_tokenizer(p: Path):
         return AutoTokenizer.from_pretrained(str(p), trust_remote_code=False, local_files_only=True)
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "custom code" in msg or "trust_remote_code" in msg:
+            raise JaxalignError(f"{p}: this tokenizer needs its own Python code (auto_map in tokenizer_config.json); "
+                                "jaxalign never runs code from a model directory (trust_remote_code=False)") from None
         raise JaxalignError(f"{p}: cannot load a tokenizer from this directory ({msg})") from None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,10 @@ _MODEL_TYPE_TO_ARCH = {v[0]: k for k, v in ARCHITECTURES.items()}
 _HEAD_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "Model")
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+# Sizes and constants a config.json must give as positive numbers.
+_POSITIVE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window",
+                    "rms_norm_eps", "rope_theta")
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -187,8 +192,17 @@ class ModelConfig:
             )
         except KeyError as e:
             raise JaxalignError(f"{source}: missing field {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, AttributeError, ZeroDivisionError, OverflowError) as e:
             raise JaxalignError(f"{source}: bad value ({e})") from None
+        for name in _POSITIVE_FIELDS:
+            v = kw[name]
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise JaxalignError(f"{source}: {name} must be > 0, got {v}")
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            ids = kw[name]
+            for i in ids if isinstance(ids, list) else [ids]:
+                if i is not None and (isinstance(i, bool) or not isinstance(i, int)):
+                    raise JaxalignError(f"{source}: {name} must be a token id (an integer), got {ids!r}")
         if kw["mlp_bias"]:
             raise JaxalignError(f"{source}: mlp_bias=true is not supported")
         kw.update(overrides)
@@ -242,7 +256,13 @@ class ModelConfig:
 
 
 def _architecture_of(cfg: dict, source: str) -> str:
+    if not isinstance(cfg, dict):
+        raise JaxalignError(f"{source}: expected a JSON object, got {type(cfg).__name__}")
     archs = cfg.get("architectures") or []
+    if isinstance(archs, str):
+        archs = [archs]
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise JaxalignError(f"{source}: 'architectures' must be a list of class names, got {archs!r}")
     for a in archs:
         if a in ARCHITECTURES:
             return a
@@ -251,7 +271,7 @@ def _architecture_of(cfg: dict, source: str) -> str:
             if base in ARCHITECTURES:
                 return base
     mt = cfg.get("model_type")
-    if not archs and mt in _MODEL_TYPE_TO_ARCH:
+    if not archs and isinstance(mt, str) and mt in _MODEL_TYPE_TO_ARCH:
         return _MODEL_TYPE_TO_ARCH[mt]
     named = archs[0] if archs else mt
     raise JaxalignError(

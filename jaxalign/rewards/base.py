@@ -46,6 +46,12 @@ class RewardConfig:
             raise JaxalignError(f"config key '{section}.function': required for reward kind 'callable'")
         if self.kind == "keyword" and not self.pattern:
             raise JaxalignError(f"config key '{section}.pattern': required for reward kind 'keyword'")
+        from jaxalign.config_checks import check_number
+
+        check_number(self.scale, f"{section}.scale")
+        check_number(self.target_length, f"{section}.target_length", 0, None, False)
+        if self.missing_eos_penalty is not None:
+            check_number(self.missing_eos_penalty, f"{section}.missing_eos_penalty")
 
 
 class Reward:
@@ -70,10 +76,17 @@ class Reward:
                 raise JaxalignError("a reward model needs the token arrays of the completions")
             scores = fn.check_scores(self.model_fn(tokens, attention_mask), len(tokens), self.name)
         else:
-            scores = fn.check_scores(self.text_fn(list(prompts), list(completions)), len(completions), self.name)
-        if self.cfg.missing_eos_penalty is not None and finished is not None:
-            scores = scores - self.cfg.missing_eos_penalty * (1.0 - np.asarray(finished, np.float32))
-        return (scores * self.cfg.scale).astype(np.float32)
+            scores = fn.check_scores(fn.call_reward(self.text_fn, self.name, list(prompts), list(completions)),
+                                     len(completions), self.name)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.cfg.missing_eos_penalty is not None and finished is not None:
+                scores = scores - np.float32(self.cfg.missing_eos_penalty) * (1.0 - np.asarray(finished, np.float32))
+            scores = (scores * np.float32(self.cfg.scale)).astype(np.float32)
+        bad = np.flatnonzero(~np.isfinite(scores))
+        if bad.size:
+            raise JaxalignError(f"reward {self.name}: score {bad[0]} overflows float32 after reward.scale="
+                                f"{self.cfg.scale} / missing_eos_penalty={self.cfg.missing_eos_penalty}")
+        return scores
 
 
 def build_reward(cfg: RewardConfig, tokenizer=None, mesh=None) -> Reward:

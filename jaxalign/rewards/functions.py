@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import numbers
 import re
 import sys
 from pathlib import Path
@@ -11,6 +13,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from jaxalign.errors import JaxalignError
+
+
+def one_line(s: str, limit: int = 80) -> str:
+    s = " ".join(str(s).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def sentiment_reward(prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
@@ -59,10 +66,12 @@ def load_callable(spec: str) -> Callable:
     if ":" not in spec:
         raise JaxalignError(f"config key 'reward.function': expected 'module:function', got {spec!r}")
     mod_name, fn_name = spec.rsplit(":", 1)
+    if not mod_name or not fn_name:
+        raise JaxalignError(f"config key 'reward.function': expected 'module:function', got {spec!r}")
     try:
         if mod_name.endswith(".py"):
             path = Path(mod_name)
-            if not path.exists():
+            if not path.is_file():
                 raise JaxalignError(f"config key 'reward.function': file {mod_name} not found")
             spec_ = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(spec_)
@@ -70,23 +79,71 @@ def load_callable(spec: str) -> Callable:
             spec_.loader.exec_module(module)
         else:
             module = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise JaxalignError(f"config key 'reward.function': cannot import {mod_name!r} ({e})") from None
+    except JaxalignError:
+        raise
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's module failed to import
+        raise JaxalignError(f"config key 'reward.function': cannot import {mod_name!r} "
+                            f"({_describe(e)})") from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise JaxalignError(f"config key 'reward.function': {mod_name!r} has no function {fn_name!r}")
     return fn
 
 
-def check_scores(scores, n: int, name: str) -> np.ndarray:
-    """A float32 ``[n]`` array of finite scores, or a one-line error naming the reward."""
+def _describe(e: BaseException) -> str:
+    """``"Type: message"`` on one line, with the innermost file:line of the traceback."""
+    import traceback
+
+    msg = " ".join(str(e).split())[:200]
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+    if isinstance(e, SyntaxError) and e.lineno:
+        where = f" at {Path(e.filename or '?').name}:{e.lineno}"
+    return f"{type(e).__name__}: {msg}{where}" if msg else f"{type(e).__name__}{where}"
+
+
+def call_reward(fn: Callable, name: str, *args):
+    """``fn(*args)``; an exception the user's reward function raises becomes a one-line error
+    (its type, message and innermost ``file:line``)."""
     try:
-        arr = np.asarray(scores, np.float32).reshape(-1)
-    except (TypeError, ValueError):
-        raise JaxalignError(f"reward {name}: returned {type(scores).__name__}, expected {n} numbers") from None
-    if arr.shape[0] != n:
-        raise JaxalignError(f"reward {name}: returned {arr.shape[0]} scores for {n} completions")
+        return fn(*args)
+    except JaxalignError:
+        raise
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's code: report it in one line
+        raise JaxalignError(f"reward {name}: raised {_describe(e)}") from None
+
+
+def check_scores(scores, n: int, name: str) -> np.ndarray:
+    """A float32 ``[n]`` array of finite scores, or a one-line error naming the reward.
+
+    Accepted: a list, tuple or 1-D array (numpy, JAX, or anything with ``__array__``) of ``n``
+    real numbers (bools count as 0/1). Strings, ``None``, mappings, nested lists, complex numbers
+    and values too large for float32 are errors.
+    """
+    if isinstance(scores, (str, bytes, dict)) or scores is None or not (
+            isinstance(scores, (list, tuple)) or hasattr(scores, "__array__")):
+        raise JaxalignError(f"reward {name}: returned {type(scores).__name__}, expected a list of {n} numbers")
+    items = scores if isinstance(scores, (list, tuple)) else None
+    if items is not None:
+        for i, v in enumerate(items):
+            if not isinstance(v, numbers.Real) and not (hasattr(v, "__array__") and np.ndim(v) == 0):
+                raise JaxalignError(f"reward {name}: score {i} is {type(v).__name__} {one_line(repr(v))}, "
+                                    "expected a number")
+    try:
+        raw = np.asarray(scores)
+    except Exception:  # noqa: BLE001 - a ragged or odd container
+        raise JaxalignError(f"reward {name}: returned {type(scores).__name__} that is not an array of numbers") from None
+    if raw.ndim != 1:
+        raise JaxalignError(f"reward {name}: returned shape {raw.shape}, expected {n} scores (one per completion)")
+    if raw.dtype.kind not in "biuf":
+        raise JaxalignError(f"reward {name}: returned {raw.dtype} values, expected real numbers")
+    if raw.shape[0] != n:
+        raise JaxalignError(f"reward {name}: returned {raw.shape[0]} scores for {n} completions")
+    with np.errstate(over="ignore", invalid="ignore"):
+        arr = raw.astype(np.float32)
     bad = np.flatnonzero(~np.isfinite(arr))
     if bad.size:
-        raise JaxalignError(f"reward {name}: score {bad[0]} is {arr[bad[0]]} (scores must be finite)")
+        i = int(bad[0])
+        why = "" if not np.isfinite(raw[i]) else " after conversion to float32"
+        raise JaxalignError(f"reward {name}: score {i} is {arr[i]}{why} (scores must be finite)")
     return arr

@@ -129,7 +129,10 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
     Returns a summary dict (final metrics, run dir, steps, wall time, and ``stopped`` /
     ``signal``: whether and by which signal number SIGTERM/SIGINT stopped the run early).
     """
-    run_dir = Path(run_dir or default_run_dir(cfg))
+    from jaxalign.io.outputs import check_output_keys, check_run_dir
+
+    run_dir = check_run_dir(run_dir or default_run_dir(cfg))  # nothing written yet
+    check_output_keys(cfg, run_dir)
     tcfg = cfg.train
     main = distributed.is_main()  # several processes: only process 0 logs and writes files
     quiet = cfg.quiet or not main
