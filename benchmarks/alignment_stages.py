@@ -291,10 +291,11 @@ class Budget:
 
     ``limit_s`` is counted on ``clock`` (``cpu``: this process's CPU seconds, which other jobs on
     a shared machine cannot inflate; ``wall``: wall seconds), from the budget's creation;
-    ``wall_cap_s`` bounds wall time in either case. Before each step, if the time used plus the
-    typical step (the median of the previous ones) would pass a limit, the step is made the last:
-    the hook sends this process SIGTERM, which the loop turns into "finish this step, checkpoint,
-    stop" (its documented signal path), so the loop's own step code is what runs to the end.
+    ``wall_cap_s`` bounds wall time in either case. Before each step, if the step after it would
+    end past a limit (time used + 2 typical steps), this step is made the last: the hook sends
+    this process SIGTERM, which the loop turns into "finish this step, checkpoint, stop" (its
+    documented signal path), so the loop's own step code is what runs to the end. A run so ends
+    within about one step below its limit.
     """
 
     def __init__(self, limit_s: float | None, clock: str = "cpu", wall_cap_s: float | None = None):
@@ -311,13 +312,14 @@ class Budget:
         self.starts.append((cpu, wall))
         if self.ended_by is not None or self.limit_s is None or len(self.starts) < 2:
             return
-        d = np.diff(np.asarray(self.starts), axis=0)
-        typical = np.median(d[1:] if len(d) > 1 else d, axis=0)  # the first step compiles
-        used = cpu if self.clock == "cpu" else wall
-        step = typical[0] if self.clock == "cpu" else typical[1]
-        if used + step > self.limit_s:
+        # The typical step: the median of the steps after the first (which compiles); until one
+        # is measured (step 0), stop only once a limit is already passed.
+        d = np.diff(np.asarray(self.starts), axis=0)[1:]
+        c_step, w_step = np.median(d, axis=0) if len(d) else (0.0, 0.0)
+        used, step = (cpu, c_step) if self.clock == "cpu" else (wall, w_step)
+        if used + 2 * step > self.limit_s:
             self.ended_by = self.clock
-        elif self.wall_cap_s is not None and wall + typical[1] > self.wall_cap_s:
+        elif self.wall_cap_s is not None and wall + 2 * w_step > self.wall_cap_s:
             self.ended_by = "wall cap"
         if self.ended_by is not None:
             signal.raise_signal(signal.SIGTERM)
