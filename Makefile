@@ -29,5 +29,13 @@ demo: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(VPY) benchmarks/forward.py
 
+# The alignment table (benchmarks/README.md, "Alignment table"): SFT -> reward model -> PPO-max,
+# vanilla PPO, RAFT, DPO, online DPO, GRPO and IFT on the demo's task, 10 CPU-minutes each by default
+# (about 1.5 hours on 2 idle CPU cores). `make bench-align ALIGN_ARGS="--quick"` is a smoke run.
+ALIGN_ARGS ?=
+.PHONY: bench-align
+bench-align: $(VENV)/.installed-test
+	$(VPY) benchmarks/alignment_table.py $(ALIGN_ARGS)
+
 clean:
 	rm -rf $(VENV)

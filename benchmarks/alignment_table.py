@@ -1,7 +1,7 @@
 """Alignment table: SFT -> reward model -> PPO-max, vanilla PPO, RAFT, DPO, online DPO, GRPO and
 IFT on one task under one compute budget each (``make bench-align``).
 
-    .venv/bin/python benchmarks/alignment_table.py [--budget-minutes 10] [--algorithms raft,ppo-max]
+    .venv/bin/python benchmarks/alignment_table.py [--budget-minutes 6] [--algorithms raft,ppo-max]
         [--quick] [--out FILE.json] [--work-dir DIR]
 
 The task is ``jaxalign demo``'s: SmolLM2-135M-Instruct continues movie-review openings (the
@@ -121,8 +121,8 @@ def comparisons(rows: dict) -> list[str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--budget-minutes", type=float, default=10.0,
-                    help="compute budget per algorithm in CPU-minutes (default 10; see --budget-clock)")
+    ap.add_argument("--budget-minutes", type=float, default=6.0,
+                    help="compute budget per algorithm in CPU-minutes (default 6; see --budget-clock)")
     ap.add_argument("--budget-clock", choices=("cpu", "wall"), default="cpu")
     ap.add_argument("--wall-cap-minutes", type=float, default=None,
                     help="also stop an algorithm after this many wall minutes (default: none)")
