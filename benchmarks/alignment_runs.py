@@ -15,9 +15,14 @@ from jaxalign import demo
 import alignment_stages as st
 
 
-def _run(cfg, job, run_dir: Path) -> dict:
+def _run(cfg, job, run_dir: Path, fresh: bool = True) -> dict:
+    """:func:`jaxalign.train.loop.run`, then the checkpoints removed; ``fresh``: first remove what
+    an interrupted earlier attempt left in ``run_dir`` (else the loop would resume it)."""
     from jaxalign.train.loop import run
 
+    if fresh:
+        st.remove_checkpoints(run_dir)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     out = run(cfg, job, run_dir)
     st.remove_checkpoints(run_dir)
     return out
@@ -30,99 +35,157 @@ def _write_prompts(tok, data: Path) -> None:
 
 
 # How much of the train split the set-up uses (sampling and training 135M models on 2 CPU cores is
-# the cost; see the README's "Alignment table" section).
+# the cost; see benchmarks/README.md, "Alignment table").
 PREP = {"sft_prompts": 128, "sft_max_steps": 10, "rm_prompts": 200, "rm_epochs": 1}
+PREP_STAGES = ("prep-sft", "prep-rm", "prep-eval")
 
 
-def prepare(work: Path, quick: bool, seed: int = 0) -> dict:
-    """SFT -> reward model, and the reference's held-out samples; writes ``work/prep.json``.
+def _part(work: Path, name: str) -> dict | None:
+    f = work / f"{name}.json"
+    return json.loads(f.read_text()) if f.exists() else None
 
-    1. The base model samples 2 completions for each of the first ``PREP["sft_prompts"]`` train
-       prompts; the VADER-better one, cut after its last sentence, is a demonstration when its
-       VADER score is > 0 (the stand-in for human demonstrations: the gold judge picks them). SFT
-       on those: one epoch, at most ``PREP["sft_max_steps"]`` steps of 8.
-    2. The SFT policy samples 2 completions for each of the first ``PREP["rm_prompts"]`` train
-       prompts (reward-model pairs, VADER-labelled, ties dropped) and 2 per held-out prompt
-       (held-out pairs, never trained on); the reward model (SFT backbone + scalar head,
-       Bradley-Terry) trains ``PREP["rm_epochs"]`` epochs on the former and its accuracy is
-       measured on the latter, scoring the sampled tokens as the RL runs do.
-    3. The SFT policy's held-out samples (the evaluator's fixed key) are saved: the fixed text the
-       perplexity column is measured on. The base and SFT rows of the table are evaluated.
+
+def _save_part(work: Path, name: str, info: dict) -> dict:
+    (work / f"{name}.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def _setup(work: Path, quick: bool, seed: int, model_from_sft: bool):
+    """(tokenizer, mesh, evaluator) with the base model (or the SFT policy) as the evaluator's model."""
+    from jaxalign.algorithms import common
+
+    kind = "rm" if model_from_sft else "sft"  # the rm config starts from sft/final
+    cfg = st.load(st.stage_config(kind, st.sizes_for(quick), work, steps=1, seed=seed, quick=quick),
+                  work / kind / "config0.yaml")
+    tok, mesh = common.tokenizer_from(cfg), common.mesh_from(cfg)
+    if not (work / "data" / "heldout.jsonl").exists():
+        _write_prompts(tok, work / "data")
+    return tok, mesh, st.make_evaluator(cfg, work, quick, seed, common.model_from(cfg, mesh, tok), tok, mesh)
+
+
+def prepare(work: Path, quick: bool, seed: int = 0, stage: str | None = None) -> dict | None:
+    """SFT -> reward model -> the reference's held-out samples; each part (``PREP_STAGES``, all
+    when ``stage`` is None) is skipped when ``work/<part>.json`` exists, so a run resumes; the
+    last writes ``work/prep.json``.
+
+    1. ``prep-sft``: the base model samples 2 completions for each of the first
+       ``PREP["sft_prompts"]`` train prompts; the VADER-better one, cut after its last sentence,
+       is a demonstration when its VADER score is > 0 (the stand-in for human demonstrations: the
+       gold judge picks them). SFT on those: one epoch, at most ``PREP["sft_max_steps"]`` steps of 8.
+    2. ``prep-rm``: the SFT policy samples 2 completions for each of the first
+       ``PREP["rm_prompts"]`` train prompts, VADER-labelled into pairs (ties dropped); the reward
+       model (SFT backbone + scalar head, Bradley-Terry) trains ``PREP["rm_epochs"]`` epochs on them.
+    3. ``prep-eval``: the SFT policy samples 2 completions per held-out prompt (held-out pairs,
+       never trained on): the RM's pair accuracy, scoring the sampled tokens as the RL runs do;
+       its held-out samples under the evaluator's fixed key are saved (the fixed text of the
+       perplexity column); the base and SFT rows of the table are evaluated.
     """
+    for name in PREP_STAGES if stage is None else (stage,):
+        if _part(work, name) is None:
+            {"prep-sft": _prep_sft, "prep-rm": _prep_rm, "prep-eval": _prep_eval}[name](work, quick, seed)
+    return _part(work, "prep")
+
+
+def _lim(quick: bool, key: str):
+    return None if quick else PREP[key]
+
+
+def _prep_sft(work: Path, quick: bool, seed: int) -> dict:
     import jax
 
     from jaxalign import algorithms
-    from jaxalign.algorithms import common
-    from jaxalign.rewards import RewardConfig, build_reward
 
     sizes, clock, data = st.sizes_for(quick), st.Clock(), work / "data"
-    info: dict = {"load_start": st.load_avg(), "quick": quick}
-    cfg0 = st.load(st.stage_config("sft", sizes, work, steps=1, seed=seed, quick=quick), work / "sft" / "config0.yaml")
-    tok, mesh = common.tokenizer_from(cfg0), common.mesh_from(cfg0)
-    _write_prompts(tok, data)
-    base = common.model_from(cfg0, mesh, tok)
-    ev_base = st.make_evaluator(cfg0, work, quick, seed, base, tok, mesh)
-    base_params = ev_base.ref_params
-    del base
-    key = jax.random.key(seed)
-
+    info: dict = {"load_start": st.load_avg()}
+    _, _, ev_base = _setup(work, quick, seed, model_from_sft=False)
     st.say("prep: sampling SFT demonstrations from the base model (2 per train prompt)")
-    lim = (lambda k: None) if quick else PREP.get  # noqa: E731
-    groups = st.sample_groups(ev_base, base_params, data / "train.jsonl", 2, jax.random.fold_in(key, st._SALT_SFT),
-                              limit=lim("sft_prompts"))
+    groups = st.sample_groups(ev_base, ev_base.ref_params, data / "train.jsonl", 2,
+                              jax.random.fold_in(jax.random.key(seed), st._SALT_SFT), limit=_lim(quick, "sft_prompts"))
+    del ev_base
     vader = st.vader_scores(groups)
     demos = st.best_demos(groups, vader, min_score=None if quick else 0.0, need_sentence=not quick)
+    st.write_jsonl(data / "sft.jsonl", demos)
     info["sft_data"] = {"prompts": len(groups), "demonstrations": len(demos),
                         "mean_vader": float(np.mean([d["score"] for d in demos])) if demos else None,
-                        "base_sample_vader_mean": float(np.mean(np.concatenate(vader)))}
-    st.write_jsonl(data / "sft.jsonl", demos)
-    info["time_sample_sft_s"] = clock.wall()
-
+                        "base_sample_vader_mean": float(np.mean(np.concatenate(vader))),
+                        "wall_s": clock.wall(), "cpu_s": clock.cpu()}
     batch = sizes.batch_size or 8
-    sft_steps = 3 if quick else max(1, min(len(demos) // batch, PREP["sft_max_steps"]))
-    cfg = st.load(st.stage_config("sft", sizes, work, steps=sft_steps, seed=seed, quick=quick),
-                  work / "sft" / "config.yaml")
-    st.say(f"prep: SFT, {sft_steps} steps of {batch} demonstrations")
+    steps = 3 if quick else max(1, min(len(demos) // batch, PREP["sft_max_steps"]))
+    cfg = st.load(st.stage_config("sft", sizes, work, steps=steps, seed=seed, quick=quick), work / "sft" / "config.yaml")
+    st.say(f"prep: SFT, {steps} steps of {batch} demonstrations")
     t = st.Clock()
     out = _run(cfg, algorithms.get("sft").build_job(cfg), work / "sft")
     info["sft"] = {"steps": out["steps"], "wall_s": t.wall(), "cpu_s": t.cpu(), "final_loss": out["metrics"].get("loss")}
+    info.update(load_end=st.load_avg(), peak_rss_gib=st.peak_rss_gib())
+    return _save_part(work, "prep-sft", info)
 
-    cfg_rm0 = st.load(st.stage_config("rm", sizes, work, steps=1, seed=seed, quick=quick), work / "rm" / "config0.yaml")
-    sft_model = common.model_from(cfg_rm0, mesh, tok)
-    ev = st.make_evaluator(cfg_rm0, work, quick, seed, sft_model, tok, mesh)
-    del sft_model
-    st.say("prep: sampling reward-model pairs from the SFT policy")
-    g_train = st.sample_groups(ev, ev.ref_params, data / "train.jsonl", 2, jax.random.fold_in(key, st._SALT_RM),
-                               limit=lim("rm_prompts"))
-    g_held = st.sample_groups(ev, ev.ref_params, data / "heldout.jsonl", 2, jax.random.fold_in(key, st._SALT_RM_EVAL))
-    v_train, v_held = st.vader_scores(g_train), st.vader_scores(g_held)
-    rows, pstats = st.pairs_from(g_train, v_train, allow_ties=quick)
-    held_rows, hstats = st.pairs_from(g_held, v_held, allow_ties=False)
-    st.write_jsonl(data / "rm_pairs.jsonl", rows)
-    rm_batch = sizes.batch_size or 16
-    rm_steps = 3 if quick else max(1, len(rows) // rm_batch) * PREP["rm_epochs"]
-    cfg_rm = st.load(st.stage_config("rm", sizes, work, steps=rm_steps, seed=seed, quick=quick),
-                     work / "rm" / "config.yaml")
-    st.say(f"prep: reward model, {len(rows)} pairs, {rm_steps} steps of {rm_batch}")
+
+def _prep_rm(work: Path, quick: bool, seed: int) -> dict:
+    import jax
+
+    from jaxalign import algorithms
+
+    sizes, clock, data = st.sizes_for(quick), st.Clock(), work / "data"
+    info: dict = {"load_start": st.load_avg()}
+    pairs = _part(work, "prep-rm-pairs")
+    if pairs is None:  # the sampled pairs are kept: a failed RM training does not resample them
+        _, _, ev = _setup(work, quick, seed, model_from_sft=True)
+        st.say("prep: sampling reward-model pairs from the SFT policy")
+        g_train = st.sample_groups(ev, ev.ref_params, data / "train.jsonl", 2,
+                                   jax.random.fold_in(jax.random.key(seed), st._SALT_RM), limit=_lim(quick, "rm_prompts"))
+        del ev
+        rows, stats = st.pairs_from(g_train, st.vader_scores(g_train), allow_ties=quick)
+        st.write_jsonl(data / "rm_pairs.jsonl", rows)
+        stats.pop("index")
+        pairs = _save_part(work, "prep-rm-pairs", dict(stats, prompts=len(g_train), wall_s=clock.wall(),
+                                                        cpu_s=clock.cpu()))
+    info["rm_data"] = pairs
+    batch = sizes.batch_size or 16
+    steps = 3 if quick else max(1, pairs["pairs"] // batch) * PREP["rm_epochs"]
+    raw = st.stage_config("rm", sizes, work, steps=steps, seed=seed, quick=quick)
+    cfg = st.load(raw, work / "rm" / "config.yaml")
+    st.say(f"prep: reward model, {pairs['pairs']} pairs, {steps} steps of {batch}")
     t = st.Clock()
-    out = _run(cfg_rm, algorithms.get("rm").build_job(cfg_rm), work / "rm")
-    info["rm"] = {"pairs": pstats["pairs"], "ties_dropped": pstats["ties_dropped"],
-                  "empty_or_identical": pstats["empty_or_identical"], "steps": out["steps"],
-                  "wall_s": t.wall(), "cpu_s": t.cpu(), "final_loss": out["metrics"].get("loss")}
-    rm = build_reward(RewardConfig(kind="model", path=str(work / "rm" / "final")), tok, mesh)
-    info["rm"].update(_rm_accuracy(rm, g_train, pstats["index"], "train"),
-                      **_rm_accuracy(rm, g_held, hstats["index"], "heldout"))
-    s_held = np.concatenate(st.rm_scores(rm, g_held))
-    info["rm"]["heldout_corr_with_vader"] = float(np.corrcoef(s_held, np.concatenate(v_held))[0, 1])
+    out = _run(cfg, algorithms.get("rm").build_job(cfg), work / "rm")
+    info["rm"] = {"steps": out["steps"], "lr": raw["optim"]["lr"], "wall_s": t.wall(), "cpu_s": t.cpu(),
+                  "final_loss": out["metrics"].get("loss")}
+    info.update(load_end=st.load_avg(), peak_rss_gib=st.peak_rss_gib())
+    return _save_part(work, "prep-rm", info)
 
-    st.say("prep: evaluating the base and SFT policies on the held-out prompts")
+
+def _prep_eval(work: Path, quick: bool, seed: int) -> dict:
+    import jax
+
+    from jaxalign.algorithms import common
+    from jaxalign.rewards import RewardConfig, build_reward
+
+    clock, data = st.Clock(), work / "data"
+    info: dict = {"quick": quick, "load_start": st.load_avg(), "sft": _part(work, "prep-sft"),
+                  "rm": _part(work, "prep-rm")}
+    tok, mesh, ev = _setup(work, quick, seed, model_from_sft=True)
+    rm = build_reward(RewardConfig(kind="model", path=str(work / "rm" / "final")), tok, mesh)
+    st.say("prep: reward-model accuracy on held-out pairs of SFT samples")
+    g_held = st.sample_groups(ev, ev.ref_params, data / "heldout.jsonl", 2,
+                              jax.random.fold_in(jax.random.key(seed), st._SALT_RM_EVAL))
+    v_held = st.vader_scores(g_held)
+    _, hstats = st.pairs_from(g_held, v_held, allow_ties=False)
+    s_held = np.concatenate(st.rm_scores(rm, g_held))
+    corr = float(np.corrcoef(s_held, np.concatenate(v_held))[0, 1]) if np.std(np.concatenate(v_held)) else None
+    info["rm_eval"] = dict(_rm_accuracy(rm, g_held, hstats["index"], "heldout"), heldout_corr_with_vader=corr)
+    st.say("prep: evaluating the SFT and base policies on the held-out prompts")
     ref = ev.run(ev.ref_params, kl=False).arrays
     np.savez_compressed(work / "ref_samples.npz", **ref)
-    info["rows"] = {"base": st.strip_arrays(st.evaluate(ev, base_params, rm, ref)),
-                    "sft": st.strip_arrays(st.evaluate(ev, ev.ref_params, rm, ref, kl=False))}
+    rows = {"sft": st.strip_arrays(st.evaluate(ev, ev.ref_params, rm, ref, kl=False))}
+    cfg0 = st.load(st.stage_config("sft", st.sizes_for(quick), work, steps=1, seed=seed, quick=quick),
+                   work / "sft" / "config0.yaml")
+    base = common.model_from(cfg0, mesh, tok)  # KL(base || SFT) on the base model's samples
+    import flax.nnx as nnx
+
+    rows["base"] = st.strip_arrays(st.evaluate(ev, nnx.split(base)[1], rm, ref))
+    info["rows"] = {"base": rows["base"], "sft": rows["sft"]}
     info.update(wall_s=clock.wall(), cpu_s=clock.cpu(), load_end=st.load_avg(), peak_rss_gib=st.peak_rss_gib())
-    (work / "prep.json").write_text(json.dumps(info, indent=1))
-    return info
+    _save_part(work, "prep-eval", {k: v for k, v in info.items() if k != "rows"})
+    return _save_part(work, "prep", info)
 
 
 def _rm_accuracy(rm, groups, index, tag: str) -> dict:

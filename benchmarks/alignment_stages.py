@@ -137,10 +137,12 @@ def stage_config(kind: str, sizes: demo.Sizes, work: Path, *, steps: int, seed: 
         raw = _common("sft", sizes, _model_section(sizes, None), data / "sft.jsonl", steps=steps,
                       batch=sizes.batch_size or 8, lr=2e-5, seed=seed, quick=quick)
         raw["sft"] = {}
+        raw["train"]["micro_batch_size"] = (sizes.batch_size or 8) // 2
     else:
         raw = _common("rm", sizes, _model_section(sizes, work / "sft" / "final"), data / "rm_pairs.jsonl",
-                      steps=steps, batch=sizes.batch_size or 16, lr=1e-5, seed=seed, quick=quick)
+                      steps=steps, batch=sizes.batch_size or 16, lr=5e-5, seed=seed, quick=quick)
         raw["rm"] = {"loss": "pairwise", "center_coef": 0.01}
+        raw["train"]["micro_batch_size"] = (sizes.batch_size or 16) // 4  # bounds the activations' memory
     raw["train"]["save_final"] = True  # the next stages start from final/
     return raw
 

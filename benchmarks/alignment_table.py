@@ -42,6 +42,7 @@ import alignment_stages as st  # noqa: E402
 
 ROOT = HERE.parent
 ROWS = list(st.ALGORITHMS)
+PREP_STAGES = ("prep-sft", "prep-rm", "prep-eval")  # alignment_runs.PREP_STAGES
 LABELS = {"base": "base (SmolLM2-135M-Instruct)", "base (tiny random)": "base (tiny random model)", "sft": "SFT (the reference)", "ppo-max": "PPO-max",
           "ppo-vanilla": "vanilla PPO", "raft": "RAFT", "dpo": "DPO (offline, RM-labelled pairs)",
           "online-dpo": "online DPO", "grpo": "GRPO", "ift": "IFT (RM-best samples)"}
@@ -63,8 +64,8 @@ def _stage(args, stage: str, work: Path, log: Path) -> bool:
 def _do_stage(args, stage: str, work: Path) -> dict:
     import alignment_runs as runs
 
-    if stage == "prep":
-        return runs.prepare(work, args.quick, args.seed)
+    if stage in PREP_STAGES:
+        return runs.prepare(work, args.quick, args.seed, stage)
     budget = None if args.steps else args.budget_minutes * 60
     return runs.run_row(stage, work, args.quick, seed=args.seed, budget_s=budget, clock=args.budget_clock,
                         wall_cap_s=None if args.wall_cap_minutes is None else args.wall_cap_minutes * 60,
@@ -133,7 +134,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="the JSON (default benchmarks/results/alignment_table.json; "
                                                 "--quick: WORK_DIR/alignment_table.json)")
     ap.add_argument("--work-dir", default=None, help="runs and data (default runs/bench-align[-quick])")
-    ap.add_argument("--reuse-prep", action="store_true", help="keep WORK_DIR's SFT policy and reward model")
+    ap.add_argument("--reuse-prep", action="store_true",
+                    help="continue from WORK_DIR's set-up (its finished parts: SFT, RM pairs, RM, evaluation)")
     ap.add_argument("--table-only", action="store_true",
                     help="run nothing: rebuild the table from WORK_DIR's finished rows")
     ap.add_argument("--in-process", action="store_true", help="run every stage in this process")
@@ -155,14 +157,20 @@ def main(argv=None) -> int:
                                            else ROOT / "benchmarks" / "results" / "alignment_table.json")
     t0 = time.perf_counter()
     load0 = st.load_avg()
-    if not ((args.reuse_prep or args.table_only) and (work / "prep.json").exists()):
-        st.say(f"prep (log: {work / 'prep.log'})")
+    done = [p.name for p in work.glob("prep*.json")]
+    if done and not (args.reuse_prep or args.table_only):
+        raise SystemExit(f"{work} already holds a set-up ({', '.join(sorted(done))}); pass --reuse-prep to "
+                         "continue from it, or give a new --work-dir")
+    for stage in () if args.table_only else PREP_STAGES:
+        if (work / f"{stage}.json").exists():
+            continue
+        st.say(f"{stage} (log: {work / (stage + '.log')})")
         if args.in_process:
-            _do_stage(args, "prep", work)
-        elif not _stage(args, "prep", work, work / "prep.log"):
-            raise SystemExit(f"prep failed; see {work / 'prep.log'}")
+            _do_stage(args, stage, work)
+        elif not _stage(args, stage, work, work / f"{stage}.log"):
+            raise SystemExit(f"{stage} failed; see {work / (stage + '.log')}")
     prep = json.loads((work / "prep.json").read_text())
-    results = dict(prep["rows"])
+    results = dict(prep["rows"])  # base, sft
     for row in rows:
         if args.table_only:
             if (work / row / "result.json").exists():
