@@ -76,9 +76,18 @@ def _fmt(x, spec: str) -> str:
     return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
+def _se(r: dict) -> str:
+    """`` ± s.e.`` of the gold mean over the held-out prompts (when the per-prompt rewards are there)."""
+    g = r.get("gold_rewards")
+    if not g or len(g) < 2:
+        return ""
+    m = sum(g) / len(g)
+    return f" ± {math.sqrt(sum((x - m) ** 2 for x in g) / (len(g) - 1) / len(g)):.3f}"
+
+
 def markdown(result: dict) -> str:
     """The Markdown table of ``result`` (as written to the JSON)."""
-    head = ("| policy | steps | gold reward (VADER) | proxy reward (RM) | KL to SFT (per token) | length (tokens) "
+    head = ("| policy | steps | gold reward (VADER, ± s.e.) | proxy reward (RM) | KL to SFT (per token) | length (tokens) "
             "| perplexity (SFT text) | distinct-2 | CPU min | wall min | ended by |")
     lines = [head, "|---|" + "---:|" * 9 + "---|"]
     for name, r in result["rows"].items():
@@ -89,7 +98,7 @@ def markdown(result: dict) -> str:
             continue
         cpu, wall = r.get("budget_cpu_s"), r.get("budget_wall_s")
         lines.append(
-            f"| {LABELS.get(name, name)} | {r.get('steps', '—')} | {_fmt(r['gold_reward'], '+.3f')} | "
+            f"| {LABELS.get(name, name)} | {r.get('steps', '—')} | {_fmt(r['gold_reward'], '+.3f')}{_se(r)} | "
             f"{_fmt(r['proxy_reward'], '+.3f')} | {_fmt(r['kl_per_token'], '.3f')} | {_fmt(r['response_length'], '.1f')} | "
             f"{_fmt(r['perplexity'], '.2f')} | {_fmt(r['distinct_2'], '.2f')} | "
             f"{_fmt(None if cpu is None else cpu / 60, '.1f')} | {_fmt(None if wall is None else wall / 60, '.1f')} | "

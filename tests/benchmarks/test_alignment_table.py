@@ -159,6 +159,8 @@ def test_markdown_has_every_row_and_its_numbers():
     i = list(st.ALGORITHMS).index("raft")
     assert f"| {0.1 * i:+.3f} | {0.1 * i + 1:+.3f} | 0.250 | 31.5 | 12.35 | 0.88 | 1.5 | 2.0 | cpu |" in raft
     assert "failed: boom" in table
+    rows["raft"]["gold_rewards"] = [0.0, 1.0, 0.5, 0.5]  # s.e. = sqrt(1/6 / 4) = 0.204
+    assert f"| {0.1 * i:+.3f} ± 0.204 |" in at.markdown({"rows": rows, "model": "m"})
     comps = at.comparisons(rows)
     assert len(comps) == 2 and "largest training KL (per sequence) 0.400 vs 0.400" in comps[1]
 
