@@ -5,6 +5,7 @@ process: :func:`prepare` (SFT -> reward model -> the reference's held-out sample
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 from pathlib import Path
 
@@ -244,8 +245,14 @@ def run_row(row: str, work: Path, quick: bool, *, seed: int = 0, budget_s: float
     cfg = st.load(raw, run_dir / "run_config.yaml")
     cfg.quiet = True
     tok, mesh = common.tokenizer_from(cfg), common.mesh_from(cfg)
-    ev = st.make_evaluator(cfg, work, quick, seed, common.model_from(cfg, mesh, tok), tok, mesh)
-    rm = build_reward(RewardConfig(kind="model", path=str(work / "rm" / "final")), tok, mesh)
+
+    def evaluator_and_rm():
+        ev = st.make_evaluator(cfg, work, quick, seed, common.model_from(cfg, mesh, tok), tok, mesh)
+        return ev, build_reward(RewardConfig(kind="model", path=str(work / "rm" / "final")), tok, mesh)
+
+    # The offline rows sample their data with the evaluator's copy of the SFT policy; the online
+    # ones load it only after training (on a shared 23 GiB machine PPO's four models are enough).
+    ev, rm = evaluator_and_rm() if alg in ("dpo", "ift") else (None, None)
     ref = dict(np.load(work / "ref_samples.npz"))
 
     budget = st.Budget(budget_s, clock, wall_cap_s)
@@ -269,7 +276,12 @@ def run_row(row: str, work: Path, quick: bool, *, seed: int = 0, budget_s: float
                               count_tokens=_counter(job.count_tokens, counts, "trained_tokens"))
     out = _run(cfg, job, run_dir)
     cpu, wall = budget.used()
-    policy = out["state"].params["policy"] if alg == "ppo" else out["state"].params
+    state = out.pop("state")
+    policy = state.params["policy"] if alg == "ppo" else state.params
+    del state, job  # the critic, the optimizer state and the job's models go before evaluation
+    gc.collect()
+    if ev is None:
+        ev, rm = evaluator_and_rm()
     curves = _curves(run_dir / "metrics.jsonl")
     per = _rollouts_per_step(cfg)
     counts["generated_tokens"] += int(sum((x or 0) * per for x in curves["response_length"]))
