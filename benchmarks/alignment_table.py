@@ -204,7 +204,8 @@ def main(argv=None) -> int:
               + (f" (wall cap {args.wall_cap_minutes:g} min)" if args.wall_cap_minutes else ""))
     result = {"model": "tiny random" if args.quick else demo_model(), "budget": budget,
               "cpus": os.cpu_count(), "load_start": load0, "load_end": st.load_avg(),
-              "total_wall_s": time.perf_counter() - t0, "prep": {k: v for k, v in prep.items() if k != "rows"},
+              "total_wall_s": None if args.table_only else time.perf_counter() - t0,
+              "not_run": [r for r in rows if r not in results], "prep": {k: v for k, v in prep.items() if k != "rows"},
               "rows": results}
     result["comparisons"] = comparisons(results)
     out.parent.mkdir(parents=True, exist_ok=True)
