@@ -29,5 +29,14 @@ demo: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(VPY) benchmarks/forward.py
 
+# The alignment table (benchmarks/README.md, "Alignment table"): SFT -> reward model -> PPO-max,
+# vanilla PPO, RAFT, DPO, online DPO, GRPO and IFT on the demo's task, 6 CPU-minutes each by default
+# (about 80 CPU-minutes in all; 110 wall minutes for the set-up + 3 rows on a busy 2-core machine).
+# `make bench-align ALIGN_ARGS="--quick"` is a smoke run of the whole pipeline on a tiny model.
+ALIGN_ARGS ?=
+.PHONY: bench-align
+bench-align: $(VENV)/.installed-test
+	$(VPY) benchmarks/alignment_table.py $(ALIGN_ARGS)
+
 clean:
 	rm -rf $(VENV)
