@@ -80,3 +80,36 @@ def write_json(path: str | Path, obj) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=1) + "\n")
     return path
+
+
+def cpu_busy(window_s: float = 3.0) -> float:
+    """Fraction of all cores busy (any process, niced included) over ``window_s`` seconds (/proc/stat)."""
+    import time
+
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + v[4]  # idle + iowait
+        return sum(v) - idle, sum(v)
+
+    b0, t0 = sample()
+    time.sleep(window_s)
+    b1, t1 = sample()
+    return (b1 - b0) / max(t1 - t0, 1)
+
+
+def wait_for_quiet(max_busy: float, max_wait_s: float) -> tuple[float, float]:
+    """Wait until the cores are at most ``max_busy`` busy (or ``max_wait_s`` passed).
+
+    Returns (busy fraction last seen, seconds waited). On a shared machine this keeps a
+    measurement from starting while another job saturates the cores; it cannot stop one starting
+    during the measurement.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    while True:
+        busy = cpu_busy()
+        waited = time.perf_counter() - t0
+        if busy <= max_busy or waited >= max_wait_s:
+            return busy, waited
