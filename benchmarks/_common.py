@@ -45,6 +45,12 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system, all threads) this process has used so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def rss_gib() -> float:
     """This process's current resident set, in GiB."""
     with open("/proc/self/statm") as f:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from _common import ROOT, child_env, cpu_name, peak_rss_gib, write_json
+from _common import ROOT, child_env, cpu_name, cpu_seconds, peak_rss_gib, write_json
 
 QUESTIONS = [
     "Tell me a short story about a lighthouse keeper.", "What is the capital of France?",
@@ -113,11 +113,12 @@ def run_jax(batch_sizes, new_tokens: int = 64, repeats: int = 3, random: bool = 
             r = call()
             first = time.perf_counter() - t
             compiled = sum(compile_s)
-            times = []
+            times, cpu0 = [], cpu_seconds()
             for _ in range(repeats):
                 t = time.perf_counter()
                 call()
                 times.append(time.perf_counter() - t)
+            cpu_per_call = (cpu_seconds() - cpu0) / repeats
             med = statistics.median(times)
             comp = np.asarray(r.completion_ids)
             out["cases"].append({
@@ -125,6 +126,7 @@ def run_jax(batch_sizes, new_tokens: int = 64, repeats: int = 3, random: bool = 
                 "prompt_tokens_max": max(map(len, encoded)), "prompt_tokens": sum(map(len, encoded)),
                 "prompt_padded_to": ids.shape[1],
                 "first_call_s": first, "compile_s": compiled, "times_s": times, "median_s": med,
+                "cpu_s_per_call": cpu_per_call,
                 "tokens_per_s": batch * new_tokens / med,
                 "completions": comp.tolist(), "eos": eos, "prompt_ids": [list(map(int, e)) for e in encoded],
             })
@@ -170,17 +172,18 @@ def run_torch(batch_sizes, new_tokens: int = 64, repeats: int = 3, dtype: str = 
         t = time.perf_counter()
         res = call()
         first = time.perf_counter() - t
-        times = []
+        times, cpu0 = [], cpu_seconds()
         for _ in range(repeats):
             t = time.perf_counter()
             call()
             times.append(time.perf_counter() - t)
+        cpu_per_call = (cpu_seconds() - cpu0) / repeats
         med = statistics.median(times)
         out["cases"].append({
             "name": "transformers (torch, eager)", "batch": batch, "new_tokens": new_tokens,
             "prompt_tokens": sum(map(len, encoded)),
             "prompt_padded_to": ids.shape[1], "first_call_s": first, "times_s": times,
-            "median_s": med, "tokens_per_s": batch * new_tokens / med,
+            "median_s": med, "cpu_s_per_call": cpu_per_call, "tokens_per_s": batch * new_tokens / med,
             "completions": res[:, ids.shape[1]:].tolist(),
         })
         print(f"transformers batch {batch}: first {first:.2f}s, median {med:.2f}s, "

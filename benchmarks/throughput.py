@@ -41,7 +41,8 @@ import sys
 import time
 
 import yaml
-from _common import ROOT, emit_result, machine_info, peak_rss_gib, rss_gib, run_child, wait_for_quiet, write_json
+from _common import (ROOT, cpu_seconds, emit_result, machine_info, peak_rss_gib, rss_gib, run_child, wait_for_quiet,
+                     write_json)
 
 # Issue 7's goals for jaxalign's speed-up over the peer (reported against, not tested).
 GOALS = {"sft": 1.5, "dpo": 1.5, "gen16": 3.0}
@@ -111,13 +112,15 @@ def run_trl_dpo(batch: int, seq: int, steps: int, remat: bool, beta: float = 0.1
                                "chosen_ids": b["chosen_input_ids"][:, half:].tolist(),
                                "rejected_ids": b["rejected_input_ids"][:, half:].tolist()})
     times: list[float] = []
+    cpu: list[float] = []
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
-            self.t = time.perf_counter()
+            self.t, self.c = time.perf_counter(), cpu_seconds()
 
         def on_step_end(self, args, state, control, **kw):
             times.append(time.perf_counter() - self.t)
+            cpu.append(cpu_seconds() - self.c)
 
     with tempfile.TemporaryDirectory() as out_dir:
         cfg = DPOConfig(output_dir=out_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
@@ -134,7 +137,8 @@ def run_trl_dpo(batch: int, seq: int, steps: int, remat: bool, beta: float = 0.1
         rss_before = rss_gib()
         out = trainer.train()
     return {"build_s": build_s, "first_step_s": times[0], "step_s": statistics.median(times[1:]),
-            "step_times_s": times[1:], "loss": out.training_loss, "peak_gib": peak_rss_gib(),
+            "step_times_s": times[1:], "cpu_s_per_step": statistics.mean(cpu[1:]), "loss": out.training_loss,
+            "peak_gib": peak_rss_gib(),
             "peak_kind": "process RSS", "rss_before_first_step_gib": rss_before, "device": "cpu (TRL DPOTrainer)",
             "params": sum(p.numel() for p in policy.parameters()), "remat": remat, "dtype": "float32"}
 
@@ -270,13 +274,15 @@ def summarize(results: dict, meta: dict, peak: float) -> list[dict]:
                 r = max(runs, key=lambda x: x["tokens_per_s"])
                 flops = step_flops("gen", m, 0, 0, r["prompt_tokens"] + r["batch"] * r["new_tokens"])
                 row = {"measure": what, "side": side, "value": r["tokens_per_s"], "unit": "tokens/s",
-                       "time_s": r["median_s"], "first_s": r["first_call_s"], "compile_s": r.get("compile_s")}
+                       "time_s": r["median_s"], "cpu_s": r.get("cpu_s_per_call"), "first_s": r["first_call_s"],
+                       "compile_s": r.get("compile_s")}
             else:
                 r = min(runs, key=lambda x: x["step_s"])
                 flops = step_flops(what, m, meta["batch"], meta["seq"])
                 tokens = meta["batch"] * meta["seq"] * (2 if what == "dpo" else 1)
                 row = {"measure": what, "side": side, "value": r["step_s"], "unit": "s/step",
-                       "tokens_per_s": tokens / r["step_s"], "time_s": r["step_s"], "first_s": r["first_step_s"],
+                       "tokens_per_s": tokens / r["step_s"], "time_s": r["step_s"], "cpu_s": r.get("cpu_s_per_step"),
+                       "first_s": r["first_step_s"],
                        "compile_s": r.get("compile_s"), "remat": r.get("remat")}
             row.update(peak_gib=r["peak_gib"], model_flops=flops, mfu=flops / row["time_s"] / peak,
                        load=[r["load_before"], r["load_after"]], runs=len(runs))
@@ -299,16 +305,17 @@ def markdown(rows: list[dict], meta: dict) -> str:
            f"{meta['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s (float32).",
            f"Shapes: train batch {meta['batch']} x {meta['seq']} (DPO: {meta['batch']} pairs), {meta['steps']} "
            f"timed steps; generation {meta['new_tokens']} new tokens, greedy.", "",
-           "| measurement | implementation | step (s) / tokens/s | jaxalign speed-up | goal | first call (s) "
-           "| XLA compile (s) | peak RSS (GiB) | MFU | load |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "| measurement | implementation | step (s) / tokens/s | jaxalign speed-up | goal | CPU s per step/call "
+           "| first call (s) | XLA compile (s) | peak RSS (GiB) | MFU | load |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         what = names.get(r["measure"], f"generate, batch {r['measure'][3:]}")
         val = f"{r['value']:.2f} s" if r["unit"] == "s/step" else f"{r['value']:.1f} tok/s"
         sp = "—" if r["side"] == "jaxalign" else f"{r['jaxalign_speedup']:.2f}x"
         goal = f"{r['goal']:.1f}x" if r.get("goal") else "—"
         comp = f"{r['compile_s']:.1f}" if r.get("compile_s") is not None else "—"
-        out.append(f"| {what} | {names[r['side']]} | {val} | {sp} | {goal} | {r['first_s']:.1f} | {comp} "
+        cpu = f"{r['cpu_s']:.1f}" if r.get("cpu_s") is not None else "—"
+        out.append(f"| {what} | {names[r['side']]} | {val} | {sp} | {goal} | {cpu} | {r['first_s']:.1f} | {comp} "
                    f"| {r['peak_gib']:.2f} | {100 * r['mfu']:.1f}% | {r['load'][0]:.1f}→{r['load'][1]:.1f} |")
     return "\n".join(out)
 

@@ -27,7 +27,8 @@ import sys
 import time
 
 import numpy as np
-from _common import ROOT, emit_result, machine_info, peak_rss_gib, rss_gib, run_child, write_json
+from _common import (ROOT, cpu_seconds, emit_result, machine_info, peak_rss_gib, rss_gib, run_child,
+                     write_json)
 
 VOCAB = 49152
 
@@ -110,7 +111,7 @@ def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype
     jax.block_until_ready(m)
     first = time.perf_counter() - t
     compiled = sum(compile_s)
-    times = []
+    times, cpu0 = [], cpu_seconds()
     for _ in range(steps):
         t = time.perf_counter()
         state, m = step(state, dev_batch, job.frozen)
@@ -121,7 +122,8 @@ def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype
     peak = (stats["peak_bytes_in_use"] / 2**30, "device") if stats else (peak_rss_gib(), "process RSS")
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(job.params))
     return {"build_s": build_s, "first_step_s": first, "compile_s": compiled, "step_s": statistics.median(times),
-            "step_times_s": times, "loss": float(m["loss"]), "peak_gib": peak[0], "peak_kind": peak[1],
+            "step_times_s": times, "cpu_s_per_step": (cpu_seconds() - cpu0) / steps, "loss": float(m["loss"]),
+            "peak_gib": peak[0], "peak_kind": peak[1],
             "rss_before_first_step_gib": rss_before, "device": dev.device_kind, "params": n_params,
             "remat": bool(cfg.model.remat), "dtype": cfg.model.dtype}
 
@@ -183,13 +185,14 @@ def run_torch(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, remat: b
     t = time.perf_counter()
     step()
     first = time.perf_counter() - t
-    times = []
+    times, cpu0 = [], cpu_seconds()
     for _ in range(steps):
         t = time.perf_counter()
         loss = step()
         times.append(time.perf_counter() - t)
     return {"build_s": build_s, "first_step_s": first, "step_s": statistics.median(times), "step_times_s": times,
-            "loss": loss, "peak_gib": peak_rss_gib(), "peak_kind": "process RSS",
+            "cpu_s_per_step": (cpu_seconds() - cpu0) / steps, "loss": loss, "peak_gib": peak_rss_gib(),
+            "peak_kind": "process RSS",
             "rss_before_first_step_gib": rss_before, "device": "cpu (torch eager)",
             "params": sum(p.numel() for p in policy.parameters()), "remat": remat, "dtype": "float32"}
 
