@@ -55,12 +55,19 @@ def synthetic_batch(alg: str, batch: int, seq: int, seed: int = 0) -> dict:
     return out
 
 
-def _compile_listener(sink: list):
-    """Register a jax.monitoring listener appending backend compile durations to ``sink``."""
+def _compile_listener(sink: list, events: dict | None = None):
+    """Register a jax.monitoring listener: backend compile durations to ``sink``; with ``events``,
+    the seconds of every ``/jax/core/compile/*`` event (tracing, lowering, compiling) by name."""
     import jax
 
-    jax.monitoring.register_event_duration_secs_listener(
-        lambda event, secs, **kw: sink.append(secs) if event == "/jax/core/compile/backend_compile_duration" else None)
+    def listen(event, secs, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            sink.append(secs)
+        if events is not None and event.startswith("/jax/core/compile/"):
+            name = event.rsplit("/", 1)[1]
+            events[name] = events.get(name, 0.0) + secs
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
 
 
 def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype: str | None = None,
@@ -78,7 +85,8 @@ def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype
     from jaxalign.train.state import TrainState, make_train_step
 
     compile_s: list[float] = []
-    _compile_listener(compile_s)
+    events: dict[str, float] = {}
+    _compile_listener(compile_s, events)
     mod = algorithms.get(alg)
     over = [f"train.batch_size={batch}", f"data.max_length={seq}",
             f"data.max_prompt_length={seq // 2}", "train.steps=100",
@@ -106,11 +114,12 @@ def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype
     dev_batch = jax.device_put(data, _batch_shardings(data, job.mesh))
     rss_before = rss_gib()
     compile_s.clear()
+    events.clear()
     t = time.perf_counter()
     state, m = step(state, dev_batch, job.frozen)
     jax.block_until_ready(m)
     first = time.perf_counter() - t
-    compiled = sum(compile_s)
+    compiled, first_events = sum(compile_s), dict(events)
     times, cpu0 = [], cpu_seconds()
     for _ in range(steps):
         t = time.perf_counter()
@@ -121,7 +130,8 @@ def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype
     stats = dev.memory_stats() if dev.platform != "cpu" else None
     peak = (stats["peak_bytes_in_use"] / 2**30, "device") if stats else (peak_rss_gib(), "process RSS")
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(job.params))
-    return {"build_s": build_s, "first_step_s": first, "compile_s": compiled, "step_s": statistics.median(times),
+    return {"build_s": build_s, "first_step_s": first, "compile_s": compiled,
+            "first_step_compile_events_s": first_events, "step_s": statistics.median(times),
             "step_times_s": times, "cpu_s_per_step": (cpu_seconds() - cpu0) / steps, "loss": float(m["loss"]),
             "peak_gib": peak[0], "peak_kind": peak[1],
             "rss_before_first_step_gib": rss_before, "device": dev.device_kind, "params": n_params,
