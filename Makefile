@@ -26,8 +26,12 @@ DEMO_ARGS ?=
 demo: $(VENV)/.installed-test
 	$(VENV)/bin/jaxalign demo $(DEMO_ARGS)
 
+# jaxalign vs TRL / PyTorch / transformers on SmolLM2-135M (SFT and DPO steps, generation),
+# side by side in one run (20-30 minutes on 2 CPU cores); results to benchmarks/results/throughput.json.
+# `make bench BENCH_ARGS="--quick"` is a smoke run of every side.
+BENCH_ARGS ?=
 bench: $(VENV)/.installed-test
-	$(VPY) benchmarks/forward.py
+	$(VPY) benchmarks/throughput.py $(BENCH_ARGS)
 
 # The alignment table (benchmarks/README.md, "Alignment table"): SFT -> reward model -> PPO-max,
 # vanilla PPO, RAFT, DPO, online DPO, GRPO and IFT on the demo's task, 6 CPU-minutes each by default

@@ -24,25 +24,15 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, child_env, cpu_name, cpu_seconds, peak_rss_gib, write_json
+
 QUESTIONS = [
     "Tell me a short story about a lighthouse keeper.", "What is the capital of France?",
     "Explain photosynthesis to a child.", "Write a haiku about the sea.",
     "List three prime numbers and explain why they are prime.", "How do airplanes fly?",
     "Give me a recipe for pancakes.", "What is the difference between a virus and a bacterium?",
 ]
-
-
-def cpu_name() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def prompts_for(batch: int) -> list[str]:
@@ -83,7 +73,13 @@ def encode(tok, batch: int) -> list[list[int]]:
     return [rng.integers(3, 49152, 33 + (i * 5) % 13).tolist() for i in range(batch)]
 
 
-def run_jax(args) -> dict:
+def run_jax(batch_sizes, new_tokens: int = 64, repeats: int = 3, random: bool = False,
+            dtype: str = "float32", buckets: tuple[bool, ...] = (True, False)) -> dict:
+    """jaxalign's greedy ``generate`` at each batch size, in this process.
+
+    ``buckets``: which prompt paddings to run (True: the default buckets; False: exact length).
+    Each case: first call (trace + compile + run), XLA compile time, median of ``repeats`` calls.
+    """
     import jax
     import numpy as np
 
@@ -94,19 +90,20 @@ def run_jax(args) -> dict:
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, secs, **kw: compile_s.append(secs) if event == "/jax/core/compile/backend_compile_duration" else None)
     t0 = time.perf_counter()
-    model, tok, source = load(args.random, args.dtype)
+    model, tok, source = load(random, dtype)
     load_s = time.perf_counter() - t0
     pad, eos = (tok.pad_token_id, eos_token_ids(tok)) if tok is not None else (2, [2, 0])
     out = {"framework": "jaxalign", "jax": jax.__version__, "model": source, "load_s": load_s,
            "devices": [str(d) for d in jax.devices()], "cases": []}
-    for buckets, label in ((True, "jaxalign"), (False, "jaxalign (no buckets)")):
-        for batch in args.batch_sizes:
+    variants = [(b, "jaxalign" if b else "jaxalign (no buckets)") for b in buckets]
+    for bucketed, label in variants:
+        for batch in batch_sizes:
             encoded = encode(tok, batch)
-            kw = {} if buckets else {"buckets": None}
+            kw = {} if bucketed else {"buckets": None}
             ids, mask = pad_prompts(encoded, pad, **kw)
 
             def call():
-                r = generate(model, ids, mask, None, greedy=True, max_new_tokens=args.new_tokens,
+                r = generate(model, ids, mask, None, greedy=True, max_new_tokens=new_tokens,
                              eos_token_ids=(), pad_token_id=pad, **kw)
                 jax.block_until_ready(r)
                 return r
@@ -116,26 +113,31 @@ def run_jax(args) -> dict:
             r = call()
             first = time.perf_counter() - t
             compiled = sum(compile_s)
-            times = []
-            for _ in range(args.repeats):
+            times, cpu0 = [], cpu_seconds()
+            for _ in range(repeats):
                 t = time.perf_counter()
                 call()
                 times.append(time.perf_counter() - t)
+            cpu_per_call = (cpu_seconds() - cpu0) / repeats
             med = statistics.median(times)
             comp = np.asarray(r.completion_ids)
             out["cases"].append({
-                "name": label, "batch": batch, "new_tokens": args.new_tokens,
-                "prompt_tokens_max": max(map(len, encoded)), "prompt_padded_to": ids.shape[1],
+                "name": label, "batch": batch, "new_tokens": new_tokens,
+                "prompt_tokens_max": max(map(len, encoded)), "prompt_tokens": sum(map(len, encoded)),
+                "prompt_padded_to": ids.shape[1],
                 "first_call_s": first, "compile_s": compiled, "times_s": times, "median_s": med,
-                "tokens_per_s": batch * args.new_tokens / med,
+                "cpu_s_per_call": cpu_per_call,
+                "tokens_per_s": batch * new_tokens / med,
                 "completions": comp.tolist(), "eos": eos, "prompt_ids": [list(map(int, e)) for e in encoded],
             })
             print(f"{label} batch {batch}: first {first:.2f}s (compile {compiled:.2f}s), "
-                  f"median {med:.2f}s, {batch * args.new_tokens / med:.1f} tok/s", file=sys.stderr)
+                  f"median {med:.2f}s, {batch * new_tokens / med:.1f} tok/s", file=sys.stderr)
+    out["peak_rss_gib"] = peak_rss_gib()
     return out
 
 
-def run_torch(args) -> dict:
+def run_torch(batch_sizes, new_tokens: int = 64, repeats: int = 3, dtype: str = "float32") -> dict:
+    """transformers' greedy ``generate`` (eager PyTorch) at each batch size, in this process."""
     import torch
     import transformers
 
@@ -148,41 +150,45 @@ def run_torch(args) -> dict:
     path = resolve_model_path("smollm2-135m-instruct")
     t0 = time.perf_counter()
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=getattr(torch, args.dtype)).eval()
+        str(path.parent), gguf_file=path.name, dtype=getattr(torch, dtype)).eval()
     load_s = time.perf_counter() - t0
     tok = jaxalign.load_tokenizer(path)
     pad = tok.pad_token_id
     out = {"framework": "transformers", "transformers": transformers.__version__,
            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "load_s": load_s,
            "cases": []}
-    for batch in args.batch_sizes:
-        ids, mask = pad_prompts(encode_prompts(tok, prompts_for(batch), chat=True), pad, buckets=None)
+    for batch in batch_sizes:
+        encoded = encode_prompts(tok, prompts_for(batch), chat=True)
+        ids, mask = pad_prompts(encoded, pad, buckets=None)
         ids_t, mask_t = torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
 
         def call():
             with torch.no_grad():
                 return model.generate(input_ids=ids_t, attention_mask=mask_t,
-                                      max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                                      max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                       do_sample=False, pad_token_id=pad, temperature=None,
                                       top_k=None, top_p=None)
 
         t = time.perf_counter()
         res = call()
         first = time.perf_counter() - t
-        times = []
-        for _ in range(args.repeats):
+        times, cpu0 = [], cpu_seconds()
+        for _ in range(repeats):
             t = time.perf_counter()
             call()
             times.append(time.perf_counter() - t)
+        cpu_per_call = (cpu_seconds() - cpu0) / repeats
         med = statistics.median(times)
         out["cases"].append({
-            "name": "transformers (torch, eager)", "batch": batch, "new_tokens": args.new_tokens,
+            "name": "transformers (torch, eager)", "batch": batch, "new_tokens": new_tokens,
+            "prompt_tokens": sum(map(len, encoded)),
             "prompt_padded_to": ids.shape[1], "first_call_s": first, "times_s": times,
-            "median_s": med, "tokens_per_s": batch * args.new_tokens / med,
+            "median_s": med, "cpu_s_per_call": cpu_per_call, "tokens_per_s": batch * new_tokens / med,
             "completions": res[:, ids.shape[1]:].tolist(),
         })
         print(f"transformers batch {batch}: first {first:.2f}s, median {med:.2f}s, "
-              f"{batch * args.new_tokens / med:.1f} tok/s", file=sys.stderr)
+              f"{batch * new_tokens / med:.1f} tok/s", file=sys.stderr)
+    out["peak_rss_gib"] = peak_rss_gib()
     return out
 
 
@@ -212,13 +218,14 @@ def main():
     args = p.parse_args()
     args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",")]
     if args.worker:
-        res = run_jax(args) if args.worker == "jax" else run_torch(args)
+        if args.worker == "jax":
+            res = run_jax(args.batch_sizes, args.new_tokens, args.repeats, args.random, args.dtype)
+        else:
+            res = run_torch(args.batch_sizes, args.new_tokens, args.repeats, args.dtype)
         print(json.dumps(res))
         return
 
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # one CPU device, as a user would run it
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env = child_env()
     results = {}
     for worker in ["jax"] + ([] if args.no_torch or args.random else ["torch"]):
         cmd = [sys.executable, __file__, "--worker", worker, "--batch-sizes",
@@ -245,8 +252,7 @@ def main():
         "command": "python benchmarks/generate.py " + " ".join(sys.argv[1:]),
         "results": results,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=1))
+    write_json(args.out, summary)
 
     print(f"Machine: {summary['machine']['cpu']}, {summary['machine']['cores']} cores; "
           f"model: {results['jax']['model']}; {args.new_tokens} new tokens, greedy\n")

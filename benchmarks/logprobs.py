@@ -31,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 
+from _common import cpu_name
+
 CASES = [
     # name, logits dtype, chunk size, mode
     ("plain", "float32", None, "jit"),  # first: the others are compared with its output
@@ -47,17 +49,6 @@ CASES = [
     ("chunked 256, value_and_grad", "float32", 256, "grad"),
     ("chunked 64, value_and_grad", "float32", 64, "grad"),
 ]
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _rss_bytes() -> int:

@@ -22,16 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from _common import (ROOT, cpu_seconds, emit_result, machine_info, peak_rss_gib, rss_gib, run_child,
+                     write_json)
 
-ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 49152
 
 
@@ -57,11 +55,28 @@ def synthetic_batch(alg: str, batch: int, seq: int, seed: int = 0) -> dict:
     return out
 
 
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+def _compile_listener(sink: list, events: dict | None = None):
+    """Register a jax.monitoring listener: backend compile durations to ``sink``; with ``events``,
+    the seconds of every ``/jax/core/compile/*`` event (tracing, lowering, compiling) by name."""
+    import jax
+
+    def listen(event, secs, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            sink.append(secs)
+        if events is not None and event.startswith("/jax/core/compile/"):
+            name = event.rsplit("/", 1)[1]
+            events[name] = events.get(name, 0.0) + secs
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
 
 
-def run_jaxalign(args) -> dict:
+def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype: str | None = None,
+                 random: bool = False, remat: bool | None = None) -> dict:
+    """Time ``steps`` optimizer steps of ``jaxalign <alg>`` (configs/<alg>_smollm2.yaml) in this process.
+
+    ``remat``: override ``model.remat`` (None: the config's value). Returns first-step time, XLA
+    compile time inside it, median step, parameter count, peak RSS (or device peak) etc.
+    """
     import jax
 
     from jaxalign import algorithms
@@ -69,36 +84,44 @@ def run_jaxalign(args) -> dict:
     from jaxalign.train.loop import _batch_shardings, _state_shardings
     from jaxalign.train.state import TrainState, make_train_step
 
-    alg = args.alg
+    compile_s: list[float] = []
+    events: dict[str, float] = {}
+    _compile_listener(compile_s, events)
     mod = algorithms.get(alg)
-    over = [f"train.batch_size={args.batch}", f"data.max_length={args.seq}",
-            f"data.max_prompt_length={args.seq // 2}", "train.steps=100",
+    over = [f"train.batch_size={batch}", f"data.max_length={seq}",
+            f"data.max_prompt_length={seq // 2}", "train.steps=100",
             "train.micro_batch_size=null", "data.eval_fraction=0.0", "quiet=true"]
-    if args.random:
+    if random:
         from jaxalign.api import load_model  # noqa: F401  (same import cost as a real run)
 
         cfg_json = json.loads((ROOT / "benchmarks" / "smollm2_135m_config.json").read_text())
         over += ["model.init=random", "model.path=null", "model.tokenizer=tiny",
                  "model.config=" + json.dumps(cfg_json)]
-    if args.dtype:
-        over.append(f"model.dtype={args.dtype}")
+    if dtype:
+        over.append(f"model.dtype={dtype}")
+    if remat is not None:
+        over.append(f"model.remat={str(remat).lower()}")
     cfg = load_config(ROOT / "configs" / f"{alg}_smollm2.yaml", over, algorithm=alg)
     t0 = time.perf_counter()
     job = mod.build_job(cfg)
     build_s = time.perf_counter() - t0
-    batch = synthetic_batch(alg, args.batch, args.seq)
+    data = synthetic_batch(alg, batch, seq)
     if alg == "dpo" and getattr(cfg.algo, "reference", "model") == "precomputed":
         raise SystemExit("benchmark the reference: model setting (precomputed needs the data pass)")
     state = TrainState.create(job.params, job.tx, cfg.seed, job.extras)
     state = jax.device_put(state, _state_shardings(state, job.mesh, job.tx))
     step = jax.jit(make_train_step(job.loss_fn, job.tx, job.n_micro, job.schedule), donate_argnums=(0,))
-    dev_batch = jax.device_put(batch, _batch_shardings(batch, job.mesh))
+    dev_batch = jax.device_put(data, _batch_shardings(data, job.mesh))
+    rss_before = rss_gib()
+    compile_s.clear()
+    events.clear()
     t = time.perf_counter()
     state, m = step(state, dev_batch, job.frozen)
     jax.block_until_ready(m)
     first = time.perf_counter() - t
-    times = []
-    for _ in range(args.steps):
+    compiled, first_events = sum(compile_s), dict(events)
+    times, cpu0 = [], cpu_seconds()
+    for _ in range(steps):
         t = time.perf_counter()
         state, m = step(state, dev_batch, job.frozen)
         jax.block_until_ready(m)
@@ -106,27 +129,43 @@ def run_jaxalign(args) -> dict:
     dev = jax.devices()[0]
     stats = dev.memory_stats() if dev.platform != "cpu" else None
     peak = (stats["peak_bytes_in_use"] / 2**30, "device") if stats else (peak_rss_gib(), "process RSS")
-    return {"build_s": build_s, "first_step_s": first, "step_s": statistics.median(times),
-            "loss": float(m["loss"]), "peak_gib": peak[0], "peak_kind": peak[1], "device": dev.device_kind}
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(job.params))
+    return {"build_s": build_s, "first_step_s": first, "compile_s": compiled,
+            "first_step_compile_events_s": first_events, "step_s": statistics.median(times),
+            "step_times_s": times, "cpu_s_per_step": (cpu_seconds() - cpu0) / steps, "loss": float(m["loss"]),
+            "peak_gib": peak[0], "peak_kind": peak[1],
+            "rss_before_first_step_gib": rss_before, "device": dev.device_kind, "params": n_params,
+            "remat": bool(cfg.model.remat), "dtype": cfg.model.dtype}
 
 
-def run_torch(args) -> dict:
+def load_torch_model(dtype: str = "float32"):
+    """SmolLM2-135M-Instruct in transformers, from the same GGUF jaxalign loads (dequantised)."""
     import torch
-    import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
 
     from jaxalign.io.paths import resolve_model_path
 
-    torch.set_num_threads(os.cpu_count() or 1)
     gguf = resolve_model_path("smollm2-135m-instruct")
+    return AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, dtype))
+
+
+def run_torch(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, remat: bool = False) -> dict:
+    """The same step in eager PyTorch + transformers (AdamW, clipping; DPO: sigmoid loss, beta 0.1).
+
+    ``remat``: gradient checkpointing of the policy (``gradient_checkpointing_enable``).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.perf_counter()
-    load = lambda: AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                        dtype=torch.float32)
-    policy = load().train()
-    ref = load().eval() if args.alg == "dpo" else None
+    policy = load_torch_model().train()
+    if remat:
+        policy.gradient_checkpointing_enable()
+    ref = load_torch_model().eval() if alg == "dpo" else None
     build_s = time.perf_counter() - t0
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-6, weight_decay=0.0)
-    b = {k: torch.tensor(v, dtype=torch.long) for k, v in synthetic_batch(args.alg, args.batch, args.seq).items()}
+    b = {k: torch.tensor(v, dtype=torch.long) for k, v in synthetic_batch(alg, batch, seq).items()}
 
     def seq_logps(model, ids, attn, comp):
         logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
@@ -135,7 +174,7 @@ def run_torch(args) -> dict:
 
     def step():
         opt.zero_grad(set_to_none=True)
-        if args.alg == "sft":
+        if alg == "sft":
             lp, m = seq_logps(policy, b["input_ids"], b["attention_mask"], b["completion_mask"])
             loss = -(lp * m).sum() / m.sum()
         else:
@@ -145,23 +184,27 @@ def run_torch(args) -> dict:
             with torch.no_grad():
                 rlp, _ = seq_logps(ref, ids, attn, comp)
             logr = ((lp - rlp) * m).sum(-1)
-            n = args.batch
+            n = batch
             loss = -F.logsigmoid(0.1 * (logr[:n] - logr[n:])).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         opt.step()
         return float(loss)
 
+    rss_before = rss_gib()
     t = time.perf_counter()
     step()
     first = time.perf_counter() - t
-    times = []
-    for _ in range(args.steps):
+    times, cpu0 = [], cpu_seconds()
+    for _ in range(steps):
         t = time.perf_counter()
         loss = step()
         times.append(time.perf_counter() - t)
-    return {"build_s": build_s, "first_step_s": first, "step_s": statistics.median(times), "loss": loss,
-            "peak_gib": peak_rss_gib(), "peak_kind": "process RSS", "device": "cpu (torch eager)"}
+    return {"build_s": build_s, "first_step_s": first, "step_s": statistics.median(times), "step_times_s": times,
+            "cpu_s_per_step": (cpu_seconds() - cpu0) / steps, "loss": loss, "peak_gib": peak_rss_gib(),
+            "peak_kind": "process RSS",
+            "rss_before_first_step_gib": rss_before, "device": "cpu (torch eager)",
+            "params": sum(p.numel() for p in policy.parameters()), "remat": remat, "dtype": "float32"}
 
 
 def main():
@@ -179,10 +222,10 @@ def main():
     ap.add_argument("--alg", help=argparse.SUPPRESS)
     ap.set_defaults(torch=False)
     args = ap.parse_args()
-    if args.child:
-        res = run_jaxalign(args) if args.child == "jaxalign" else run_torch(args)
-        print("RESULT " + json.dumps(res))
-        return
+    if args.child == "jaxalign":
+        return emit_result(run_jaxalign(args.alg, args.batch, args.seq, args.steps, args.dtype, args.random))
+    if args.child == "torch":
+        return emit_result(run_torch(args.alg, args.batch, args.seq, args.steps))
 
     rows = []
     for alg in args.algorithms.split(","):
@@ -191,44 +234,26 @@ def main():
                    "--seq", str(args.seq), "--steps", str(args.steps)]
             cmd += ["--random"] if args.random else []
             cmd += ["--dtype", args.dtype] if args.dtype else []
-            out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-            if out.returncode or not line:
-                sys.stderr.write(out.stderr[-3000:])
-                raise SystemExit(f"{impl} {alg} failed")
-            res = json.loads(line[-1][7:])
+            res = run_child(cmd, f"{impl} {alg}")
             res.update(implementation=impl, algorithm=alg, batch=args.batch, seq=args.seq)
             # Tokens a step processes: every token of every sequence (DPO: chosen and rejected).
             tokens = args.batch * args.seq * (2 if alg == "dpo" else 1)
             res["tokens_per_s"] = tokens / res["step_s"]
             rows.append(res)
             print(f"{impl} {alg}: step {res['step_s']:.3f}s, first {res['first_step_s']:.2f}s", file=sys.stderr)
-    import platform
-
-    meta = {"python": platform.python_version(), "cpu": _cpu_name(), "cpus": os.cpu_count()}
+    meta = machine_info()
     try:
         import jax
 
         meta["jax"] = jax.__version__
     except ImportError:
         pass
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_json(args.out, {"meta": meta, "rows": rows})
     print("| implementation | algorithm | device | first step (s) | median step (s) | tokens/s | peak memory (GiB) |")
     print("|---|---|---|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['implementation']} | {r['algorithm']} | {r['device']} | {r['first_step_s']:.2f} | "
               f"{r['step_s']:.3f} | {r['tokens_per_s']:.0f} | {r['peak_gib']:.2f} ({r['peak_kind']}) |")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":
