@@ -108,13 +108,14 @@ class RMSNorm(nnx.Module):
 class KVCache:
     """Pre-allocated keys/values, one array per layer.
 
-    k, v: tuples of ``[batch, kv_heads, max_len, head_dim]``, one per layer; ``mask``:
-    ``[batch, max_len]`` bool, True where a slot holds a real token; ``index``: int32 scalar, the
-    number of filled slots (shared by the batch: prompts are left-padded). Per-layer arrays (not one
-    stacked ``[layers, ...]`` array) let every decode step update each layer's slot in place. Heads
-    come before slots so that the attention dots read the cache with the head as a batch
-    dimension as stored: with ``[batch, slot, head, dim]`` XLA copied both caches into that order
-    in every layer at every decode step (15 % of a decode step on CPU).
+    k, v: tuples, one array per layer, of ``[batch, kv_heads, head_dim, max_len]`` (keys) and
+    ``[batch, kv_heads, max_len, head_dim]`` (values), in :func:`cache_dtype`; ``mask``:
+    ``[batch, max_len]`` bool, True where a slot holds a real token; ``index``: int32 scalar,
+    the number of filled slots (shared by the batch: prompts are left-padded). Per-layer arrays (not one stacked ``[layers, ...]`` array)
+    let every decode step update each layer's slot in place. The layouts are the operands of
+    the two attention dots as XLA wants them (heads as a batch dimension, keys as ``[K, N]``):
+    with ``[batch, slot, head, dim]`` XLA copied both caches into that order in every layer at
+    every decode step.
     """
 
     k: tuple
@@ -124,7 +125,7 @@ class KVCache:
 
     @classmethod
     def init(cls, config: ModelConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
-        dtype = dtype or config.jnp_dtype
+        dtype = cache_dtype(dtype or config.jnp_dtype)
         shape = (batch, config.num_key_value_heads, max_len, config.head_dim)
         k_shape = (batch, config.num_key_value_heads, config.head_dim, max_len)
         n = config.num_hidden_layers
@@ -173,6 +174,19 @@ def apply_rope(x, cos, sin):
     return x * cos + rotated * sin
 
 
+def cache_dtype(dtype):
+    """The dtype a KV cache is stored in for compute ``dtype``: the compute dtype, except float32
+    for 16-bit floats on CPU. XLA:CPU has no 16-bit float arithmetic: it widened every
+    ``dynamic_update_slice`` into a bfloat16 cache to float32 and back, rewriting the whole cache
+    at every decode step (a quarter of a bfloat16 decode step); stored as uint16 bit patterns
+    instead, the loop copied both caches at every step. A float32 cache is written in place and
+    its attention dots (a few % of the step) run in float32."""
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4 and jax.default_backend() == "cpu":
+        return jnp.dtype(jnp.float32)
+    return dtype
+
+
 class Attention(nnx.Module):
     """Grouped-query attention with RoPE and an optional KV cache."""
 
@@ -198,26 +212,24 @@ class Attention(nnx.Module):
         q = q.reshape(b, s, self.n_kv, g, self.head_dim)
         if layer_cache is None:
             new_kv = (k, v)
+            scores = mm("bskgh,btkh->bkgst", q, k, q.dtype, out_dtype=jnp.float32)
         else:
             ck, cv = layer_cache
             k = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 3, 1).astype(ck.dtype), (0, 0, 0, cache_index))
             v = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3).astype(cv.dtype), (0, 0, cache_index, 0))
             new_kv = (k, v)
-        if layer_cache is None:
-            scores = mm("bskgh,btkh->bkgst", q, k, q.dtype, out_dtype=jnp.float32)
-        else:
-            scores = mm("bkgsh,bkht->bkgst", q.transpose(0, 2, 3, 1, 4), k, q.dtype, out_dtype=jnp.float32)
+            scores = mm("bkgsh,bkht->bkgst", q.transpose(0, 2, 3, 1, 4), k, k.dtype, out_dtype=jnp.float32)
         scores = scores / math.sqrt(self.head_dim)
         # A finite fill keeps fully-masked rows (left padding) NaN-free; their outputs are unused.
         scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+        probs = jax.nn.softmax(scores, axis=-1)
         if layer_cache is None:
             out = mm("bkgst,btkh->bskgh", probs, v, q.dtype)
         else:
             # Output in the dot's natural order (batch, rows, cols): asking for [b, s, k, g, h]
             # made XLA:CPU swap the operands into a transposed-A dot 2x slower than this one
             # plus a transpose of the small result.
-            out = mm("bkgst,bkth->bkgsh", probs, v, q.dtype).transpose(0, 3, 1, 2, 4)
+            out = mm("bkgst,bkth->bkgsh", probs, v, v.dtype, out_dtype=q.dtype).transpose(0, 3, 1, 2, 4)
         return self.o_proj(out.reshape(b, s, self.n_heads * self.head_dim)), new_kv
 
 

@@ -75,6 +75,15 @@ def row_keys(key: Array, n_rows: int) -> Array:
     return jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(n_rows, dtype=jnp.uint32))
 
 
+def first_argmax(x: Array) -> Array:
+    """``jnp.argmax(x, -1)`` as int32 (the first maximum; the first NaN if there is one),
+    computed as a max and a min: XLA:CPU's argmax (a reduce over (value, index) pairs) took
+    2.5 ms on ``[16, 49152]`` logits, 5x this, at every decode step."""
+    m = jnp.max(x, axis=-1, keepdims=True)
+    idx = jnp.arange(x.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where((x == m) | jnp.isnan(x), idx, x.shape[-1]), axis=-1).astype(jnp.int32)
+
+
 def sample_tokens(logits: Array, keys: Array, step, temperature, *, top_k: int | None = None,
                   top_p=None, greedy: bool = False) -> Array:
     """Next token of each row: argmax if ``greedy``, else a draw from the filtered softmax.
@@ -88,7 +97,7 @@ def sample_tokens(logits: Array, keys: Array, step, temperature, *, top_k: int |
       ``[N]`` int32 token ids.
     """
     if greedy:
-        return jnp.argmax(logits.astype(jnp.float32), axis=-1).astype(jnp.int32)
+        return first_argmax(logits.astype(jnp.float32))
     x = filter_logits(logits, temperature, top_k=top_k, top_p=top_p)
     step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, step)
     return jax.vmap(jax.random.categorical)(step_keys, x).astype(jnp.int32)

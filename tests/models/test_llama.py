@@ -93,6 +93,40 @@ def test_kv_cache_decode_equals_full_forward():
     assert int(cache.index) == 8
 
 
+def _decode_logits(model, prompt, pmask, new, max_len):
+    cache = KVCache.init(model.config, prompt.shape[0], max_len)
+    logits, cache = model(prompt, pmask, cache=cache)
+    out = [np.asarray(logits, np.float32)]
+    for t in range(new.shape[1]):
+        logits, cache = model(new[:, t:t + 1], jnp.ones((new.shape[0], 1), jnp.int32), cache=cache)
+        out.append(np.asarray(logits, np.float32))
+    return np.concatenate(out, 1), cache
+
+
+def test_bfloat16_kv_cache_decode_is_as_close_to_float32_as_the_forward():
+    """bfloat16 compute decodes from a float32 cache on CPU (``cache_dtype``): its logits are no
+    further from the float32 model than the bfloat16 full forward's are."""
+    kw = dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    m32 = init_model(ModelConfig(**kw), seed=5)
+    m16 = init_model(ModelConfig(**kw, dtype="bfloat16"), seed=5)
+    rng = np.random.default_rng(1)
+    prompt = jnp.asarray(rng.integers(1, 64, (3, 6)))
+    pmask = jnp.asarray([[0, 0, 1, 1, 1, 1], [1] * 6, [0, 1, 1, 1, 1, 1]])
+    new = jnp.asarray(rng.integers(1, 64, (3, 5)))
+    full_ids, full_mask = jnp.concatenate([prompt, new], 1), jnp.concatenate([pmask, jnp.ones_like(new)], 1)
+    want = np.asarray(m32(full_ids, full_mask))
+    fwd16 = np.asarray(m16(full_ids, full_mask), np.float32)
+    dec16, cache = _decode_logits(m16, prompt, pmask, new, 11)
+    assert cache.k[0].dtype == jnp.float32 and cache.k[0].shape == (3, 2, 16, 11)
+    real = np.asarray(full_mask, bool)
+    err_fwd = np.abs(fwd16 - want)[real].max()
+    err_dec = np.abs(dec16 - want)[real].max()
+    assert 0 < err_fwd < 0.05 and err_dec <= 1.5 * err_fwd, (err_dec, err_fwd)
+    # and decoding really used the cache: a wrong slot would be far off
+    np.testing.assert_allclose(dec16[real], want[real], atol=0.05)
+
+
 def test_bfloat16_close_to_float32(tmp_path):
     make_hf_model("llama", tmp_path)
     ids, mask = _batch(97)

@@ -9,6 +9,7 @@ from scipy import stats
 
 from jaxalign import forward_logits
 from jaxalign.rollout import filter_logits, generate, top_k_filter, top_p_filter
+from jaxalign.rollout.sampling import first_argmax
 
 from .conftest import ragged_prompts
 
@@ -147,3 +148,15 @@ def test_first_step_frequencies_match_softmax(model, kw):
     # and the reported log-probs are those of the unfiltered softmax at T
     full = np.asarray(jax.nn.log_softmax(logits / kw["temperature"]))
     assert np.abs(np.asarray(r.logprobs[:, 0]) - full[draws]).max() < 1e-5
+
+
+def test_first_argmax_equals_numpy_argmax_with_ties_and_nan():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 300)).astype(np.float32)
+    x[3, [7, 100, 200]] = 9.0  # ties: the first one wins
+    x[5, [50, 60]] = np.nan  # NaN: the first NaN wins (as np.argmax / jnp.argmax)
+    x[6, :] = -np.inf
+    x[7, [0, 299]] = [np.inf, np.inf]
+    got = np.asarray(first_argmax(jnp.asarray(x)))
+    np.testing.assert_array_equal(got, np.argmax(x, axis=-1))
+    assert got.dtype == np.int32 and (got[3], got[5], got[6], got[7]) == (7, 50, 0, 0)
