@@ -160,8 +160,9 @@ def _generate_jit(graphdef, state, prompt_ids, prompt_mask, row_valid, key, temp
     # Masked prompt slots are fed token 0: an out-of-range pad id would embed as NaN, and
     # 0 * NaN in the attention would leak into real positions.
     feed = jnp.where(prompt_mask > 0, prompt_ids, 0)
-    # Weights sliced per layer and cast to the compute dtype once, outside the decode loop.
-    layers = model.unstacked_layers()
+    # Weights sliced per layer and cast to the compute dtype once, outside the decode loop;
+    # [in, out] from 8 rows up (a matrix-vector product prefers [out, in]).
+    layers = model.unstacked_layers(transpose=b * n >= 8)
     table = model.output_embedding().astype(model.config.jnp_dtype)
     hidden, cache = model.hidden_states(feed, prompt_mask, cache=cache, layers=layers)
     logits = model.logits_from_hidden(hidden[:, -1:], table)[:, 0]

@@ -93,6 +93,26 @@ def test_kv_cache_decode_equals_full_forward():
     assert int(cache.index) == 8
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+def test_decode_weight_layouts_equal_full_forward(transpose):
+    """Both layouts of ``unstacked_layers`` ([out, in] as stored, [in, out] transposed) decode
+    the same logits as the full forward."""
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, attention_bias=True)
+    model = init_model(cfg, seed=4)
+    layers = model.unstacked_layers(transpose=transpose)
+    assert layers[0].mlp.up_proj.weight.shape == ((32, 48) if transpose else (48, 32))
+    ids = jnp.asarray(np.random.default_rng(2).integers(1, 64, (2, 7)))
+    want = np.asarray(model(ids, jnp.ones_like(ids)))
+    cache = KVCache.init(cfg, 2, 7)
+    hidden, cache = model.hidden_states(ids[:, :4], jnp.ones((2, 4), jnp.int32), cache=cache, layers=layers)
+    got = [np.asarray(model.logits_from_hidden(hidden))]
+    for t in range(4, 7):
+        hidden, cache = model.hidden_states(ids[:, t:t + 1], jnp.ones((2, 1), jnp.int32), cache=cache, layers=layers)
+        got.append(np.asarray(model.logits_from_hidden(hidden)))
+    np.testing.assert_allclose(np.concatenate(got, 1), want, atol=1e-5)
+
+
 def _decode_logits(model, prompt, pmask, new, max_len):
     cache = KVCache.init(model.config, prompt.shape[0], max_len)
     logits, cache = model(prompt, pmask, cache=cache)
