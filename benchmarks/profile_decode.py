@@ -30,13 +30,7 @@ import sys
 import tempfile
 import time
 
-DUMP = tempfile.mkdtemp(prefix="jaxalign_decode_hlo_")
-# Set before jax is imported (the dump is configured when the backend starts).
-os.environ["XLA_FLAGS"] = " ".join(filter(None, [
-    os.environ.get("XLA_FLAGS"), f"--xla_dump_to={DUMP}", "--xla_dump_hlo_as_text",
-    "--xla_dump_hlo_module_re=.*generate.*"]))
-
-from _common import ROOT, cpu_name, write_json  # noqa: E402
+from _common import ROOT, cpu_name, write_json
 
 _INSTR = re.compile(r"%([\w.\-]+) = (\S+) (?:fusion|dot|copy|transpose|convert)\(.*?op_name=\"([^\"]+)\"")
 
@@ -60,6 +54,12 @@ def is_matmul(label: str) -> bool:
 
 
 def jax_profile(dtype: str, batch: int, new_tokens: int) -> dict:
+    """Profile one warm generate call in this process (must not have started jax yet)."""
+    dump = tempfile.mkdtemp(prefix="jaxalign_decode_hlo_")
+    # Read when the backend starts, so set before jax is first used.
+    os.environ["XLA_FLAGS"] = " ".join(filter(None, [
+        os.environ.get("XLA_FLAGS"), f"--xla_dump_to={dump}", "--xla_dump_hlo_as_text",
+        "--xla_dump_hlo_module_re=.*generate.*"]))
     import jax
 
     from generate import encode, load
@@ -85,7 +85,7 @@ def jax_profile(dtype: str, batch: int, new_tokens: int) -> dict:
     jax.profiler.stop_trace()
     trace = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)[0]
     events = json.load(gzip.open(trace))["traceEvents"]
-    names = hlo_ops(DUMP)
+    names = hlo_ops(dump)
     tot, cnt = collections.defaultdict(float), collections.Counter()
     for e in events:
         if e.get("ph") != "X" or e["name"].startswith(("$", "Thunk", "Slinky", "end:", "PjitFunction",
