@@ -101,6 +101,8 @@ def _check_buckets(buckets) -> None:
 
 
 def _check_model_config(fields: dict) -> None:
+    """Check ``model.config`` against ModelConfig's fields and store each value as coerced
+    (YAML 1.1 reads ``rms_norm_eps: 1e-5`` as a string; the model must get a float)."""
     from jaxalign.config import _coerce
     from jaxalign.models.config import ModelConfig
 
@@ -116,7 +118,7 @@ def _check_model_config(fields: dict) -> None:
             raise JaxalignError(f"unknown config key {key!r}{hint}")
         if k in ("dtype", "param_dtype"):
             raise JaxalignError(f"config key {key!r}: set model.{k} instead")
-        v = _coerce(v, hints[k], key)
+        v = fields[k] = _coerce(v, hints[k], key)
         if v is None:
             continue
         if k in _MODEL_POSITIVE:

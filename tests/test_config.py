@@ -32,6 +32,18 @@ def test_yaml_and_overrides(tmp_path):
     assert cfg.to_dict()["_test"]["loss_type"] == "ipo"
 
 
+def test_model_config_floats_written_without_a_dot_are_floats(tmp_path):
+    """YAML 1.1 reads ``1e-5`` as a string; model.config's float fields must reach ModelConfig
+    as floats (a string eps made the first RMSNorm fail inside the jitted step)."""
+    p = _write(tmp_path, "algorithm: _test\nmodel:\n  init: random\n  config:\n"
+                         "    hidden_size: 32\n    rms_norm_eps: 1e-5\n    rope_theta: 1e4\n")
+    cfg = load_config(p, [])
+    assert cfg.model.config["rms_norm_eps"] == 1e-5 and isinstance(cfg.model.config["rms_norm_eps"], float)
+    assert cfg.model.config["rope_theta"] == 1e4 and isinstance(cfg.model.config["rope_theta"], float)
+    cfg = load_config(p, ['model.config={"hidden_size": 32, "rms_norm_eps": 1e-06}'])
+    assert cfg.model.config["rms_norm_eps"] == 1e-6 and isinstance(cfg.model.config["rms_norm_eps"], float)
+
+
 def test_unknown_key_suggests_nearest(tmp_path):
     p = _write(tmp_path, "algorithm: _test\noptim:\n  learning_rat: 1.0\n")
     with pytest.raises(JaxalignError, match="optim.learning_rat"):
