@@ -13,7 +13,8 @@ import json
 import re
 from pathlib import Path
 
-from jaxalign.data.formats import Unreadable, _tname, _utf8_ok, check_rows, one_line
+from jaxalign.data.fields import Unreadable, _tname, _utf8_ok, one_line
+from jaxalign.data.formats import check_rows
 from jaxalign.errors import JaxalignError
 
 _EXTENSIONS = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
