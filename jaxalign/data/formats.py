@@ -135,7 +135,7 @@ def detect_format(row: Any, source: str = "<rows>", index: int = 0) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Field checks
+# Row checks (the field checks are in jaxalign.data.fields)
 
 
 def _check_row(row: Any, fmt: str, index: int, csv: bool, margin_row) -> Example:

@@ -13,11 +13,11 @@ import math
 from functools import partial
 
 import flax.nnx as nnx
-import flax.struct
 import jax
 import jax.numpy as jnp
 
 from jaxalign.models.config import ModelConfig
+from jaxalign.models.kv_cache import TRANSPOSE_MIN_ROWS, KVCache  # noqa: F401  (KVCache re-exported)
 
 _INIT_STD = 0.02  # transformers' initializer_range default for these families
 
@@ -104,39 +104,6 @@ class RMSNorm(nnx.Module):
         return self.weight[...].astype(dtype) * x32.astype(dtype)
 
 
-@flax.struct.dataclass
-class KVCache:
-    """Pre-allocated keys/values, one array per layer.
-
-    k, v: tuples, one array per layer, of ``[batch, kv_heads, head_dim, max_len]`` (keys) and
-    ``[batch, kv_heads, max_len, head_dim]`` (values), in :func:`cache_dtype`; ``mask``:
-    ``[batch, max_len]`` bool, True where a slot holds a real token; ``index``: int32 scalar,
-    the number of filled slots (shared by the batch: prompts are left-padded). Per-layer arrays (not one stacked ``[layers, ...]`` array)
-    let every decode step update each layer's slot in place. The layouts are the operands of
-    the two attention dots as XLA wants them (heads as a batch dimension, keys as ``[K, N]``):
-    with ``[batch, slot, head, dim]`` XLA copied both caches into that order in every layer at
-    every decode step.
-    """
-
-    k: tuple
-    v: tuple
-    mask: jax.Array
-    index: jax.Array
-
-    @classmethod
-    def init(cls, config: ModelConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
-        dtype = cache_dtype(dtype or config.jnp_dtype)
-        shape = (batch, config.num_key_value_heads, max_len, config.head_dim)
-        k_shape = (batch, config.num_key_value_heads, config.head_dim, max_len)
-        n = config.num_hidden_layers
-        return cls(
-            k=tuple(jnp.zeros(k_shape, dtype) for _ in range(n)),
-            v=tuple(jnp.zeros(shape, dtype) for _ in range(n)),
-            mask=jnp.zeros((batch, max_len), bool),
-            index=jnp.zeros((), jnp.int32),
-        )
-
-
 def rope_inv_freq(config: ModelConfig) -> jax.Array:
     """Inverse RoPE frequencies, including linear and Llama-3 scaling (as in transformers)."""
     dim = config.head_dim
@@ -172,19 +139,6 @@ def apply_rope(x, cos, sin):
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
     return x * cos + rotated * sin
-
-
-def cache_dtype(dtype):
-    """The dtype a KV cache is stored in for compute ``dtype``: the compute dtype, except float32
-    for 16-bit floats on CPU. XLA:CPU has no 16-bit float arithmetic: it widened every
-    ``dynamic_update_slice`` into a bfloat16 cache to float32 and back, rewriting the whole cache
-    at every decode step (a quarter of a bfloat16 decode step); stored as uint16 bit patterns
-    instead, the loop copied both caches at every step. A float32 cache is written in place and
-    its attention dots (a few % of the step) run in float32."""
-    dtype = jnp.dtype(dtype)
-    if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4 and jax.default_backend() == "cpu":
-        return jnp.dtype(jnp.float32)
-    return dtype
 
 
 class Attention(nnx.Module):
@@ -368,7 +322,7 @@ class CausalLM(nnx.Module):
             # cast once per call by ``unstacked_layers``, or once per generate call by the
             # sampler) and its own cache array. Inside a scan, every step would copy each
             # layer's weight slice and the stacked cache again (2x slower decode on CPU).
-            layers = self.unstacked_layers() if layers is None else layers
+            layers = self.unstacked_layers(transpose=b >= TRANSPOSE_MIN_ROWS) if layers is None else layers
             ks, vs = [], []
             for layer, ck, cv in zip(layers, cache.k, cache.v, strict=True):
                 x, (k, v) = layer(x, cos, sin, mask, (ck, cv), index)

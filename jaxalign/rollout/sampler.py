@@ -27,7 +27,7 @@ from jax.sharding import NamedSharding
 from jaxalign import sharding as shd
 from jaxalign.errors import JaxalignError
 from jaxalign.losses.logprobs import token_logprobs
-from jaxalign.models.llama import KVCache
+from jaxalign.models.kv_cache import TRANSPOSE_MIN_ROWS, KVCache
 from jaxalign.rollout.sampling import row_keys, sample_tokens
 
 Array = jax.Array
@@ -160,9 +160,8 @@ def _generate_jit(graphdef, state, prompt_ids, prompt_mask, row_valid, key, temp
     # Masked prompt slots are fed token 0: an out-of-range pad id would embed as NaN, and
     # 0 * NaN in the attention would leak into real positions.
     feed = jnp.where(prompt_mask > 0, prompt_ids, 0)
-    # Weights sliced per layer and cast to the compute dtype once, outside the decode loop;
-    # [in, out] from 8 rows up (a matrix-vector product prefers [out, in]).
-    layers = model.unstacked_layers(transpose=b * n >= 8)
+    # Weights sliced per layer and cast to the compute dtype once, outside the decode loop.
+    layers = model.unstacked_layers(transpose=b * n >= TRANSPOSE_MIN_ROWS)
     table = model.output_embedding().astype(model.config.jnp_dtype)
     hidden, cache = model.hidden_states(feed, prompt_mask, cache=cache, layers=layers)
     logits = model.logits_from_hidden(hidden[:, -1:], table)[:, 0]
