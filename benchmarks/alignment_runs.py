@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxalign import demo
+from jaxalign.examples import demo
 
 import alignment_stages as st
 
@@ -234,7 +234,7 @@ def run_row(row: str, work: Path, quick: bool, *, seed: int = 0, budget_s: float
     included."""
     from jaxalign import algorithms
     from jaxalign.algorithms import common
-    from jaxalign.demo_report import make_pairs
+    from jaxalign.examples.demo_report import make_pairs
     from jaxalign.rewards import RewardConfig, build_reward
 
     import jax

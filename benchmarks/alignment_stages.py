@@ -1,7 +1,7 @@
 """The stages of ``benchmarks/alignment_table.py``: shared set-up (SFT, reward model, the
 reference's held-out samples) and one algorithm's budgeted run + held-out evaluation.
 
-Everything task-specific comes from :mod:`jaxalign.demo` / :mod:`jaxalign.demo_report` (the
+Everything task-specific comes from :mod:`jaxalign.demo` / :mod:`jaxalign.examples.demo_report` (the
 movie-review prompts and their 260/40 split, the chat rendering, the VADER reward, the held-out
 evaluator with its KL to a reference, the per-algorithm configs in ``PLANS``); every training
 run is an algorithm's own ``build_job`` driven by :func:`jaxalign.train.loop.run`.
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from jaxalign import demo
+from jaxalign.examples import demo
 
 # Table rows -> (jaxalign algorithm, what differs from the demo's plan).
 ALGORITHMS = {
@@ -275,7 +275,7 @@ def evaluate(ev, params, rm, ref: dict, *, kl: bool = True) -> dict:
 
 
 def make_evaluator(cfg, work: Path, quick: bool, seed: int, start_model, tok, mesh):
-    from jaxalign.demo_report import DemoEval
+    from jaxalign.examples.demo_report import DemoEval
 
     sizes = sizes_for(quick)
     return DemoEval(cfg, start_model, tok, mesh, work / "data" / "heldout.jsonl", demo.movie_prompts("heldout"),

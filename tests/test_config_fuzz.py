@@ -22,13 +22,11 @@ import yaml
 from hypothesis import given, settings, strategies as st
 
 from jaxalign import algorithms
-from jaxalign.config import RunConfig, _ALGORITHMS, load_config
+from jaxalign.config import RunConfig, load_config
 from jaxalign.errors import JaxalignError
 from jaxalign.models.config import ModelConfig
 from tests.fuzz_helpers import FUZZ, cli_error_line, one_error_line, tree_digest
 NAMES = list(algorithms.ALGORITHMS)
-for _name in NAMES:
-    algorithms.get(_name)  # registers its section
 
 
 def keys_of(cls, prefix: str = "") -> list[str]:
@@ -46,7 +44,7 @@ def keys_of(cls, prefix: str = "") -> list[str]:
 
 
 SHARED_KEYS = keys_of(RunConfig) + [f"model.config.{f.name}" for f in dataclasses.fields(ModelConfig)]
-SECTION_KEYS = {a: keys_of(_ALGORITHMS[a], a.replace("-", "_") + ".") for a in NAMES}
+SECTION_KEYS = {a: keys_of(algorithms.get(a).config_class, algorithms.get(a).section + ".") for a in NAMES}
 
 scalar = st.one_of(
     st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from([-(2**40), 2**31, 2**63, 10**30]),
@@ -166,7 +164,7 @@ def mutate(text: str, draw) -> bytes:
 
 
 section_names = ["algorithm", "seed", "run_dir", "quiet", "model", "data", "optim", "train", "mesh"]
-doc = st.dictionaries(st.one_of(st.sampled_from(section_names + [a.replace("-", "_") for a in NAMES]),
+doc = st.dictionaries(st.one_of(st.sampled_from(section_names + [algorithms.get(a).section for a in NAMES]),
                                 st.text(max_size=5), st.integers()),
                       st.one_of(value, st.dictionaries(st.sampled_from(
                           [k.split(".")[-1] for k in SHARED_KEYS] + ["nope"]), value, max_size=3)),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from jaxalign import demo
+from jaxalign.examples import demo
 from jaxalign.cli import main
 from jaxalign.config import load_config
 from jaxalign.data import SHIPPED, prepare_dataset, shipped_path, tiny_tokenizer_path

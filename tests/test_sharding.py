@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxalign import forward_logits, init_model, load_model, save_model
-from jaxalign import sharding as shd
+from jaxalign import parallel as shd
 from jaxalign.errors import JaxalignError
 from jaxalign.models.config import ModelConfig
 

@@ -1,37 +1,17 @@
 """One module per algorithm: its config dataclass (``Config``) and ``build_job(cfg) -> Job``.
 
-Modules register their config section on import; :func:`get` imports one by name.
+:mod:`jaxalign.algorithms.registry` is the table of them (name, config section, module).
 """
 
-from __future__ import annotations
+from jaxalign.algorithms.registry import ALGORITHMS, Algorithm, get, names, register
 
-import importlib
-
-# CLI name -> module. The online algorithms join this table as they land.
-ALGORITHMS = {
-    "sft": "jaxalign.algorithms.sft",
-    "rm": "jaxalign.algorithms.rm",
-    "dpo": "jaxalign.algorithms.dpo",
-    "ift": "jaxalign.algorithms.ift",
-    "grpo": "jaxalign.algorithms.grpo",
-    "ppo": "jaxalign.algorithms.ppo",
-    "raft": "jaxalign.algorithms.raft",
-    "online-dpo": "jaxalign.algorithms.online_dpo",
-}
+__all__ = ["ALGORITHMS", "Algorithm", "build_job", "get", "names", "register"]
 
 
-def get(name: str):
-    """Import and return the module of algorithm ``name``."""
-    return importlib.import_module(ALGORITHMS[name])
+def build_job(cfg):
+    """The :class:`~jaxalign.train.loop.Job` of a loaded run config (``cfg.algorithm``), built
+    under the run's logical-axis rules (``mesh.logical_axis_rules``)."""
+    from jaxalign.parallel.rules import axis_rules
 
-
-def available() -> list[str]:
-    """Algorithms whose module imports (all of ALGORITHMS once the package is complete)."""
-    out = []
-    for name in ALGORITHMS:
-        try:
-            get(name)
-        except ImportError:
-            continue
-        out.append(name)
-    return out
+    with axis_rules(cfg.mesh.logical_axis_rules):
+        return get(cfg.algorithm).build_job(cfg)

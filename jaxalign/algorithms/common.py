@@ -8,32 +8,20 @@ from pathlib import Path
 import flax.nnx as nnx
 import jax
 
-from jaxalign import sharding as shd
+from jaxalign import parallel as shd
 from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
 from jaxalign.models.config import ModelConfig
 
 
 def mesh_from(cfg: RunConfig):
-    """The run's mesh (``mesh:`` section): over all devices, or, on one host, over the first
-    ``data*fsdp*tensor`` devices when no axis is -1 (e.g. ``mesh.fsdp=1`` for one device)."""
-    dims = {"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor}
-    devices = jax.devices()
-    n = math.prod(dims.values())
-    if -1 not in dims.values() and jax.process_count() == 1 and 0 < n < len(devices):
-        devices = devices[:n]
-    try:
-        return shd.make_mesh(dims, devices)
-    except JaxalignError as e:
-        if jax.process_count() == 1:
-            raise
-        raise JaxalignError(f"{e} ({jax.process_count()} processes x {jax.local_device_count()} devices); "
-                            "a multi-process run's mesh spans every device of every process") from None
+    """The run's mesh (``mesh:`` section), see :func:`jaxalign.parallel.mesh_for`."""
+    return shd.mesh_for(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
 
 
 def tokenizer_from(cfg: RunConfig):
     """The tokenizer named by ``model.tokenizer`` (default: ``model.path``)."""
-    from jaxalign.api import load_tokenizer
+    from jaxalign.io.load import load_tokenizer
 
     src = cfg.model.tokenizer or cfg.model.path
     key = "model.tokenizer" if cfg.model.tokenizer else "model.path"
@@ -58,7 +46,7 @@ def model_from(cfg: RunConfig, mesh, tokenizer=None, seed_offset: int = 0):
 
     Parameters live in ``model.param_dtype`` (master weights); matmuls run in ``model.dtype``.
     """
-    from jaxalign.api import load_model
+    from jaxalign.io.load import load_model
     from jaxalign.models.llama import CausalLM
 
     spec = cfg.model
@@ -141,7 +129,7 @@ def micro_batches(cfg: RunConfig) -> int:
 
 def lm_exporter(graphdef, tokenizer=None):
     """``export(params, out_dir)``: write the model (and tokenizer) in Hugging Face format."""
-    from jaxalign.api import save_model
+    from jaxalign.io.load import save_model
 
     def export(params, out_dir: Path):
         save_model(nnx.merge(graphdef, params), out_dir)

@@ -20,13 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign import parallel as shd
 from jaxalign.algorithms import common
 from jaxalign.algorithms.sft import completion_logps
-from jaxalign.config import RunConfig, register_algorithm
+from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
 from jaxalign.losses import dpo_loss, sequence_logprobs
 from jaxalign.losses.dpo import LOSS_TYPES, BCOState, _as_tuple
-from jaxalign.train.loop import Job
+from jaxalign.train.job import Job
 from jaxalign.train.optim import make_optimizer
 
 REFERENCES = ("model", "precomputed")
@@ -116,8 +117,6 @@ class Config:
                                     "is used; remove dpo.reference_path")
 
 
-register_algorithm("dpo", Config)
-
 
 def pair_logps(model, batch: dict, *, chunk_size: int | None = None, remat: bool = False):
     """One forward over ``[chosen; rejected]`` (``[2B, S]``): ``(chosen_logps, rejected_logps,
@@ -189,8 +188,7 @@ def precompute_reference(examples: list, model, cfg: RunConfig, pad_id: int, mes
     """Copies of the preference ``examples`` with ``ref_chosen_logp`` / ``ref_rejected_logp``
     (floats) from ``model``: one pass in batches of the micro-batch size, in order."""
     from jaxalign.data import collate
-    from jaxalign.distributed import to_host
-    from jaxalign.train.loop import _batch_shardings
+    from jaxalign.parallel.distributed import to_host
 
     if not examples:
         return []
@@ -209,7 +207,7 @@ def precompute_reference(examples: list, model, cfg: RunConfig, pad_id: int, mes
         chunk += [chunk[0]] * (bs - n)  # the last batch keeps the shape: no second compile
         batch = collate(chunk, pad_id, cfg.data.buckets, max_length=cfg.data.max_length)
         # Every process collates the same whole batch; to_host gathers the shards of the others.
-        w, l = to_host(logps(params, jax.device_put(batch, _batch_shardings(batch, mesh))))
+        w, l = to_host(logps(params, jax.device_put(batch, shd.batch_shardings(batch, mesh))))
         out_w.extend(np.asarray(w[:n], np.float64).tolist())
         out_l.extend(np.asarray(l[:n], np.float64).tolist())
     return [dict(e, ref_chosen_logp=w, ref_rejected_logp=l) for e, w, l in zip(examples, out_w, out_l)]
@@ -217,7 +215,7 @@ def precompute_reference(examples: list, model, cfg: RunConfig, pad_id: int, mes
 
 def _reference_model(cfg: RunConfig, mesh):
     """The model at ``dpo.reference_path``, in the policy's dtypes and on its mesh."""
-    from jaxalign.api import load_model
+    from jaxalign.io.load import load_model
 
     spec = cfg.model
     try:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from jaxalign.algorithms import common, online
 from jaxalign.algorithms.experience import SamplingConfig
-from jaxalign.config import RunConfig, register_algorithm
+from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
 from jaxalign.losses import (entropy_from_logits, grpo_advantages, kl_penalty, kl_shaped_rewards, masked_mean,
                              policy_loss, rloo_advantages, shifted_token_logprobs)
@@ -68,8 +68,6 @@ class Config:
         self.sampling.validate("grpo.sampling")
         self.reward.validate("grpo.reward")
 
-
-register_algorithm("grpo", Config)
 
 
 def advantages(algo: Config, exp: dict) -> jax.Array:

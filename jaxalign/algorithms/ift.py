@@ -17,10 +17,10 @@ import jax.numpy as jnp
 
 from jaxalign.algorithms import common
 from jaxalign.algorithms.sft import completion_logps, loss_weight
-from jaxalign.config import RunConfig, register_algorithm
+from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
 from jaxalign.losses import ift_loss, ift_predicted_ids
-from jaxalign.train.loop import Job
+from jaxalign.train.job import Job
 from jaxalign.train.optim import make_optimizer
 
 SCHEDULES = ("constant", "linear")
@@ -66,8 +66,6 @@ class Config:
         if self.chunk_size is not None and self.chunk_size < 1:
             raise JaxalignError(f"config key 'ift.chunk_size': must be >= 1, got {self.chunk_size}")
 
-
-register_algorithm("ift", Config)
 
 
 def lam_at(algo: Config, step, total_steps: int, key=None):

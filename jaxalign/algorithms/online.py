@@ -17,7 +17,7 @@ from jaxalign.algorithms.experience import ExperienceMaker, SamplingConfig, rewa
 from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
 from jaxalign.rewards import RewardConfig
-from jaxalign.train.loop import Job
+from jaxalign.train.job import Job
 from jaxalign.train.optim import make_optimizer
 
 # Salt folded into the step's key for sampling, so it never reuses the train step's own key.

@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxalign.algorithms import dpo, online
 from jaxalign.algorithms.experience import SamplingConfig
-from jaxalign.config import RunConfig, register_algorithm
+from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
 from jaxalign.losses.dpo import LOSS_TYPES, _as_tuple
 from jaxalign.rewards import RewardConfig
@@ -85,8 +85,6 @@ class Config:
         self.sampling.validate(f"{SECTION}.sampling")
         self.reward.validate(f"{SECTION}.reward")
 
-
-register_algorithm("online-dpo", Config)
 
 
 def choose(scores):

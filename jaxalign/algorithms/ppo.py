@@ -25,13 +25,13 @@ import jax.numpy as jnp
 from jaxalign.algorithms import common, online
 from jaxalign.algorithms import ppo_experience as px
 from jaxalign.algorithms.experience import SamplingConfig
-from jaxalign.config import RunConfig, register_algorithm
+from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
 from jaxalign.losses import (entropy_from_logits, masked_mean, nll_loss, policy_loss, token_logprobs,
                              value_loss)
 from jaxalign.losses.ppo import KL_ESTIMATORS
 from jaxalign.rewards import RewardConfig
-from jaxalign.train.loop import Job
+from jaxalign.train.job import Job
 
 PRESETS = ("ppo_max", "vanilla", "none")
 CRITIC_INITS = ("auto", "reward_model", "policy")
@@ -163,8 +163,6 @@ class Config:
             return self.critic_path
         return self.reward.path if self.reward.kind == "model" else None
 
-
-register_algorithm("ppo", Config)
 
 
 def make_loss(policy_def, critic_def, algo: Config, temperature: float, t: int, remat: bool = False):

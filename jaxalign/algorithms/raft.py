@@ -30,7 +30,7 @@ import numpy as np
 
 from jaxalign.algorithms import common, online, sft
 from jaxalign.algorithms.experience import ExperienceMaker, SamplingConfig
-from jaxalign.config import RunConfig, register_algorithm
+from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
 from jaxalign.losses import best_of_k, filter_rewards, num_top, top_fraction
 from jaxalign.rewards import RewardConfig
@@ -115,8 +115,6 @@ class Config:
         self.sampling.validate("raft.sampling")
         self.reward.validate("raft.reward")
 
-
-register_algorithm("raft", Config)
 
 
 # -- the generic core ---------------------------------------------------------------------------

@@ -30,14 +30,14 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from jaxalign import sharding as shd
+from jaxalign import parallel as shd
 from jaxalign.algorithms import common
-from jaxalign.config import RunConfig, register_algorithm
+from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
 from jaxalign.losses import shifted_token_logprobs
 from jaxalign.losses.reward import kwise_pairwise_loss, pairwise_loss, plackett_luce_loss
 from jaxalign.models.heads import ScalarHeadModel, last_token_index, scalar_head_from_lm
-from jaxalign.train.loop import Job
+from jaxalign.train.job import Job
 from jaxalign.train.optim import make_optimizer
 
 LOSSES = ("pairwise", "kwise", "listwise")
@@ -79,8 +79,6 @@ class Config:
             raise JaxalignError("config key 'rm.loss': pairwise needs preference data (prompt, chosen, "
                                 "rejected) but data.format is ranked; use rm.loss: kwise or listwise")
 
-
-register_algorithm("rm", Config)
 
 
 def _scores(model: ScalarHeadModel, ids, attn, *, remat: bool = False):
@@ -224,7 +222,7 @@ def rm_exporter(graphdef, tokenizer, cfg: RunConfig | None = None):
     """``export(params, out_dir)``: the reward model as a HF ``*ForSequenceClassification``
     directory (one label, no LM head) plus the tokenizer, with a padding token chosen by
     :func:`export_pad_token` in both ``config.json`` and the tokenizer."""
-    from jaxalign.api import save_model
+    from jaxalign.io.load import save_model
 
     def export(params, out_dir: Path):
         model = nnx.merge(graphdef, params)

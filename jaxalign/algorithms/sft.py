@@ -12,10 +12,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign.algorithms import common
-from jaxalign.config import RunConfig, register_algorithm
+from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
 from jaxalign.losses import neftune_noise, nll_loss, shifted_token_logprobs
-from jaxalign.train.loop import Job
+from jaxalign.train.job import Job
 from jaxalign.train.optim import make_optimizer
 
 AGGREGATIONS = ("token_mean", "sequence_mean")
@@ -44,8 +44,6 @@ class Config:
         if self.chunk_size is not None and self.chunk_size < 1:
             raise JaxalignError(f"config key 'sft.chunk_size': must be >= 1, got {self.chunk_size}")
 
-
-register_algorithm("sft", Config)
 
 
 def completion_logps(model, batch: dict, *, prefix: str = "", embeds=None, remat: bool = False,

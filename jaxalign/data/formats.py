@@ -25,7 +25,7 @@ import dataclasses
 import logging
 from typing import Any, Iterable, Union
 
-from jaxalign.data.fields import (  # noqa: F401  (re-exported: jaxalign.data.loading, tests)
+from jaxalign.data.fields import (  # noqa: F401  (re-exported: jaxalign.data.loading)
     ROLES, Messages, Text, Unreadable, _completion, _Identical, _implicit_prompt, _maybe_json_list, _messages,
     _number, _prompt_messages_ok, _ranking, _RowError, _text, _tname, _utf8_ok, one_line, row_error)
 from jaxalign.errors import JaxalignError
@@ -272,7 +272,3 @@ def example_format(example: Example) -> str:
     """The format name of a canonical example."""
     return {LMExample: "lm", PromptCompletionExample: "prompt_completion", PromptExample: "prompt_only",
             PreferenceExample: "preference", RankedExample: "ranked"}[type(example)]
-
-
-# Loading lives in jaxalign.data.loading (it imports the names above); re-exported here.
-from jaxalign.data.loading import load_dataset_rows, load_examples  # noqa: E402,F401

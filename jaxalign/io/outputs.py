@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePath
 
+from jaxalign.algorithms.registry import section_of
 from jaxalign.errors import JaxalignError
 
 # The top-level names a training run (and ``jaxalign demo``) writes inside its run directory.
@@ -116,7 +117,7 @@ def check_output_keys(cfg, run_dir) -> None:
     def walk(node, prefix):
         for f in dataclasses.fields(node):
             value = getattr(node, f.name, None)
-            name = cfg.algorithm.replace("-", "_") if (node is cfg and f.name == "algo") else f.name
+            name = section_of(cfg.algorithm) if (node is cfg and f.name == "algo") else f.name
             key = f"{prefix}{name}"
             if f.metadata.get("output_path") and value is not None:
                 output_path(run_dir, value, key)

@@ -13,7 +13,7 @@ import flax.nnx as nnx
 import jax
 import numpy as np
 
-from jaxalign import sharding as shd
+from jaxalign import parallel as shd
 from jaxalign.errors import JaxalignError
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.llama import CausalLM

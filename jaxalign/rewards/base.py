@@ -46,7 +46,7 @@ class RewardConfig:
             raise JaxalignError(f"config key '{section}.function': required for reward kind 'callable'")
         if self.kind == "keyword" and not self.pattern:
             raise JaxalignError(f"config key '{section}.pattern': required for reward kind 'keyword'")
-        from jaxalign.config_checks import check_number
+        from jaxalign.config.checks import check_number
 
         check_number(self.scale, f"{section}.scale")
         check_number(self.target_length, f"{section}.target_length", 0, None, False)

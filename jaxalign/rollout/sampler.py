@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
-from jaxalign import sharding as shd
+from jaxalign import parallel as shd
 from jaxalign.errors import JaxalignError
 from jaxalign.losses.logprobs import token_logprobs
 from jaxalign.models.kv_cache import TRANSPOSE_MIN_ROWS, KVCache
@@ -350,9 +350,7 @@ def generate(model_or_state, prompt_ids, prompt_mask, key, *, max_new_tokens: in
     mesh = mesh if mesh is not None else _mesh_of(state)
     shards = 1
     if mesh is not None:
-        spec_b = shd.logical_to_spec(("batch",), (1 << 30,), mesh)[0]
-        axes = (spec_b,) if isinstance(spec_b, str) else tuple(spec_b or ())
-        shards = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+        shards = shd.batch_shards(mesh)
     rows = -(-b // shards) * shards
     # Dummy rows (batch padding for the shards) carry one real token and start finished.
     ids_p = np.full((rows, width), pad_token_id, np.int32)

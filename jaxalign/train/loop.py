@@ -6,72 +6,25 @@ does everything else, identically for every algorithm.
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
 
 import jax
-import numpy as np
-import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxalign import distributed
 from jaxalign.config import RunConfig, save_config
 from jaxalign.errors import JaxalignError
+from jaxalign.parallel import distributed
+from jaxalign.parallel.batch import global_batch
+from jaxalign.parallel.rules import axis_rules
 from jaxalign.train.checkpoint import Checkpointer
+from jaxalign.train.compile import compile_step, init_state
 from jaxalign.train.guard import SkipCounter
+from jaxalign.train.job import Job
 from jaxalign.train.metrics import MetricsWriter, write_plots
 from jaxalign.train.preflight import MemoryCheck, longest_batch
-from jaxalign.train.state import TrainState, make_eval_step, make_train_step
-
-
-@dataclasses.dataclass
-class Job:
-    """What an algorithm hands to :func:`run`.
-
-    ``train_batches`` is an iterator of numpy dict batches with ``state_dict()`` /
-    ``load_state_dict()`` (for exact resume); ``eval_batches()`` returns a fresh iterable.
-    ``count_tokens(batch)`` gives the tokens processed (for tokens/s). ``export(params, dir)``
-    writes the final model in Hugging Face format.
-    """
-
-    params: Any
-    loss_fn: Callable
-    tx: Any
-    schedule: Any
-    total_steps: int
-    train_batches: Iterator
-    mesh: Any
-    frozen: Any = None
-    extras: Any = None
-    eval_batches: Callable[[], Any] | None = None
-    count_tokens: Callable[[dict], int] = lambda b: int(np.sum(b.get("attention_mask", 0)))
-    export: Callable[[Any, Path], None] | None = None
-    n_micro: int = 1
-    eval_loss_fn: Callable | None = None  # default: loss_fn (e.g. SFT evaluates without NEFTune noise)
-    # Online algorithms: ``experience(state, batch) -> (batch, metrics)`` turns each prompt batch
-    # into scored samples from the current params before the step; ``evaluate(params) -> metrics``
-    # replaces eval batches (e.g. the mean reward on held-out prompts).
-    experience: Callable | None = None
-    evaluate: Callable | None = None
-    # A pure ``step(state, batch, frozen) -> (state, metrics)`` replacing the default one-update
-    # step (e.g. :func:`jaxalign.train.state.make_minibatch_step` for PPO epochs over a buffer).
-    step_fn: Callable | None = None
-
-
-def _batch_shardings(batch, mesh):
-    """Leading (batch) dim over ('data', 'fsdp'); a batch those axes do not divide replicates."""
-    n = mesh.shape["data"] * mesh.shape["fsdp"]
-
-    def f(x):
-        if x.shape[0] % n:
-            return NamedSharding(mesh, P())
-        return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (x.ndim - 1))))
-
-    return jax.tree.map(f, batch)
+from jaxalign.train.state import make_eval_step
 
 
 class _NoWriter:
@@ -82,10 +35,6 @@ class _NoWriter:
 
     def close(self):
         pass
-
-
-def _shardings(tree):
-    return jax.tree.map(lambda x: x.sharding, tree)
 
 
 class _StopFlag:
@@ -128,7 +77,13 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
 
     Returns a summary dict (final metrics, run dir, steps, wall time, and ``stopped`` /
     ``signal``: whether and by which signal number SIGTERM/SIGINT stopped the run early).
+    Runs under the config's logical-axis rules (``mesh.logical_axis_rules``).
     """
+    with axis_rules(cfg.mesh.logical_axis_rules):
+        return _run(cfg, job, run_dir)
+
+
+def _run(cfg: RunConfig, job: Job, run_dir: str | Path | None) -> dict:
     from jaxalign.io.outputs import check_output_keys, check_run_dir
 
     run_dir = check_run_dir(run_dir or default_run_dir(cfg))  # nothing written yet
@@ -141,10 +96,8 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
         raise JaxalignError(f"{cfg.algorithm} samples on the host: multi-process runs support the "
                             "offline algorithms (sft, rm, dpo, ift) for now; run it as one process")
 
-    state = TrainState.create(job.params, job.tx, cfg.seed, job.extras)
-    state = jax.device_put(state, _state_shardings(state, job.mesh, job.tx))
-    step_fn = job.step_fn or make_train_step(job.loss_fn, job.tx, job.n_micro, job.schedule)
-    jit_step = jax.jit(step_fn, out_shardings=(_shardings(state), None), donate_argnums=(0,))
+    state = init_state(job, cfg.seed)
+    jit_step = compile_step(job, state)
     # Memory preflight: compiles the step (the loop reuses it) and refuses a run that cannot fit,
     # before anything is written. Online jobs are checked on their first experience batch below.
     check_memory = MemoryCheck(cfg, job, jit_step)
@@ -182,7 +135,7 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
         for i, b in enumerate(job.eval_batches()):
             if tcfg.eval_batches is not None and i >= tcfg.eval_batches:
                 break
-            m = jax.device_get(jit_eval(state, distributed.global_batch(b, job.mesh), job.frozen))
+            m = jax.device_get(jit_eval(state, global_batch(b, job.mesh), job.frozen))
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             n += 1
@@ -222,7 +175,7 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
             if job.experience is not None:
                 batch, exp_metrics = job.experience(state, batch)
             tokens_since += job.count_tokens(batch)
-            batch = distributed.global_batch(batch, job.mesh)
+            batch = global_batch(batch, job.mesh)
             if job.experience is not None:
                 check_memory(state, batch, job.frozen)  # once: the first experience batch
             state, metrics = jit_step(state, batch, job.frozen)
@@ -288,19 +241,3 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
     return {"run_dir": str(run_dir), "steps": final_step, "stopped": stopped, "signal": signum,
             "skipped": skips.total,
             "wall_s": time.perf_counter() - t_start, "metrics": last_metrics, "state": state}
-
-
-def _state_shardings(state: TrainState, mesh, tx):
-    """Params keep their shardings, optimizer moments take their param's; the rest replicates."""
-    replicated = NamedSharding(mesh, P())
-
-    def own(x):
-        s = getattr(x, "sharding", None)
-        return s if isinstance(s, NamedSharding) and s.mesh == mesh else replicated
-
-    params_sh = jax.tree.map(own, state.params)
-    opt_sh = optax.tree_utils.tree_map_params(
-        tx, lambda _, s: s, state.opt_state, params_sh,
-        transform_non_params=lambda _: replicated)
-    return TrainState(step=replicated, params=params_sh, opt_state=opt_sh, rng=replicated,
-                      extras=jax.tree.map(lambda _: replicated, state.extras), bad_steps=replicated)

@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxalign.algorithms.registry import section_of
 from jaxalign.errors import JaxalignError
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
@@ -172,8 +173,8 @@ class Estimate:
 def abstract_batch(batch, mesh):
     """ShapeDtypeStructs of the global batch the loop feeds the step: a device batch as it is;
     a numpy batch (this process's rows) with ``process_count`` times its rows, on the loop's
-    batch shardings (:func:`jaxalign.distributed.global_batch`)."""
-    from jaxalign.train.loop import _batch_shardings
+    batch shardings (:func:`jaxalign.parallel.global_batch`)."""
+    from jaxalign.parallel import batch_shardings
 
     def one(x):
         if isinstance(x, jax.Array):
@@ -182,7 +183,7 @@ def abstract_batch(batch, mesh):
         return jax.ShapeDtypeStruct(shape, x.dtype)
 
     shapes = jax.tree.map(one, batch)
-    sh = _batch_shardings(shapes, mesh)
+    sh = batch_shardings(shapes, mesh)
     return jax.tree.map(lambda x, s: x if x.sharding is not None else
                         jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, sh)
 
@@ -228,7 +229,7 @@ def knobs(cfg, mesh, online: bool) -> list[str]:
         out.append(f"lower train.micro_batch_size (now {mb}; gradient accumulation keeps "
                    f"train.batch_size={t.batch_size})")
     algo = cfg.algo
-    section = cfg.algorithm.replace("-", "_")
+    section = section_of(cfg.algorithm)
     if online:
         seq = [f"data.max_prompt_length (now {cfg.data.max_prompt_length})"]
         sampling = getattr(algo, "sampling", None)
@@ -275,7 +276,7 @@ class MemoryCheck:
         self.estimate = est = estimate(self.jit_step, state, batch, frozen, self.job.mesh, self.cfg)
         if est.arguments == 0 and est.temp == 0:  # no memory analysis on this backend
             return est
-        from jaxalign import distributed
+        from jaxalign.parallel import distributed
 
         # Every process decides alike (their devices' limits could differ): none trains alone.
         if distributed.any_process(not est.fits):
@@ -288,19 +289,14 @@ class MemoryCheck:
         return est
 
 
-def plan(cfg) -> Estimate:
-    """Build ``cfg``'s job as training would and estimate its train step's memory per device
+def plan_job(cfg, job) -> Estimate:
+    """Estimate ``job``'s train step memory per device as training would compile it
     (``jaxalign plan``); nothing is trained or written. An online job samples one experience
     batch from its first prompts, since the train batch's shape comes from sampling."""
-    from jaxalign import algorithms
-    from jaxalign.train.loop import _shardings, _state_shardings
-    from jaxalign.train.state import TrainState, make_train_step
+    from jaxalign.train.compile import compile_step, init_state
 
-    job = algorithms.get(cfg.algorithm).build_job(cfg)
-    state = TrainState.create(job.params, job.tx, cfg.seed, job.extras)
-    state = jax.device_put(state, _state_shardings(state, job.mesh, job.tx))
-    step_fn = job.step_fn or make_train_step(job.loss_fn, job.tx, job.n_micro, job.schedule)
-    jit_step = jax.jit(step_fn, out_shardings=(_shardings(state), None), donate_argnums=(0,))
+    state = init_state(job, cfg.seed)
+    jit_step = compile_step(job, state)
     if job.experience is None:
         batch = longest_batch(job.train_batches)
     else:

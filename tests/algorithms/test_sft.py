@@ -11,7 +11,8 @@ from jax.sharding import PartitionSpec as P
 
 from jaxalign.algorithms import sft
 from jaxalign.config import load_config
-from jaxalign.train.loop import _batch_shardings, _shardings, _state_shardings
+from jaxalign.parallel import batch_shardings
+from jaxalign.train.compile import shardings_of, state_shardings
 from jaxalign.train.state import TrainState, make_train_step
 
 CONFIG = "configs/sft_tiny.yaml"
@@ -33,10 +34,10 @@ def _job(overrides):
 def _step(cfg, job, batch, n_micro):
     """One train step exactly as the loop runs it (state and batch on the job's mesh)."""
     state = TrainState.create(job.params, job.tx, cfg.seed, job.extras)
-    state = jax.device_put(state, _state_shardings(state, job.mesh, job.tx))
+    state = jax.device_put(state, state_shardings(state, job.mesh, job.tx))
     step = jax.jit(make_train_step(job.loss_fn, job.tx, n_micro, job.schedule),
-                   out_shardings=(_shardings(state), None))
-    new, metrics = step(state, jax.device_put(batch, _batch_shardings(batch, job.mesh)), job.frozen)
+                   out_shardings=(shardings_of(state), None))
+    new, metrics = step(state, jax.device_put(batch, batch_shardings(batch, job.mesh)), job.frozen)
     return new, jax.device_get(metrics)
 
 

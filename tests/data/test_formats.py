@@ -8,7 +8,8 @@ import logging
 import pytest
 
 from jaxalign.data import formats as F
-from jaxalign.data.formats import load_dataset_rows, to_examples
+from jaxalign.data.formats import to_examples
+from jaxalign.data.loading import load_dataset_rows
 from jaxalign.errors import JaxalignError
 from tests.data.conftest import write_rows
 

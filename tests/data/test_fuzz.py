@@ -18,7 +18,8 @@ import pytest
 from hypothesis import event, given, settings, strategies as st
 
 from jaxalign.data import prepare_dataset
-from jaxalign.data.formats import FORMATS, ROLES, check_rows, load_dataset_rows
+from jaxalign.data.formats import FORMATS, ROLES, check_rows
+from jaxalign.data.loading import load_dataset_rows
 from jaxalign.data.tokenize import tokenize_examples
 from jaxalign.errors import JaxalignError
 from tests.fuzz_helpers import FUZZ, cli_error_line, one_error_line, tree_digest
@@ -216,7 +217,8 @@ def test_json_files_that_crash_pyarrow_are_read_line_by_line(tmp_path):
         (tmp_path / name).write_bytes(content)
     script = f"""
 import sys
-from jaxalign.data.formats import load_dataset_rows, to_examples
+from jaxalign.data.formats import to_examples
+from jaxalign.data.loading import load_dataset_rows
 from jaxalign.errors import JaxalignError
 for name in {sorted(files)!r}:
     path = {str(tmp_path)!r} + "/" + name

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from jaxalign.data.formats import ROLES, load_dataset_rows, to_examples
+from jaxalign.data.formats import ROLES, to_examples
+from jaxalign.data.loading import load_dataset_rows
 from jaxalign.data.tokenize import tokenize_examples
 from jaxalign.errors import JaxalignError
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from jaxalign.data import SHIPPED, BatchIterator, prepare_dataset, shipped_path, tiny_tokenizer_path
-from jaxalign.data.formats import load_examples
+from jaxalign.data.loading import load_examples
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {"sft_tiny.jsonl": ("prompt_completion", 64), "preference_tiny.jsonl": ("preference", 64),

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from jaxalign.config import load_config, register_algorithm
+from jaxalign.algorithms.registry import register
+from jaxalign.config import load_config
 from jaxalign.errors import JaxalignError
 from jaxalign.io.outputs import RUN_OUTPUTS, check_output_keys, check_run_dir, output_path
 from tests.fuzz_helpers import cli_error_line, one_error_line, tree_digest
@@ -85,7 +86,7 @@ class _WithOutput:
     export_dir: str | None = dataclasses.field(default=None, metadata={"output_path": True})
 
 
-register_algorithm("_outtest", _WithOutput)
+register("_outtest", _WithOutput)
 
 
 def test_config_keys_marked_as_outputs_are_confined(tmp_path):

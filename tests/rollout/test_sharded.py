@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 
-from jaxalign import sharding as shd
+from jaxalign import parallel as shd
 from jaxalign.rollout import generate
 
 from .conftest import peaky_model, ragged_prompts

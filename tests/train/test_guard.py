@@ -15,7 +15,7 @@ import pytest
 from jaxalign.cli import main
 from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
-from jaxalign.sharding import make_mesh
+from jaxalign.parallel import make_mesh
 from jaxalign.train.guard import SkipCounter
 from jaxalign.train.loop import Job, run
 from jaxalign.train.metrics import read_metrics

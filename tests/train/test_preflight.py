@@ -17,8 +17,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxalign.config import RunConfig
 from jaxalign.data import BatchIterator, bucket_length
 from jaxalign.errors import JaxalignError
-from jaxalign.sharding import make_mesh
-from jaxalign.train.loop import Job, _shardings, _state_shardings, run
+from jaxalign.parallel import make_mesh
+from jaxalign.train.compile import shardings_of, state_shardings
+from jaxalign.train.job import Job
+from jaxalign.train.loop import run
 from jaxalign.train.preflight import estimate, longest_batch, parse_bytes
 from jaxalign.train.state import TrainState, make_train_step
 
@@ -64,9 +66,9 @@ def tiny_job(b=16, n_micro=1, experience=None) -> tuple[RunConfig, Job]:
 def job_estimate(cfg, job):
     """The estimate for ``job``, set up as :func:`run` sets it up (shardings, donation)."""
     state = TrainState.create(job.params, job.tx, 0)
-    state = jax.device_put(state, _state_shardings(state, job.mesh, job.tx))
+    state = jax.device_put(state, state_shardings(state, job.mesh, job.tx))
     step = jax.jit(make_train_step(job.loss_fn, job.tx, job.n_micro),
-                   out_shardings=(_shardings(state), None), donate_argnums=(0,))
+                   out_shardings=(shardings_of(state), None), donate_argnums=(0,))
     return estimate(step, state, longest_batch(job.train_batches), job.frozen, job.mesh, cfg)
 
 

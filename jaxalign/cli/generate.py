@@ -91,7 +91,7 @@ def generate_cli(args: argparse.Namespace) -> int:
     """Run ``jaxalign generate`` with parsed ``args``; prints completions, returns 0."""
     import numpy as np
 
-    from jaxalign.api import load_model, load_tokenizer
+    from jaxalign.io.load import load_model, load_tokenizer
     from jaxalign.rollout.text import generate_text
 
     _check(args)

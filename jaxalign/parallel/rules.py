@@ -1,7 +1,6 @@
-"""Device mesh, logical-axis rules and parameter shardings.
+"""Logical-axis rules and parameter shardings.
 
-One mesh with axes ``('data', 'fsdp', 'tensor')``; its shape is the only thing that differs
-between a laptop and a pod slice. Every parameter has logical axis names (``vocab``, ``embed``,
+Every parameter has logical axis names (``vocab``, ``embed``,
 ``heads``, ``kv_heads``, ``mlp``, ``layers``, ``norm``); a rules table maps those to mesh axes.
 A dimension whose size the mesh axes do not divide is replicated instead (tiny test models and
 SmolLM2's 3 KV heads stay valid on any mesh).
@@ -9,17 +8,16 @@ SmolLM2's 3 KV heads stay valid on any mesh).
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
+import contextvars
 import math
 from typing import Mapping, Sequence
 
 import jax
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxalign.errors import JaxalignError
-
-MESH_AXES = ("data", "fsdp", "tensor")
+from jaxalign.parallel.mesh import MESH_AXES
 
 # Logical axis -> mesh axis (or axes, or None for replicated).
 DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
@@ -33,6 +31,63 @@ DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
     "norm": None,
     "seq": None,
 }
+
+def make_rules(overrides=None) -> dict:
+    """The rules table: :data:`DEFAULT_RULES` with ``overrides`` applied.
+
+    ``overrides`` is a mapping ``{logical: mesh_axis | [mesh_axes] | None}`` or, as MaxText's
+    ``logical_axis_rules``, a list of ``[logical, mesh_axis | [mesh_axes] | None]`` pairs (the
+    ``mesh.logical_axis_rules`` config key). Every name is checked: an unknown logical or mesh
+    axis is an error that names it.
+    """
+    rules = dict(DEFAULT_RULES)
+    if not overrides:
+        return rules
+    key = "mesh.logical_axis_rules"
+    if isinstance(overrides, Mapping):
+        pairs = list(overrides.items())
+    else:
+        pairs = []
+        for item in overrides:
+            if not isinstance(item, (list, tuple)) or len(item) != 2:
+                raise JaxalignError(f"config key {key!r}: expected [logical_axis, mesh_axes] pairs, got {item!r}")
+            pairs.append(tuple(item))
+    for logical, target in pairs:
+        if logical not in DEFAULT_RULES:
+            raise JaxalignError(f"config key {key!r}: unknown logical axis {logical!r} "
+                                f"(known: {', '.join(DEFAULT_RULES)})")
+        targets = (target,) if isinstance(target, str) else tuple(target or ())
+        for t in targets:
+            if t not in MESH_AXES:
+                raise JaxalignError(f"config key {key!r}: {logical!r} -> unknown mesh axis {t!r} "
+                                    f"(mesh axes: {', '.join(MESH_AXES)})")
+        if len(set(targets)) != len(targets):
+            raise JaxalignError(f"config key {key!r}: {logical!r} names a mesh axis twice")
+        rules[logical] = targets[0] if len(targets) == 1 else (targets or None)
+    return rules
+
+
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("jaxalign_axis_rules", default=None)
+
+
+@contextlib.contextmanager
+def axis_rules(overrides=None):
+    """Within the block, every sharding function called without ``rules`` uses
+    ``make_rules(overrides)`` (a run's ``mesh.logical_axis_rules``), as flax's
+    ``logical_axis_rules`` context does; the loop and ``jaxalign.algorithms.build_job`` enter
+    it, so model placement, batches and the sampler agree without passing the table around."""
+    token = _ACTIVE.set(make_rules(overrides))
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def current_rules() -> dict:
+    """The rules table in force (:func:`axis_rules`), else :data:`DEFAULT_RULES`."""
+    active = _ACTIVE.get()
+    return DEFAULT_RULES if active is None else active
+
 
 # Parameter-name suffix -> logical axes (without the leading 'layers' axis of stacked blocks).
 _PARAM_AXES = {
@@ -55,46 +110,6 @@ _PARAM_AXES = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class MeshConfig:
-    """Mesh shape. ``-1`` on one axis takes the remaining devices (default: all on 'fsdp')."""
-
-    data: int = 1
-    fsdp: int = -1
-    tensor: int = 1
-
-    def shape(self, n_devices: int) -> tuple[int, int, int]:
-        dims = [self.data, self.fsdp, self.tensor]
-        if dims.count(-1) > 1:
-            raise JaxalignError("mesh: at most one of data/fsdp/tensor may be -1")
-        known = math.prod(d for d in dims if d != -1)
-        if -1 in dims:
-            if n_devices % known:
-                raise JaxalignError(f"mesh: {n_devices} devices do not divide by {known}")
-            dims[dims.index(-1)] = n_devices // known
-        if math.prod(dims) != n_devices:
-            raise JaxalignError(
-                f"mesh: data*fsdp*tensor = {math.prod(dims)} but {n_devices} devices are available"
-            )
-        return tuple(dims)
-
-
-def make_mesh(config: MeshConfig | Mapping | Sequence[int] | None = None, devices=None) -> Mesh:
-    """Build the ``('data', 'fsdp', 'tensor')`` mesh over ``devices`` (default: all)."""
-    devices = list(devices if devices is not None else jax.devices())
-    if config is None:
-        config = MeshConfig()
-    elif isinstance(config, Mapping):
-        unknown = set(config) - set(MESH_AXES)
-        if unknown:
-            raise JaxalignError(f"mesh: unknown axis {sorted(unknown)[0]!r} (axes: {MESH_AXES})")
-        config = MeshConfig(**config)
-    elif not isinstance(config, MeshConfig):
-        config = MeshConfig(*config)
-    shape = config.shape(len(devices))
-    return Mesh(np.asarray(devices, dtype=object).reshape(shape), MESH_AXES)
-
-
 def param_logical_axes(path: Sequence[str], ndim: int) -> tuple:
     """Logical axes of a parameter from its path, e.g. ``('layers','self_attn','q_proj','weight')``."""
     key = tuple(str(p) for p in path[-2:])
@@ -111,7 +126,7 @@ def param_logical_axes(path: Sequence[str], ndim: int) -> tuple:
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
                     rules: Mapping | None = None) -> P:
     """PartitionSpec for ``axes`` under ``rules``; dims not divisible by their mesh axes replicate."""
-    rules = DEFAULT_RULES if rules is None else rules
+    rules = current_rules() if rules is None else rules
     spec, used = [], set()
     for name, size in zip(axes, shape):
         target = rules.get(name) if name is not None else None
@@ -150,13 +165,6 @@ def state_shardings(state, mesh: Mesh, rules=None):
     )
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2, rules=None) -> NamedSharding:
-    """Sharding of a batch array: first dim over ('data', 'fsdp'), the rest replicated."""
-    rules = DEFAULT_RULES if rules is None else rules
-    batch = rules["batch"]
-    return NamedSharding(mesh, P(batch, *([None] * (ndim - 1))))
-
-
 def shard_model(model, mesh: Mesh, rules=None):
     """Move an existing nnx model's parameters onto their shardings (in place); returns it."""
     from flax import nnx
@@ -165,16 +173,3 @@ def shard_model(model, mesh: Mesh, rules=None):
     shardings = state_shardings(state, mesh, rules)
     nnx.update(model, jax.device_put(state, shardings))
     return model
-
-
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
-    """Start multi-host JAX (TPU pod slices, multi-node GPU); see :func:`jaxalign.distributed.initialize`.
-
-    With no arguments on a TPU VM / SLURM / Open MPI, JAX discovers the cluster itself. On CPU,
-    pass a localhost ``coordinator_address`` and the process count/id (or set
-    ``JAXALIGN_COORDINATOR``, ``JAXALIGN_NUM_PROCESSES``, ``JAXALIGN_PROCESS_ID``).
-    """
-    from jaxalign.distributed import initialize
-
-    initialize(coordinator_address, num_processes, process_id, auto=True)

@@ -1,6 +1,6 @@
 """Value checks of the shared config sections, run by :func:`jaxalign.config.load_config`.
 
-:mod:`jaxalign.config` checks each value's *type*; this module checks that the value makes
+:mod:`jaxalign.config.coerce` checks each value's *type*; this module checks that the value makes
 sense (a finite learning rate, a positive batch size, a known schedule, ...), so that a bad
 value is a one-line error naming its key before anything is loaded or written, rather than a
 traceback or a NaN run minutes later. Each algorithm checks its own section in its
@@ -13,8 +13,7 @@ import dataclasses
 import math
 import typing
 
-from jaxalign.config import short
-from jaxalign.errors import JaxalignError
+from jaxalign.errors import JaxalignError, short
 
 _CHOICES = {
     "model.init": ("pretrained", "random"),
@@ -103,7 +102,7 @@ def _check_buckets(buckets) -> None:
 def _check_model_config(fields: dict) -> None:
     """Check ``model.config`` against ModelConfig's fields and store each value as coerced
     (YAML 1.1 reads ``rms_norm_eps: 1e-5`` as a string; the model must get a float)."""
-    from jaxalign.config import _coerce
+    from jaxalign.config.coerce import coerce as _coerce
     from jaxalign.models.config import ModelConfig
 
     hints = typing.get_type_hints(ModelConfig)
@@ -163,5 +162,9 @@ def check_values(cfg) -> None:
             raise JaxalignError(f"config key 'mesh.{axis}': expected -1 (all remaining devices) or >= 1, got {n}")
     if [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor].count(-1) > 1:
         raise JaxalignError("config key 'mesh': at most one of data/fsdp/tensor may be -1")
+    if cfg.mesh.logical_axis_rules is not None:
+        from jaxalign.parallel.rules import make_rules
+
+        make_rules(cfg.mesh.logical_axis_rules)  # names every unknown axis
     if cfg.model.config is not None:
         _check_model_config(cfg.model.config)

@@ -1,9 +1,10 @@
-"""Multi-process runs: start-up, per-process batches as global arrays, host copies, process 0.
+"""Multi-process runs: start-up, host copies, process 0, flags agreed by all processes.
 
 One process per host (TPU VM worker, GPU node) or several on one machine (CPU, for testing),
 all running the same command. Every process iterates the same data order and collates only its
 own rows of each global batch (:class:`jaxalign.data.BatchIterator` with ``process_index`` /
-``process_count``); :func:`global_batch` turns those rows into one ``jax.Array`` over the mesh.
+``process_count``); :func:`jaxalign.parallel.batch.global_batch` turns those rows into one
+``jax.Array`` over the mesh.
 Process 0 alone writes logs, metrics, plots and the exported model; checkpoints are written by
 all processes together (Orbax) and restored by all. With one process every function here is
 the plain single-process operation.
@@ -15,7 +16,6 @@ import os
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxalign.errors import JaxalignError
 
@@ -81,60 +81,20 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     return True
 
 
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """Start multi-host JAX (TPU pod slices, multi-node GPU) from user code; see :func:`initialize`.
+
+    With no arguments on a TPU VM / SLURM / Open MPI, JAX discovers the cluster itself. On CPU,
+    pass a localhost ``coordinator_address`` and the process count/id (or set
+    ``JAXALIGN_COORDINATOR``, ``JAXALIGN_NUM_PROCESSES``, ``JAXALIGN_PROCESS_ID``).
+    """
+    initialize(coordinator_address, num_processes, process_id, auto=True)
+
+
 def is_main() -> bool:
     """True on process 0, the one that writes logs, metrics and exports."""
     return jax.process_index() == 0
-
-
-def _rows_of_process(sharding: NamedSharding, shape: tuple) -> tuple[int, int] | None:
-    """The contiguous ``[start, stop)`` of dim 0 this process's devices hold, or None when the
-    devices hold a non-contiguous set of rows."""
-    spans = sorted({(s[0].indices(shape[0])[:2]) for s in
-                    sharding.addressable_devices_indices_map(shape).values()})
-    start, stop = spans[0]
-    for a, b in spans[1:]:
-        if a > stop:
-            return None
-        stop = max(stop, b)
-    return start, stop
-
-
-def global_batch(batch: dict, mesh) -> dict:
-    """``{name: [rows, ...] numpy}`` -> ``{name: jax.Array}`` with the batch dim over
-    ``('data', 'fsdp')`` (replicated when those axes do not divide it).
-
-    One process: ``batch`` is the whole batch (``jax.device_put``). Several: ``batch`` holds this
-    process's rows ``[i*b, (i+1)*b)`` of a global batch of ``b * process_count`` rows. When this
-    process's devices hold exactly those rows (the usual layout) the array is built from them
-    alone; otherwise (a replicated batch, or a mesh whose rows cross processes) the rows are
-    first gathered from all processes.
-    """
-    n = mesh.shape["data"] * mesh.shape["fsdp"]
-
-    def sharding(rows, ndim):
-        if rows % n:
-            return NamedSharding(mesh, P())
-        return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
-
-    if jax.process_count() == 1:
-        return jax.tree.map(lambda x: jax.device_put(x, sharding(x.shape[0], x.ndim)), batch)
-    pc, pi = jax.process_count(), jax.process_index()
-    out, gather = {}, {}
-    for k, x in batch.items():
-        x = np.asarray(x)
-        shape = (x.shape[0] * pc,) + x.shape[1:]
-        sh = sharding(shape[0], x.ndim)
-        if _rows_of_process(sh, shape) == (pi * x.shape[0], (pi + 1) * x.shape[0]):
-            out[k] = jax.make_array_from_process_local_data(sh, x, shape)
-        else:
-            gather[k] = (x, sh)
-    if gather:
-        from jax.experimental import multihost_utils
-
-        full = multihost_utils.process_allgather({k: x for k, (x, _) in gather.items()}, tiled=True)
-        for k, (_, sh) in gather.items():
-            out[k] = jax.make_array_from_callback(full[k].shape, sh, lambda idx, a=full[k]: a[idx])
-    return {k: out[k] for k in batch}
 
 
 def to_host(tree):

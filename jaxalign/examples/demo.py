@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from jaxalign.algorithms.registry import section_of
 from jaxalign.errors import JaxalignError
 
 PROMPTS_FILE = "movie_prompts.jsonl"
@@ -118,7 +119,7 @@ def _importable(name: str) -> bool:
     from jaxalign import algorithms
 
     try:
-        algorithms.get(name)
+        algorithms.get(name).load()
     except (ImportError, KeyError):
         return False
     return True
@@ -189,7 +190,7 @@ def demo_config(algorithm: str, sizes: Sizes, data_dir: Path, steps: int, seed: 
                   "warmup_steps": 0, "grad_clip": 1.0},
         "train": {"steps": steps, "batch_size": batch, "log_every": 1, "eval_every": 0, "save_every": 0,
                   "keep_checkpoints": 1},
-        algorithm.replace("-", "_"): section,
+        section_of(algorithm): section,
     }
     if sizes.mesh:
         raw["mesh"] = dict(sizes.mesh)
@@ -242,7 +243,7 @@ def run_demo(algorithm: str | None = None, *, tiny: bool = False, run_dir: str |
     """Run the demo; return its summary (also written to ``RUN_DIR/demo_summary.json``)."""
     from jaxalign import algorithms
     from jaxalign.config import load_config
-    from jaxalign.demo_report import DemoEval, make_pairs, plot_rewards, save_samples, step_seconds
+    from jaxalign.examples.demo_report import DemoEval, make_pairs, plot_rewards, save_samples, step_seconds
     from jaxalign.train.loop import run
 
     clock = _Clock()
@@ -298,7 +299,7 @@ def run_demo(algorithm: str | None = None, *, tiny: bool = False, run_dir: str |
                                 sizes.pair_prompts, seed)
         clock.mark("pairs")
         _say(quiet, f"demo: dpo: {pair_stats['pairs']} pairs ({pair_stats['ties']} ties dropped)")
-    job = algorithms.get(algorithm).build_job(cfg)
+    job = algorithms.build_job(cfg)
     clock.mark("build_job")
     # The loop's final eval is the "after" pass.
     evaluate = evaluator if plan.policy_key is None else (lambda params: evaluator(params[plan.policy_key]))
@@ -336,25 +337,3 @@ def run_demo(algorithm: str | None = None, *, tiny: bool = False, run_dir: str |
     }
     (run_dir / "demo_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def add_demo_args(p) -> None:
-    """The ``jaxalign demo`` options."""
-    p.add_argument("--algorithm", choices=list(PLANS), default=None,
-                   help="raft (default), ppo, online-dpo, grpo or dpo (offline, on VADER-labelled pairs)")
-    p.add_argument("--tiny", action="store_true", help="a tiny random model: the same code path in seconds")
-    p.add_argument("--run-dir", help="output directory (default: runs/demo-<algorithm>-<time>)")
-    p.add_argument("--minutes", type=float, default=10.0,
-                   help="time budget on 2 CPU cores, turned into a step count (default 10)")
-    p.add_argument("--steps", type=int, default=None, help="train steps (overrides --minutes)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-
-
-def cmd_demo(args) -> int:
-    """``jaxalign demo``: run it and print the summary."""
-    from jaxalign.demo_report import format_summary
-
-    summary = run_demo(args.algorithm, tiny=args.tiny, run_dir=args.run_dir, minutes=args.minutes,
-                       steps=args.steps, quiet=args.quiet)
-    print(format_summary(summary))
-    return 0

@@ -1,0 +1,87 @@
+"""The ``jaxalign`` command line: one module per group of subcommands (``model``: info/export,
+``train``: every algorithm and ``plan``, ``generate``, ``demo``); this module builds the parser.
+
+Every user-input problem is a :class:`~jaxalign.errors.JaxalignError`: printed as one
+``error: ...`` line on stderr with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jaxalign.cli import demo as demo_cli
+from jaxalign.cli import generate, model, train
+from jaxalign.errors import JaxalignError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxalign", description="Align language models in JAX.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    info = sub.add_parser("info", help="architecture, sizes and parameter count of a model")
+    info.add_argument("--model", required=True, help="HF dir, .gguf file or alias (smollm2-135m-instruct)")
+    info.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    info.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    info.set_defaults(func=model.cmd_info)
+
+    exp = sub.add_parser("export", help="write a model (HF dir or GGUF) as a Hugging Face directory")
+    exp.add_argument("--model", required=True, help="HF dir, .gguf file or alias")
+    exp.add_argument("--out", required=True, help="output directory")
+    exp.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    exp.set_defaults(func=model.cmd_export)
+
+    plan = sub.add_parser("plan", help="memory per device of a run's train step, and whether it fits")
+    plan.add_argument("--config", required=True, help="YAML run config (its algorithm: key picks the algorithm)")
+    plan.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    plan.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, as for training")
+    plan.set_defaults(func=train.cmd_plan)
+
+    from jaxalign.algorithms import registry
+
+    for row in registry.ALGORITHMS.values():
+        name = row.name
+        tr = sub.add_parser(name, help=f"{row.help} (configs/{name}_*.yaml)")
+        tr.add_argument("--config", help="YAML run config")
+        tr.add_argument("--run-dir", help="output directory (default: runs/<algorithm>-<time>)")
+        tr.add_argument("--quiet", action="store_true", help="no progress bar")
+        mp = tr.add_argument_group("multi-process runs (every process runs the same command; "
+                                   "README: Multi-process and TPU VM)")
+        mp.add_argument("--coordinator", metavar="HOST:PORT",
+                        help="address of process 0 (env JAXALIGN_COORDINATOR)")
+        mp.add_argument("--num-processes", type=int, metavar="N", help="env JAXALIGN_NUM_PROCESSES")
+        mp.add_argument("--process-id", type=int, metavar="I", help="0..N-1 (env JAXALIGN_PROCESS_ID)")
+        mp.add_argument("--distributed", action="store_true",
+                        help="auto-detect the processes (Cloud TPU VM, SLURM, Open MPI)")
+        tr.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides, e.g. optim.lr=1e-4 train.steps=100")
+        tr.set_defaults(func=train.cmd_train)
+
+    gen = sub.add_parser("generate", help="sample completions from a model")
+    generate.add_generate_args(gen)
+    gen.set_defaults(func=generate.generate_cli)
+
+    demo = sub.add_parser("demo", help="align SmolLM2-135M-Instruct toward positive movie reviews (VADER)")
+    demo_cli.add_demo_args(demo)
+    demo.set_defaults(func=demo_cli.cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except JaxalignError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - out of memory: sizes in the config, reported in one line
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        first = " ".join(str(e).split())[:300]
+        print(f"error: out of memory ({first}); lower train.micro_batch_size / train.batch_size, the "
+              "sequence lengths or the model size", file=sys.stderr)
+        return 2
+

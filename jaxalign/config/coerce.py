@@ -1,0 +1,114 @@
+"""Type checking of config values against the dataclasses' annotations: an unknown key names
+the nearest valid one, a value of the wrong type names its key and the expected type, and no
+NaN or infinity passes anywhere."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from typing import Any
+
+from jaxalign.errors import JaxalignError, short
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _finite(value, key: str):
+    """``value``; a NaN or infinite float is an error (no config value means either)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise JaxalignError(f"config key {key!r}: must be a finite number, got {value}")
+    return value
+
+
+def _finite_deep(value, key: str, _seen=None):
+    """``value``; a NaN or infinite float anywhere inside a list or mapping is an error. (Each
+    container is visited once: YAML aliases share them, and a "billion laughs" document would
+    otherwise be walked exponentially often.)"""
+    seen = set() if _seen is None else _seen
+    if id(value) in seen:
+        return value
+    seen.add(id(value))
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for k, v in items:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise JaxalignError(f"config key {key!r}: must hold finite numbers, got {v} at {k!r}")
+        if isinstance(v, (list, tuple, dict)):
+            _finite_deep(v, key, seen)
+    return value
+
+
+def coerce(value, tp, key: str):
+    """Check ``value`` against annotation ``tp`` (int -> float allowed); return it."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        if float in args:
+            _finite(value, key)
+        _finite_deep(value, key)
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce(value, a, key)
+            except JaxalignError as e:
+                errors.append(e)
+        names = " or ".join(_type_name(a) for a in args)
+        raise JaxalignError(f"config key {key!r}: expected {names}, got {short(value)}")
+    if tp is Any:
+        return value
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise JaxalignError(f"config key {key!r}: expected a list, got {short(value)}")
+        return list(_finite_deep(value, key))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise JaxalignError(f"config key {key!r}: expected a mapping, got {short(value)}")
+        return _finite_deep(value, key)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _finite(float(value), key)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-5" (no dot) as a string; accept any float literal.
+        try:
+            return _finite(float(value), key)
+        except ValueError:
+            pass
+    if tp is int and isinstance(value, bool):
+        raise JaxalignError(f"config key {key!r}: expected int, got {short(value)}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise JaxalignError(f"config key {key!r}: expected {_type_name(tp)}, got {short(value)}")
+    return value
+
+
+def from_dict(cls, data, prefix: str = ""):
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys with a suggestion."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise JaxalignError(f"config key {prefix or '<root>'!r}: expected a mapping, got {short(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in fields:
+            near = difflib.get_close_matches(str(k), sorted(fields), n=1, cutoff=0.5)
+            hint = f"; did you mean {(prefix + '.' if prefix else '') + near[0]!r}?" if near else ""
+            valid = ", ".join(sorted(fields))
+            raise JaxalignError(f"unknown config key {key!r}{hint} (valid here: {valid})")
+        kwargs[k] = coerce(v, hints[k], key)
+    return cls(**kwargs)
