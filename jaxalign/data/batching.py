@@ -29,13 +29,16 @@ from jaxalign.errors import JaxalignError
 _MIN_POW2 = 16
 
 
-def bucket_length(n: int, buckets=None, max_length: int | None = None) -> int:
-    """The padded length for a longest sequence of ``n`` tokens.
+def bucket_length(n: int, buckets=None, max_length: int | None = None, beyond: str = "error") -> int:
+    """The padded length for a longest sequence of ``n`` tokens (the one bucketing rule of
+    training batches and of the sampler's prompts).
 
-    ``buckets``: None (exactly ``n``), ``"pow2"`` (the next power of two >= 16, capped at
-    ``max_length``), or a list of lengths (the smallest >= n; longer than all is an error).
+    ``buckets``: None or empty (exactly ``n``), ``"pow2"`` (the next power of two >= 16, capped at
+    ``max_length``), or a list of lengths (the smallest >= n). Longer than every listed length:
+    an error (``beyond="error"``, training data) or the next multiple of the largest
+    (``beyond="multiple"``, the sampler's prompts, which are never refused).
     """
-    if buckets is None:
+    if buckets is None or (not isinstance(buckets, str) and len(buckets) == 0):
         return n
     if isinstance(buckets, str):
         if buckets != "pow2":
@@ -43,11 +46,13 @@ def bucket_length(n: int, buckets=None, max_length: int | None = None) -> int:
         b = max(_MIN_POW2, 1 << max(n - 1, 0).bit_length())
         return min(b, max_length) if max_length is not None and max_length >= n else b
     sizes = sorted(int(x) for x in buckets)
-    if not sizes or sizes[0] <= 0:
+    if sizes[0] <= 0:
         raise JaxalignError(f"buckets {list(buckets)!r}: expected positive lengths")
     for b in sizes:
         if b >= n:
             return b
+    if beyond == "multiple":
+        return -(-n // sizes[-1]) * sizes[-1]
     raise JaxalignError(f"a sequence of {n} tokens is longer than the largest bucket ({sizes[-1]}); "
                         "add a larger bucket or lower max_length")
 

@@ -4,11 +4,11 @@
 :func:`generate_text` wraps it with a tokenizer and chat templates.
 """
 
-from jaxalign.rollout.sampler import DEFAULT_BUCKETS, Rollout, bucket_length, generate, pad_prompts
+from jaxalign.rollout.sampler import DEFAULT_BUCKETS, Rollout, prompt_bucket_length, generate, pad_prompts
 from jaxalign.rollout.sampling import filter_logits, sample_tokens, top_k_filter, top_p_filter
 from jaxalign.rollout.text import generate_text
 
 __all__ = [
-    "DEFAULT_BUCKETS", "Rollout", "bucket_length", "filter_logits", "generate", "generate_text",
+    "DEFAULT_BUCKETS", "Rollout", "prompt_bucket_length", "filter_logits", "generate", "generate_text",
     "pad_prompts", "sample_tokens", "top_k_filter", "top_p_filter",
 ]

@@ -25,6 +25,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from jaxalign import parallel as shd
+from jaxalign.data.batching import bucket_length
 from jaxalign.errors import JaxalignError
 from jaxalign.losses.logprobs import token_logprobs
 from jaxalign.models.kv_cache import TRANSPOSE_MIN_ROWS, KVCache
@@ -94,17 +95,11 @@ class _Spec:
     n_eos: int
 
 
-def bucket_length(n: int, buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> int:
-    """The smallest bucket ``>= n``; beyond the largest, the next multiple of the largest.
-    ``buckets=None`` disables bucketing (returns ``n``)."""
-    if not buckets:
-        return n
-    buckets = sorted(int(b) for b in buckets)
-    for b in buckets:
-        if b >= n:
-            return b
-    top = buckets[-1]
-    return -(-n // top) * top
+def prompt_bucket_length(n: int, buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> int:
+    """The padded width of a prompt batch whose longest prompt has ``n`` tokens: the smallest
+    bucket ``>= n``; beyond the largest, the next multiple of the largest; ``buckets=None``: ``n``
+    (:func:`jaxalign.data.batching.bucket_length` with ``beyond="multiple"``)."""
+    return bucket_length(n, buckets, beyond="multiple")
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int,
@@ -113,7 +108,7 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int,
 
     Returns:
       ``(ids, mask)``, int32 numpy arrays ``[len(prompts), L]`` with
-      ``L = bucket_length(max length, buckets)``; ``mask`` is 1 on real tokens.
+      ``L = prompt_bucket_length(max length, buckets)``; ``mask`` is 1 on real tokens.
     Raises:
       JaxalignError: no prompts, or an empty prompt.
     """
@@ -122,7 +117,7 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int,
     lengths = [len(p) for p in prompts]
     if min(lengths) == 0:
         raise JaxalignError(f"prompt {lengths.index(0)} is empty (a prompt needs at least one token)")
-    width = bucket_length(max(lengths), buckets)
+    width = prompt_bucket_length(max(lengths), buckets)
     ids = np.full((len(prompts), width), pad_id, np.int32)
     mask = np.zeros((len(prompts), width), np.int32)
     for i, p in enumerate(prompts):
@@ -346,7 +341,7 @@ def generate(model_or_state, prompt_ids, prompt_mask, key, *, max_new_tokens: in
                  n_eos=len(eos_ids))
 
     b, p = ids.shape
-    width = bucket_length(p, buckets)
+    width = prompt_bucket_length(p, buckets)
     mesh = mesh if mesh is not None else _mesh_of(state)
     shards = 1
     if mesh is not None:

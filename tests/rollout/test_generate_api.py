@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxalign.errors import JaxalignError
-from jaxalign.rollout import bucket_length, generate, pad_prompts
+from jaxalign.rollout import prompt_bucket_length, generate, pad_prompts
 from jaxalign.rollout.sampler import _generate_jit
 
 from .conftest import ragged_prompts
@@ -69,7 +69,7 @@ def test_pad_prompts_and_buckets():
     assert ids.dtype == mask.dtype == np.int32
     assert pad_prompts([[1] * 5], 0, buckets=(4, 8))[0].shape == (1, 8)
     assert pad_prompts([[1] * 5], 0, buckets=None)[0].shape == (1, 5)
-    assert [bucket_length(n) for n in (1, 16, 17, 100, 2048, 2049)] == [16, 16, 32, 128, 2048, 4096]
+    assert [prompt_bucket_length(n) for n in (1, 16, 17, 100, 2048, 2049)] == [16, 16, 32, 128, 2048, 4096]
     with pytest.raises(JaxalignError, match="empty"):
         pad_prompts([[1], []], 0)
     with pytest.raises(JaxalignError, match="no prompts"):
