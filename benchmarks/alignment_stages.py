@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from jaxalign.algorithms.registry import section_of
 from jaxalign.examples import demo
 
 # Table rows -> (jaxalign algorithm, what differs from the demo's plan).
@@ -119,7 +120,7 @@ def algorithm_config(row: str, sizes: demo.Sizes, work: Path, *, steps: int, see
     raw["model"] = _model_section(sizes, sft)
     raw["train"].update(save_final=False, plots=False, keep_checkpoints=1)
     raw["optim"]["lr"] = demo.PLANS[alg].lr if not quick else 1e-3
-    section = raw[alg.replace("-", "_")]
+    section = raw[section_of(alg)]
     if "reward" in section:
         section["reward"] = dict(rm)
     if alg == "ppo":
@@ -149,10 +150,8 @@ def stage_config(kind: str, sizes: demo.Sizes, work: Path, *, steps: int, seed: 
 
 def load(raw: dict, path: Path):
     """Write ``raw`` to ``path`` and load it as a validated :class:`RunConfig`."""
-    from jaxalign import algorithms
     from jaxalign.config import load_config
 
-    algorithms.get(raw["algorithm"])  # registers its config section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return load_config(path)
@@ -178,6 +177,7 @@ def sample_groups(ev, params, prompt_file: Path, n: int, key, limit: int | None 
     import jax
 
     from jaxalign.algorithms.experience import ExperienceMaker
+    from jaxalign.data import full_batches
 
     rows = [json.loads(x) for x in prompt_file.read_text().splitlines()][:limit]
     examples = ev._prompts(prompt_file)[:limit]
@@ -186,10 +186,7 @@ def sample_groups(ev, params, prompt_file: Path, n: int, key, limit: int | None 
     width = max(width, max(len(e["prompt_ids"]) for e in examples))
     bp = min(batch_prompts, len(examples))
     out = []
-    for i in range(0, len(examples), bp):
-        chunk = examples[i:i + bp]
-        m = len(chunk)
-        batch = ev._collate(chunk + [chunk[-1]] * (bp - m), ev.tokenizer.pad_token_id, length=width)
+    for i, batch, m in full_batches(examples, bp, ev.tokenizer.pad_token_id, length=width):
         roll = maker.sample(params, batch["prompt_ids"], batch["prompt_mask"], jax.random.fold_in(key, i))
         _, comps = maker.decode(roll)
         tokens, mask = np.asarray(roll.tokens), np.asarray(roll.attention_mask)
@@ -235,8 +232,12 @@ def pairs_from(groups: list[Group], scores: list[np.ndarray], *, allow_ties: boo
     """Preference pairs from consecutive samples (1-2, 3-4, ...) of each prompt: the higher score
     is chosen; equal scores (``allow_ties``: kept in sample order) and empty or identical
     completions are dropped. Also returns the rows' indices for scoring pairs on tokens."""
+    from jaxalign.algorithms.online_dpo import pair_rows
+
     rows, index, ties, empty = [], [], 0, 0
     for gi, (g, s) in enumerate(zip(groups, scores)):
+        s = np.asarray(s)
+        chosen, rejected = pair_rows(s[:len(g.completions) // 2 * 2])
         for a in range(0, len(g.completions) - 1, 2):
             b = a + 1
             ca, cb = g.completions[a], g.completions[b]
@@ -246,7 +247,7 @@ def pairs_from(groups: list[Group], scores: list[np.ndarray], *, allow_ties: boo
             if s[a] == s[b] and not allow_ties:
                 ties += 1
                 continue
-            w, l = (a, b) if s[a] >= s[b] else (b, a)
+            w, l = int(chosen[a // 2]), int(rejected[a // 2])
             rows.append({"prompt": g.prompt, "chosen": g.completions[w], "rejected": g.completions[l],
                          "score_chosen": float(s[w]), "score_rejected": float(s[l])})
             index.append((gi, w, l))

@@ -45,8 +45,10 @@ def run(alg: str, steps: int, overrides: list[str]) -> dict:
     res["train_s"] = res["iteration_s"] - res["generate_s"] - res["score_s"]
     import yaml
 
+    from jaxalign.algorithms.registry import section_of
+
     c = yaml.safe_load(cfg)
-    sec = c.get(alg.replace("-", "_"), {})
+    sec = c.get(section_of(alg), {})
     res["settings"] = {"prompts_per_iteration": c["train"]["batch_size"],
                        "samples_per_prompt": sec.get("num_generations") or (round(1 / sec["alpha"]) if sec.get("ranking") == "local" else 1),
                        "max_new_tokens": sec.get("sampling", {}).get("max_new_tokens"),

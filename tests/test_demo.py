@@ -80,9 +80,6 @@ def test_render_prompt_puts_the_opening_in_the_assistant_turn(tiny_tok):
 @pytest.mark.parametrize("algorithm", list(demo.PLANS))
 @pytest.mark.parametrize("tiny", [False, True])
 def test_every_algorithm_config_validates(tmp_path, algorithm, tiny):
-    from jaxalign import algorithms
-
-    algorithms.get(algorithm)  # registers its config section
     sizes = demo.TINY if tiny else demo.FULL
     steps = demo.plan_steps(algorithm, sizes, 10.0)
     raw = demo.demo_config(algorithm, sizes, tmp_path, steps)

@@ -230,3 +230,13 @@ def real_tokens(batch: dict) -> int:
     import numpy as np
 
     return int(sum(np.sum(v) for k, v in batch.items() if k.endswith("attention_mask")))
+
+
+def frozen_copy(tree):
+    """Fresh buffers with equal values, on the same shardings (committed or not), leaf by leaf.
+
+    The one way the package copies parameters it must keep: the train step donates its state,
+    so a reference model (or a critic started from the policy, or any extras leaf that could
+    alias another) sharing the policy's buffers would be invalidated by the first step.
+    """
+    return jax.tree.map(lambda x: jax.device_put(x, may_alias=False), tree)

@@ -36,14 +36,49 @@ REF_KEYS = ("ref_chosen_logp", "ref_rejected_logp")  # per-example floats for re
 
 
 @dataclasses.dataclass
-class Config:
-    """The ``dpo:`` section.
+class LossConfig:
+    """The DPO loss keys offline and online DPO share (one definition, one validation).
 
     beta: β, the strength of the implicit KL penalty (TRL default 0.1).
     loss_type: one of ``jaxalign.losses.dpo.LOSS_TYPES`` (``sigmoid`` = DPO, ``ipo``, ``simpo``, ...)
       or a list of them, mixed as ``Σ_k loss_weights[k]·loss_k``.
     loss_weights: weights of a list of loss types (default all 1; same length as loss_type).
     label_smoothing: ε (cDPO / robust / EXO / AOT / SimPO); in [0, 0.5).
+    """
+
+    beta: float = 0.1
+    loss_type: str | list = "sigmoid"
+    loss_weights: list | None = None
+    label_smoothing: float = 0.0
+
+    def validate_loss(self, section: str) -> None:
+        """Errors name ``section`` (``dpo`` or ``online_dpo``) and the key."""
+        types = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+        known = LOSS_TYPES + ("aot_unpaired", "rpo")
+        for t in types:
+            if t not in known:
+                raise JaxalignError(f"config key '{section}.loss_type': unknown loss type {t!r} "
+                                    f"(known: {', '.join(LOSS_TYPES)})")
+        if not types:
+            raise JaxalignError(f"config key '{section}.loss_type': an empty list")
+        if self.loss_weights is not None:
+            if len(self.loss_weights) != len(types):
+                raise JaxalignError(f"config key '{section}.loss_weights': {len(self.loss_weights)} weights for "
+                                    f"{len(types)} loss types ({section}.loss_type); give one weight per type")
+            if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in self.loss_weights):
+                raise JaxalignError(f"config key '{section}.loss_weights': expected numbers, got {self.loss_weights}")
+        if self.beta <= 0:
+            raise JaxalignError(f"config key '{section}.beta': must be > 0, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise JaxalignError(f"config key '{section}.label_smoothing': must be in [0, 0.5), "
+                                f"got {self.label_smoothing}")
+
+
+@dataclasses.dataclass
+class Config(LossConfig):
+    """The ``dpo:`` section: the loss keys of :class:`LossConfig` (beta, loss_type, loss_weights,
+    label_smoothing), and:
+
     reference_free: a uniform reference (ref log-probs = 0); no reference model is built.
     simpo_gamma: SimPO target margin γ. discopop_tau: DiscoPOP temperature τ.
     rpo_alpha: weight of an added NLL term on the chosen completions (RPO); null: off.
@@ -55,10 +90,6 @@ class Config:
     chunk_size: compute log-probs over the vocabulary in chunks of this many positions.
     """
 
-    beta: float = 0.1
-    loss_type: str | list = "sigmoid"
-    loss_weights: list | None = None
-    label_smoothing: float = 0.0
     reference_free: bool = False
     simpo_gamma: float = 0.5
     discopop_tau: float = 0.05
@@ -80,24 +111,8 @@ class Config:
         return self.reference if self.needs_reference() else None
 
     def validate(self, cfg: RunConfig) -> None:
+        self.validate_loss("dpo")
         types = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
-        known = LOSS_TYPES + ("aot_unpaired", "rpo")
-        for t in types:
-            if t not in known:
-                raise JaxalignError(f"config key 'dpo.loss_type': unknown loss type {t!r} "
-                                    f"(known: {', '.join(LOSS_TYPES)})")
-        if not types:
-            raise JaxalignError("config key 'dpo.loss_type': an empty list")
-        if self.loss_weights is not None:
-            if len(self.loss_weights) != len(types):
-                raise JaxalignError(f"config key 'dpo.loss_weights': {len(self.loss_weights)} weights for "
-                                    f"{len(types)} loss types (dpo.loss_type); give one weight per type")
-            if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in self.loss_weights):
-                raise JaxalignError(f"config key 'dpo.loss_weights': expected numbers, got {self.loss_weights}")
-        if self.beta <= 0:
-            raise JaxalignError(f"config key 'dpo.beta': must be > 0, got {self.beta}")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise JaxalignError(f"config key 'dpo.label_smoothing': must be in [0, 0.5), got {self.label_smoothing}")
         if self.discopop_tau <= 0:
             raise JaxalignError(f"config key 'dpo.discopop_tau': must be > 0, got {self.discopop_tau}")
         if self.rpo_alpha is not None and self.rpo_alpha < 0:
@@ -187,7 +202,7 @@ def _pass_size(cfg: RunConfig) -> int:
 def precompute_reference(examples: list, model, cfg: RunConfig, pad_id: int, mesh) -> list:
     """Copies of the preference ``examples`` with ``ref_chosen_logp`` / ``ref_rejected_logp``
     (floats) from ``model``: one pass in batches of the micro-batch size, in order."""
-    from jaxalign.data import collate
+    from jaxalign.data import full_batches
     from jaxalign.parallel.distributed import to_host
 
     if not examples:
@@ -201,11 +216,7 @@ def precompute_reference(examples: list, model, cfg: RunConfig, pad_id: int, mes
 
     bs = min(_pass_size(cfg), len(examples))
     out_w, out_l = [], []
-    for start in range(0, len(examples), bs):
-        chunk = list(examples[start:start + bs])
-        n = len(chunk)
-        chunk += [chunk[0]] * (bs - n)  # the last batch keeps the shape: no second compile
-        batch = collate(chunk, pad_id, cfg.data.buckets, max_length=cfg.data.max_length)
+    for _, batch, n in full_batches(examples, bs, pad_id, cfg.data.buckets, max_length=cfg.data.max_length):
         # Every process collates the same whole batch; to_host gathers the shards of the others.
         w, l = to_host(logps(params, jax.device_put(batch, shd.batch_shardings(batch, mesh))))
         out_w.extend(np.asarray(w[:n], np.float64).tolist())
@@ -228,11 +239,6 @@ def _check_vocab(cfg: RunConfig, ref_vocab: int, policy_vocab: int) -> None:
     if ref_vocab != policy_vocab:
         raise JaxalignError(f"config key 'dpo.reference_path': {cfg.algo.reference_path} has a vocabulary of "
                             f"{ref_vocab} tokens, the policy {policy_vocab}; they must match")
-
-
-def _copy(tree):
-    """Fresh buffers on the same shardings (the policy's are donated to the train step)."""
-    return jax.tree.map(lambda x: jax.device_put(x, x.sharding, may_alias=False), tree)
 
 
 def build_job(cfg: RunConfig) -> Job:
@@ -274,7 +280,7 @@ def build_job(cfg: RunConfig) -> Job:
             ref_graphdef, frozen = nnx.split(ref)
             del ref
         else:
-            ref_graphdef, frozen = graphdef, _copy(params)
+            ref_graphdef, frozen = graphdef, common.frozen_copy(params)
     batches, eval_batches = common.batch_iterators(cfg, train, ev, tok.pad_token_id)
     total = common.num_steps(cfg, len(train))
     tx, schedule = make_optimizer(cfg.optim, total)

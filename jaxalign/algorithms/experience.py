@@ -6,12 +6,19 @@ reward model. What is not: decoding text for a text reward and calling it. Every
 update needs that depends only on the data (advantages, score normalisation, GAE) is left to the
 algorithm's jitted step, so that it is checkpointed state (running moments in ``extras``) and not
 host-side bookkeeping.
+
+Two hooks let any online algorithm change the phase without a phase of its own: a *prompt
+transform* (the sampler sees a different prompt, e.g. RAFT's generation template, while the
+train rows hold the plain prompt) and a *reward filter* (degenerate samples get ``−inf``, e.g.
+RAFT's ``min_length`` / ``forbidden_pattern``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
+from typing import Callable
 
 import flax.nnx as nnx
 import jax
@@ -19,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.errors import JaxalignError
-from jaxalign.losses import shifted_token_logprobs
+from jaxalign.losses import filter_rewards, shifted_token_logprobs
 from jaxalign.rewards import Reward, RewardConfig
 
 
@@ -67,6 +74,87 @@ def make_logps_fn(graphdef, temperature: float):
     return logps
 
 
+# -- hooks of the experience phase ----------------------------------------------------------------
+
+def join_prompt(prompt_ids, prompt_mask, prefix: list[int], suffix: list[int], *, pad_id: int,
+                bos_id: int | None = None):
+    """Left-padded ``[B, P]`` prompts -> ``[B, P + len(prefix) + len(suffix)]`` prompts
+    ``prefix + prompt + suffix`` (after a leading ``bos_id``, which stays first), joined as
+    tokens. Every row grows by the same amount, so shapes stay bucketed."""
+    ids, mask = np.asarray(prompt_ids), np.asarray(prompt_mask).astype(bool)
+    width = ids.shape[1] + len(prefix) + len(suffix)
+    out_ids = np.full((ids.shape[0], width), pad_id, np.int32)
+    out_mask = np.zeros((ids.shape[0], width), np.int32)
+    for i, (row, m) in enumerate(zip(ids, mask)):
+        real = [int(t) for t in row[m]]
+        head = real[:1] if (bos_id is not None and real[:1] == [bos_id]) else []
+        new = head + list(prefix) + real[len(head):] + list(suffix)
+        out_ids[i, width - len(new):] = new
+        out_mask[i, width - len(new):] = 1
+    return out_ids, out_mask
+
+
+class GenerationTemplate:
+    """A prompt transform: ``transform(prompt_ids, prompt_mask, tokenizer) -> (ids, mask)``, the
+    prompts the sampler sees. ``template`` holds ``{prompt}`` once (e.g. ``"Be upbeat! {prompt}"``);
+    the text around it is tokenised on its own and joined to the prompt's tokens (no string
+    surgery; a leading BOS stays first)."""
+
+    def __init__(self, template: str):
+        if template.count("{prompt}") != 1:
+            raise JaxalignError(f"generation template {template!r}: must contain '{{prompt}}' exactly once")
+        self.template = template
+        self._tokenizer, self._parts = None, None
+
+    def parts(self, tokenizer) -> tuple[list[int], list[int], int | None]:
+        """``(prefix ids, suffix ids, bos id or None)`` for ``tokenizer`` (cached for the last one)."""
+        if self._tokenizer is not tokenizer:
+            before, after = self.template.split("{prompt}")
+            enc = lambda s: list(tokenizer(s, add_special_tokens=False)["input_ids"]) if s else []
+            bos = tokenizer.bos_token_id
+            # Only a tokenizer that really prepends BOS keeps it in front of the prefix.
+            bos = bos if (bos is not None and list(tokenizer("a")["input_ids"])[:1] == [bos]) else None
+            self._tokenizer, self._parts = tokenizer, (enc(before), enc(after), bos)
+        return self._parts
+
+    def __call__(self, prompt_ids, prompt_mask, tokenizer):
+        prefix, suffix, bos = self.parts(tokenizer)
+        if not prefix and not suffix:
+            return np.asarray(prompt_ids), np.asarray(prompt_mask)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids(tokenizer)[0]
+        return join_prompt(prompt_ids, prompt_mask, prefix, suffix, pad_id=pad, bos_id=bos)
+
+
+class RewardFilter:
+    """A reward filter: ``filter(rows, completions, scores) -> scores`` with ``−inf`` for
+    degenerate samples: fewer than ``min_length`` completion tokens (EOS included), or a
+    completion text matching the regex ``forbidden_pattern``. ``needs_text``: whether it reads
+    ``completions`` (the decoded completion texts; None may be passed otherwise)."""
+
+    def __init__(self, min_length: int | None = None, forbidden_pattern: str | None = None):
+        self.min_length = min_length
+        self.pattern = re.compile(forbidden_pattern) if forbidden_pattern else None
+
+    @property
+    def needs_text(self) -> bool:
+        return self.pattern is not None
+
+    @property
+    def active(self) -> bool:
+        """Whether it can change any score (a filter that cannot is best left out)."""
+        return self.min_length is not None or self.pattern is not None
+
+    def __call__(self, rows: dict, completions, scores):
+        if self.min_length is not None:
+            scores = filter_rewards(scores, rows["input_ids"], rows["completion_mask"], min_length=self.min_length)
+        if self.pattern is not None:
+            bad = np.array([self.pattern.search(c) is not None for c in completions])
+            scores = jnp.where(jnp.asarray(bad), -jnp.inf, scores)
+        return scores
+
+
+# -- the phase ------------------------------------------------------------------------------------
+
 class ExperienceMaker:
     """``maker(params, prompt_batch, key) -> (experience, texts, metrics)``.
 
@@ -77,62 +165,102 @@ class ExperienceMaker:
     sample ``g`` of prompt ``b`` (``G = num_samples``). ``texts``: decoded prompts and
     completions. ``metrics``: reward mean/std/min/max, response length, EOS rate, and the time
     spent generating and scoring.
+
+    Hooks: ``prompt_transform(prompt_ids, prompt_mask, tokenizer) -> (ids, mask)`` gives the
+    prompts the sampler sees; the rows (and the reward, the reference, the update) still hold
+    the plain prompt followed by the completion (``old_logps``: the sampler's, at the completion
+    columns). ``reward_filter(rows, completions, scores) -> scores`` (see :class:`RewardFilter`)
+    runs after the reward: ``scores`` are then the filtered ones, ``raw_scores`` the reward's,
+    and the reward metrics describe the raw ones.
     """
 
     def __init__(self, graphdef, tokenizer, reward: Reward, sampling: SamplingConfig, *, num_samples: int = 1,
-                 ref_params=None, mesh=None):
+                 ref_params=None, mesh=None, prompt_transform: Callable | None = None,
+                 reward_filter: Callable | None = None):
         self.graphdef, self.tokenizer, self.reward, self.sampling = graphdef, tokenizer, reward, sampling
         self.num_samples, self.ref_params, self.mesh = num_samples, ref_params, mesh
+        self.prompt_transform, self.reward_filter = prompt_transform, reward_filter
         self.eos = eos_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos[0]
         self.ref_logps = make_logps_fn(graphdef, sampling.temperature) if ref_params is not None else None
 
-    def sample(self, params, prompt_ids, prompt_mask, key):
+    def sample(self, params, prompt_ids, prompt_mask, key, num_samples: int | None = None):
+        """The sampler's rollout of these prompts (``num_samples`` per prompt, default the maker's)."""
         from jaxalign.rollout import generate
 
         s = self.sampling
+        n = self.num_samples if num_samples is None else num_samples
         return generate((self.graphdef, params), prompt_ids, prompt_mask, key, max_new_tokens=s.max_new_tokens,
                         temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, eos_token_ids=self.eos,
-                        pad_token_id=self.pad_id, num_samples=self.num_samples, mesh=self.mesh)
+                        pad_token_id=self.pad_id, num_samples=n, mesh=self.mesh)
 
-    def decode(self, roll) -> tuple[list[str], list[str]]:
-        """Prompt and completion texts (special tokens dropped) of a rollout, row by row."""
-        tokens = np.asarray(roll.tokens)
-        cmask = np.asarray(roll.completion_mask).astype(bool)
-        amask = np.asarray(roll.attention_mask).astype(bool)
+    def rows(self, params, prompt_batch: dict, key, prompt_transform: Callable | None = None) -> dict:
+        """Sample and lay out the rows: ``input_ids``, ``attention_mask``, ``completion_mask``,
+        ``old_logps`` ``[N, P + T]``, ``lengths`` and ``finished`` (bool) ``[N]``; with a prompt
+        transform (``prompt_transform``, else the maker's), the plain prompt (``P`` its width)
+        followed by the completion."""
+        ids, mask = prompt_batch["prompt_ids"], prompt_batch["prompt_mask"]
+        transform = prompt_transform if prompt_transform is not None else self.prompt_transform
+        if transform is None:
+            roll = self.sample(params, ids, mask, key)
+            return {"input_ids": roll.tokens, "attention_mask": roll.attention_mask,
+                    "completion_mask": roll.completion_mask, "old_logps": roll.aligned_logprobs(),
+                    "lengths": roll.lengths, "finished": roll.finished}
+        roll = self.sample(params, *transform(ids, mask, self.tokenizer), key)
+        plain_ids = np.repeat(np.asarray(ids), self.num_samples, axis=0)
+        plain_mask = np.repeat(np.asarray(mask), self.num_samples, axis=0)
+        comp = roll.generated_mask
+        pad = np.zeros(plain_mask.shape, roll.logprobs.dtype)
+        return {"input_ids": jnp.concatenate([plain_ids, roll.completion_ids], axis=1),
+                "attention_mask": jnp.concatenate([plain_mask, comp], axis=1),
+                "completion_mask": jnp.concatenate([np.zeros_like(plain_mask), comp], axis=1),
+                "old_logps": jnp.concatenate([pad, roll.logprobs], axis=1),
+                "lengths": roll.lengths, "finished": roll.finished}
+
+    def decode_rows(self, rows: dict) -> tuple[list[str], list[str]]:
+        """Prompt and completion texts (special tokens dropped) of rows (see :meth:`rows`)."""
+        tokens = np.asarray(rows["input_ids"])
+        cmask = np.asarray(rows["completion_mask"]).astype(bool)
+        amask = np.asarray(rows["attention_mask"]).astype(bool)
         pmask = amask & ~cmask
         prompts = self.tokenizer.batch_decode([t[m] for t, m in zip(tokens, pmask)], skip_special_tokens=True)
         comps = self.tokenizer.batch_decode([t[m] for t, m in zip(tokens, cmask)], skip_special_tokens=True)
         return prompts, comps
 
+    def decode(self, roll) -> tuple[list[str], list[str]]:
+        """Prompt and completion texts (special tokens dropped) of a rollout, row by row."""
+        return self.decode_rows({"input_ids": roll.tokens, "attention_mask": roll.attention_mask,
+                                 "completion_mask": roll.completion_mask})
+
+    def score(self, rows: dict, texts=(None, None)) -> np.ndarray:
+        """The reward of the rows (``texts``: their decoded prompts and completions when the
+        reward reads text)."""
+        return self.reward(*texts, tokens=rows["input_ids"], attention_mask=rows["attention_mask"],
+                           finished=np.asarray(rows["finished"]))
+
     def __call__(self, params, prompt_batch: dict, key):
         t0 = time.perf_counter()
-        roll = self.sample(params, prompt_batch["prompt_ids"], prompt_batch["prompt_mask"], key)
-        jax.block_until_ready(roll.tokens)
+        rows = self.rows(params, prompt_batch, key)
+        jax.block_until_ready(rows["input_ids"])
         t1 = time.perf_counter()
+        filt = self.reward_filter
         prompts = comps = None
-        if self.reward.needs_text:
-            prompts, comps = self.decode(roll)
-        scores = self.reward(prompts, comps, tokens=roll.tokens, attention_mask=roll.attention_mask,
-                             finished=np.asarray(roll.finished))
-        exp = {
-            "input_ids": roll.tokens,
-            "attention_mask": roll.attention_mask,
-            "completion_mask": roll.completion_mask,
-            "old_logps": roll.aligned_logprobs(),
-            "scores": jnp.asarray(scores),
-            "finished": roll.finished.astype(jnp.float32),
-            "lengths": roll.lengths,
-        }
+        if self.reward.needs_text or (filt is not None and getattr(filt, "needs_text", True)):
+            prompts, comps = self.decode_rows(rows)
+        scores = self.score(rows, (prompts, comps))
+        exp = dict(rows, scores=jnp.asarray(scores), finished=rows["finished"].astype(jnp.float32))
+        if filt is not None:
+            exp["raw_scores"] = jnp.asarray(scores, jnp.float32)
+            exp["scores"] = jnp.asarray(filt(rows, comps, exp["raw_scores"]), jnp.float32)
         if self.ref_logps is not None:
-            exp["ref_logps"] = self.ref_logps(self.ref_params, roll.tokens, roll.attention_mask)
+            exp["ref_logps"] = self.ref_logps(self.ref_params, rows["input_ids"], rows["attention_mask"])
             jax.block_until_ready(exp["ref_logps"])
         t2 = time.perf_counter()
-        lengths = np.asarray(roll.lengths)
+        lengths = np.asarray(rows["lengths"])
         metrics = {
             "reward/mean": float(scores.mean()), "reward/std": float(scores.std()),
             "reward/min": float(scores.min()), "reward/max": float(scores.max()),
-            "response_length": float(lengths.mean()), "eos_rate": float(np.asarray(roll.finished).mean()),
+            "response_length": float(lengths.mean()), "eos_rate": float(np.asarray(rows["finished"]).mean()),
             "time/generate": t1 - t0, "time/score": t2 - t1,
         }
         return exp, (prompts, comps), metrics

@@ -15,7 +15,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from jaxalign.algorithms import common, online
+from jaxalign.algorithms import online
 from jaxalign.algorithms.experience import SamplingConfig
 from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
@@ -110,16 +110,22 @@ def make_loss(graphdef, algo: Config, temperature: float, remat: bool = False):
     return loss_fn
 
 
-def build_job(cfg: RunConfig):
-    """Prompts, policy, (reference), reward and the GRPO/RLOO loss as an online job."""
-    algo = cfg.algo
-    need_ref = algo.beta > 0
-    setup = online.setup(cfg, num_samples=algo.num_generations, sampling=algo.sampling, reward=algo.reward,
-                         need_ref=need_ref)
+def spec(cfg: RunConfig) -> online.OnlineSpec:
+    """GRPO/RLOO as an online algorithm: G samples per prompt, reference log-probs in the
+    experience when ``beta > 0``, group advantages added to the experience rows."""
+    algo: Config = cfg.algo
 
-    def postprocess(exp):
+    @jax.jit
+    def to_rows(exp):
         return dict(exp, advantages=advantages(algo, exp))
 
-    loss = make_loss(setup.graphdef, algo, algo.sampling.temperature, cfg.model.remat)
-    return online.job(cfg, setup, loss, postprocess=jax.jit(postprocess),
-                      rows_per_prompt=algo.num_generations)
+    return online.OnlineSpec(
+        sampling=algo.sampling, reward=algo.reward, samples_per_prompt=algo.num_generations,
+        reference="logps" if algo.beta > 0 else None,
+        make_loss=lambda s: make_loss(s.graphdef, algo, algo.sampling.temperature, cfg.model.remat),
+        to_batch=lambda exp, metrics, batch: (to_rows(exp), metrics), rows_per_prompt=algo.num_generations)
+
+
+def build_job(cfg: RunConfig):
+    """Prompts, policy, (reference), reward and the GRPO/RLOO loss as an online job."""
+    return online.job(cfg, spec(cfg))

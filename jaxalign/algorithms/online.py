@@ -1,6 +1,10 @@
-"""What every online algorithm builds the same way: prompts, policy, frozen reference, reward,
-the experience maker, and the :class:`~jaxalign.train.loop.Job` whose ``experience`` hook turns
-each prompt batch into a batch of scored samples before the (shared) train step.
+"""The one pipeline of every online algorithm (GRPO/RLOO, online DPO, RAFT, PPO).
+
+An algorithm describes itself with an :class:`OnlineSpec` (samples per prompt, sampling and
+reward, where its reference goes, how experience becomes a train batch, its loss, its update
+schedule) and :func:`job` builds the :class:`~jaxalign.train.loop.Job`: prompts, policy, frozen
+reference, reward, the experience maker, the experience hook (sampling key from the train
+state), held-out evaluation, the optimizer and the step. No algorithm builds a Job by hand.
 """
 
 from __future__ import annotations
@@ -14,18 +18,27 @@ import numpy as np
 
 from jaxalign.algorithms import common
 from jaxalign.algorithms.experience import ExperienceMaker, SamplingConfig, reward_from
+from jaxalign.algorithms.registry import section_of
 from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
 from jaxalign.rewards import RewardConfig
 from jaxalign.train.job import Job
 from jaxalign.train.optim import make_optimizer
+from jaxalign.train.state import make_minibatch_step
 
 # Salt folded into the step's key for sampling, so it never reuses the train step's own key.
 _SAMPLE_SALT = 0x5A4D
+REFERENCES = (None, "logps", "frozen")
+
+
+def _identity(x):
+    return x
 
 
 @dataclasses.dataclass
 class Setup:
+    """What :func:`setup` loaded; the spec's hooks receive it (``params`` is the policy's)."""
+
     graphdef: Any
     params: Any
     ref_params: Any
@@ -37,8 +50,60 @@ class Setup:
     n_train_prompts: int
 
 
+@dataclasses.dataclass
+class OnlineSpec:
+    """How an online algorithm plugs into :func:`job`.
+
+    sampling / reward: its ``sampling:`` and ``reward:`` sections.
+    make_loss: ``make_loss(setup) -> loss_fn(params, batch, frozen, rng, extras)``.
+    samples_per_prompt: completions drawn per prompt (the experience has ``B × this`` rows).
+    reference: None; ``"logps"`` (a frozen copy of the starting policy gives ``ref_logps`` in
+      the experience); ``"frozen"`` (the copy is the loss's ``frozen`` input).
+    to_batch: ``to_batch(experience, metrics, batch) -> (train_batch, metrics)``; ``batch`` is
+      what the loop drew (see ``prompts_of``). None: the experience is the batch.
+    rows_per_prompt: train rows per prompt (the micro-batch split must divide ``B × this``).
+    extras: the loss's checkpointed state (``TrainState.extras``).
+    num_minibatches / epochs: more than one update per step (shuffled minibatches, inside one
+      jitted step; the schedule counts updates).
+    eval_samples_per_prompt: the held-out sampler's samples per prompt (the first is scored);
+      None: ``samples_per_prompt``, so evaluation reuses the compiled training sampler.
+    prompt_transform / reward_filter: hooks of the experience phase (see
+      :class:`~jaxalign.algorithms.experience.ExperienceMaker`).
+
+    Beyond one policy (PPO's critic): ``params(setup)`` the trainable tree, ``policy(params)``
+    the policy's part of it (sampled, evaluated, exported); ``make_step(setup, loss_fn, total)
+    -> (tx, schedule, step_fn)``; ``n_micro`` micro-batches per update; ``train_batches(setup)``
+    the loop's batches and ``prompts_of(batch)`` the prompt batch in one.
+    """
+
+    sampling: SamplingConfig
+    reward: RewardConfig
+    make_loss: Callable[[Setup], Callable]
+    samples_per_prompt: int = 1
+    reference: str | None = None
+    to_batch: Callable | None = None
+    rows_per_prompt: int = 1
+    extras: Any = None
+    num_minibatches: int = 1
+    epochs: int = 1
+    eval_samples_per_prompt: int | None = None
+    prompt_transform: Callable | None = None
+    reward_filter: Callable | None = None
+    params: Callable[[Setup], Any] | None = None
+    policy: Callable[[Any], Any] = _identity
+    make_step: Callable | None = None
+    n_micro: int | None = None
+    train_batches: Callable[[Setup], Any] | None = None
+    prompts_of: Callable[[Any], dict] = _identity
+
+    def __post_init__(self):
+        if self.reference not in REFERENCES:
+            raise ValueError(f"OnlineSpec.reference: {self.reference!r} is not one of {REFERENCES}")
+
+
 def setup(cfg: RunConfig, *, num_samples: int, sampling: SamplingConfig, reward: RewardConfig,
-          need_ref: bool) -> Setup:
+          need_ref: bool, prompt_transform: Callable | None = None,
+          reward_filter: Callable | None = None) -> Setup:
     """Load prompts, the policy (and a frozen copy as reference when ``need_ref``) and the reward."""
     mesh = common.mesh_from(cfg)
     tok = common.tokenizer_from(cfg)
@@ -47,23 +112,22 @@ def setup(cfg: RunConfig, *, num_samples: int, sampling: SamplingConfig, reward:
     model = common.model_from(cfg, mesh, tok)
     context = model.config.max_position_embeddings
     if cfg.data.max_prompt_length + sampling.max_new_tokens > context:
-        key = f"{cfg.algorithm.replace('-', '_')}.sampling.max_new_tokens"
+        key = f"{section_of(cfg.algorithm)}.sampling.max_new_tokens"
         raise JaxalignError(f"config key {key!r}: data.max_prompt_length={cfg.data.max_prompt_length} + "
                             f"{sampling.max_new_tokens} new tokens exceed the model's context of {context} "
                             "positions (max_position_embeddings)")
     tokens = cfg.train.batch_size * num_samples * (cfg.data.max_prompt_length + sampling.max_new_tokens)
     if tokens >= 2**31:
-        section = cfg.algorithm.replace("-", "_")
+        section = section_of(cfg.algorithm)
         key = f"{section}.num_generations" if hasattr(cfg.algo, "num_generations") else "train.batch_size"
         raise JaxalignError(f"config key {key!r}: {cfg.train.batch_size} prompts x {num_samples} "
                             f"samples of up to {cfg.data.max_prompt_length + sampling.max_new_tokens} tokens is "
                             f"{tokens} tokens per step, more than one array can index (2**31)")
     graphdef, params = nnx.split(model)
-    # The reference is the starting policy: a copy (jnp arrays are immutable, so sharing the
-    # buffers is safe only until the first donated step; copy to keep it frozen).
-    ref = jax.tree.map(lambda x: x.copy(), params) if need_ref else None
+    ref = common.frozen_copy(params) if need_ref else None
     rew = reward_from(reward, tok, mesh)
-    maker = ExperienceMaker(graphdef, tok, rew, sampling, num_samples=num_samples, ref_params=ref, mesh=mesh)
+    maker = ExperienceMaker(graphdef, tok, rew, sampling, num_samples=num_samples, ref_params=ref, mesh=mesh,
+                            prompt_transform=prompt_transform, reward_filter=reward_filter)
     return Setup(graphdef, params, ref, tok, mesh, maker, prompts, ev, len(train))
 
 
@@ -72,35 +136,30 @@ def sample_key(rng_data) -> jax.Array:
     return jax.random.fold_in(jax.random.wrap_key_data(rng_data), _SAMPLE_SALT)
 
 
-def make_evaluate(cfg: RunConfig, s: Setup) -> Callable | None:
-    """``evaluate(params) -> {"reward": mean, "response_length": mean}`` on the held-out prompts,
-    with a fixed key (comparable across steps). Batches have the training shape (the last one
-    padded with repeats that are not counted), so evaluation reuses the compiled sampler."""
+def make_evaluate(cfg: RunConfig, s: Setup, num_samples: int | None = None) -> Callable | None:
+    """``evaluate(params) -> {"reward": mean, "response_length": mean}`` on the held-out prompts:
+    one sample per (plain) prompt, raw reward (no prompt transform, no filter), a fixed key
+    (comparable across steps). The sampler draws ``num_samples`` per prompt (default the
+    maker's, the training shape, so it reuses the compiled sampler) and the first is scored;
+    the last batch is padded with repeats that are not counted."""
     if not s.eval_prompts:
         return None
-    from jaxalign.data import collate
+    from jaxalign.data import full_batches
 
-    bs = cfg.train.batch_size
-    prompts = list(s.eval_prompts)
-    batches = []
-    for i in range(0, len(prompts), bs):
-        chunk = prompts[i:i + bs]
-        real = len(chunk)
-        chunk = chunk + [chunk[-1]] * (bs - real)
-        batches.append((collate(chunk, s.tokenizer.pad_token_id, buckets=cfg.data.buckets,
-                                max_length=cfg.data.max_length), real))
     maker = s.maker
+    g = maker.num_samples if num_samples is None else num_samples
+    batches = [(b, real) for _, b, real in full_batches(s.eval_prompts, cfg.train.batch_size,
+                                                        s.tokenizer.pad_token_id, cfg.data.buckets,
+                                                        max_length=cfg.data.max_length)]
 
     def evaluate(params):
         rewards, lengths = [], []
         for i, (b, real) in enumerate(batches):
             key = jax.random.fold_in(jax.random.key(cfg.seed), i)
-            roll = maker.sample(params, b["prompt_ids"], b["prompt_mask"], key)
-            g = maker.num_samples
+            roll = maker.sample(params, b["prompt_ids"], b["prompt_mask"], key, num_samples=g)
             texts = maker.decode(roll) if maker.reward.needs_text else (None, None)
             scores = maker.reward(*texts, tokens=roll.tokens, attention_mask=roll.attention_mask,
                                   finished=np.asarray(roll.finished))
-            # One sample per prompt (the first), real prompts only.
             rewards.append(scores.reshape(-1, g)[:real, 0])
             lengths.append(np.asarray(roll.lengths).reshape(-1, g)[:real, 0])
         return {"reward": float(np.concatenate(rewards).mean()),
@@ -109,22 +168,43 @@ def make_evaluate(cfg: RunConfig, s: Setup) -> Callable | None:
     return evaluate
 
 
-def job(cfg: RunConfig, s: Setup, loss_fn, *, postprocess: Callable | None = None,
-        rows_per_prompt: int = 1, extras=None) -> Job:
-    """The :class:`Job` of an online algorithm: each step samples from the current params."""
+def _default_step(cfg: RunConfig, spec: OnlineSpec, loss_fn, total: int, n_micro: int):
+    updates = spec.epochs * spec.num_minibatches
+    tx, schedule = make_optimizer(cfg.optim, total * updates)
+    if updates == 1:
+        return tx, schedule, None  # the loop's own one-update step
+    step = make_minibatch_step(loss_fn, tx, num_minibatches=spec.num_minibatches, epochs=spec.epochs,
+                               n_micro=n_micro, schedule=schedule)
+    return tx, schedule, step
+
+
+def job(cfg: RunConfig, spec: OnlineSpec) -> Job:
+    """The :class:`Job` of an online algorithm: each step samples from the current policy,
+    scores, turns the experience into a train batch (``spec.to_batch``) and updates."""
+    s = setup(cfg, num_samples=spec.samples_per_prompt, sampling=spec.sampling, reward=spec.reward,
+              need_ref=spec.reference == "logps", prompt_transform=spec.prompt_transform,
+              reward_filter=spec.reward_filter)
+    frozen = common.frozen_copy(s.params) if spec.reference == "frozen" else None
+    params = spec.params(s) if spec.params is not None else s.params
+    loss_fn = spec.make_loss(s)
     total = common.num_steps(cfg, s.n_train_prompts)
-    tx, schedule = make_optimizer(cfg.optim, total)
+    n_micro = spec.n_micro
+    if n_micro is None:
+        n_micro = common.micro_batches(cfg)
+        if (cfg.train.batch_size * spec.rows_per_prompt) % n_micro:
+            raise JaxalignError("config key 'train.micro_batch_size': must divide train.batch_size")
+    make_step = spec.make_step or (lambda s_, loss, t: _default_step(cfg, spec, loss, t, n_micro))
+    tx, schedule, step_fn = make_step(s, loss_fn, total)
 
-    def experience(state, prompt_batch):
-        exp, _, metrics = s.maker(state.params, prompt_batch, sample_key(state.rng))
-        if postprocess is not None:
-            exp = postprocess(exp)
-        return exp, metrics
+    def experience(state, batch):
+        exp, _, metrics = s.maker(spec.policy(state.params), spec.prompts_of(batch), sample_key(state.rng))
+        return spec.to_batch(exp, metrics, batch) if spec.to_batch is not None else (exp, metrics)
 
-    n_micro = common.micro_batches(cfg)
-    if (cfg.train.batch_size * rows_per_prompt) % n_micro:
-        raise JaxalignError("config key 'train.micro_batch_size': must divide train.batch_size")
-    return Job(params=s.params, loss_fn=loss_fn, tx=tx, schedule=schedule, total_steps=total,
-               train_batches=s.prompts, mesh=s.mesh, frozen=None, extras=extras,
-               count_tokens=common.real_tokens, export=common.lm_exporter(s.graphdef, s.tokenizer),
-               n_micro=n_micro, experience=experience, evaluate=make_evaluate(cfg, s))
+    evaluate = make_evaluate(cfg, s, spec.eval_samples_per_prompt)
+    export = common.lm_exporter(s.graphdef, s.tokenizer)
+    batches = spec.train_batches(s) if spec.train_batches is not None else s.prompts
+    return Job(params=params, loss_fn=loss_fn, tx=tx, schedule=schedule, total_steps=total,
+               train_batches=batches, mesh=s.mesh, frozen=frozen, extras=spec.extras,
+               count_tokens=common.real_tokens, export=lambda p, d: export(spec.policy(p), d),
+               n_micro=n_micro, experience=experience, step_fn=step_fn,
+               evaluate=(lambda p: evaluate(spec.policy(p))) if evaluate is not None else None)

@@ -22,7 +22,7 @@ from jaxalign.algorithms import dpo, online
 from jaxalign.algorithms.experience import SamplingConfig
 from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
-from jaxalign.losses.dpo import LOSS_TYPES, _as_tuple
+from jaxalign.losses.dpo import _as_tuple
 from jaxalign.rewards import RewardConfig
 
 SECTION = "online_dpo"
@@ -36,52 +36,29 @@ class OnlineDPOSampling(SamplingConfig):
 
 
 @dataclasses.dataclass
-class Config:
-    """The ``online_dpo:`` section.
+class Config(dpo.LossConfig):
+    """The ``online_dpo:`` section: the DPO loss keys of :class:`jaxalign.algorithms.dpo.LossConfig`
+    (``beta``, TRL's online DPO default 0.1; ``loss_type`` / ``loss_weights`` /
+    ``label_smoothing`` as in the ``dpo:`` section: ``sigmoid`` = DPO, ``ipo``, ``hinge``, ...,
+    or a weighted list), and:
 
-    beta: β of the DPO loss (TRL's online DPO default 0.1).
-    loss_type / loss_weights / label_smoothing: as in the ``dpo:`` section (``sigmoid`` = DPO,
-      ``ipo``, ``hinge``, ..., or a weighted list).
     sampling: how the two completions are drawn (temperature 0.9 by default).
     reward: how they are scored (``missing_eos_penalty``: subtracted when a completion has no EOS).
     """
 
-    beta: float = 0.1
-    loss_type: str | list = "sigmoid"
-    loss_weights: list | None = None
-    label_smoothing: float = 0.0
     sampling: OnlineDPOSampling = dataclasses.field(default_factory=OnlineDPOSampling)
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
 
     def dpo_config(self) -> dpo.Config:
         """The equivalent offline ``dpo:`` section (reference: the policy's starting copy)."""
-        return dpo.Config(beta=self.beta, loss_type=self.loss_type, loss_weights=self.loss_weights,
-                          label_smoothing=self.label_smoothing)
+        return dpo.Config(**{f.name: getattr(self, f.name) for f in dataclasses.fields(dpo.LossConfig)})
 
     def validate(self, cfg: RunConfig) -> None:
+        self.validate_loss(SECTION)
         types = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
-        if not types:
-            raise JaxalignError(f"config key '{SECTION}.loss_type': an empty list")
-        try:
-            resolved = _as_tuple(types)
-        except ValueError:
-            bad = next(t for t in types if t not in LOSS_TYPES + ("aot_unpaired", "rpo"))
-            raise JaxalignError(f"config key '{SECTION}.loss_type': unknown loss type {bad!r} "
-                                f"(known: {', '.join(LOSS_TYPES)})") from None
-        if set(resolved) <= set(dpo.REFERENCE_FREE_TYPES):
+        if set(_as_tuple(types)) <= set(dpo.REFERENCE_FREE_TYPES):
             raise JaxalignError(f"config key '{SECTION}.loss_type': {'/'.join(types)} is reference-free; "
                                 "online DPO trains against its starting policy (use e.g. sigmoid or ipo)")
-        if self.loss_weights is not None and len(self.loss_weights) != len(types):
-            raise JaxalignError(f"config key '{SECTION}.loss_weights': {len(self.loss_weights)} weights for "
-                                f"{len(types)} loss types ({SECTION}.loss_type)")
-        if self.loss_weights is not None and not all(
-                isinstance(w, (int, float)) and not isinstance(w, bool) for w in self.loss_weights):
-            raise JaxalignError(f"config key '{SECTION}.loss_weights': expected numbers, got {self.loss_weights}")
-        if self.beta <= 0:
-            raise JaxalignError(f"config key '{SECTION}.beta': must be > 0, got {self.beta}")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise JaxalignError(f"config key '{SECTION}.label_smoothing': must be in [0, 0.5), "
-                                f"got {self.label_smoothing}")
         self.sampling.validate(f"{SECTION}.sampling")
         self.reward.validate(f"{SECTION}.reward")
 
@@ -90,9 +67,20 @@ class Config:
 def choose(scores):
     """``chosen [N]`` (0 or 1): which of the two samples of each prompt is preferred — the
     higher score, the first sample on a tie. ``scores``: ``[2N]``, row ``2b + g`` = sample ``g``
-    of prompt ``b``."""
-    s = jnp.asarray(scores).reshape(-1, 2)
-    return jnp.where(s[:, 0] >= s[:, 1], 0, 1)
+    of prompt ``b``. numpy in, numpy out (compared in its own dtype); else jax."""
+    xp = np if isinstance(scores, (np.ndarray, list, tuple)) else jnp
+    s = xp.asarray(scores).reshape(-1, 2)
+    return xp.where(s[:, 0] >= s[:, 1], 0, 1)
+
+
+def pair_rows(scores):
+    """``(chosen_rows, rejected_rows)`` ``[N]``: the row indices of each prompt's preferred and
+    other sample in a ``[2N]`` score vector (see :func:`choose`) — the one rule every
+    pairs-from-scores path (online DPO, the demo's and the benchmark's DPO data) follows."""
+    c = choose(scores)
+    xp = np if isinstance(c, np.ndarray) else jnp
+    rows = xp.arange(c.shape[0]) * 2
+    return rows + c, rows + 1 - c
 
 
 @jax.jit
@@ -100,9 +88,7 @@ def preference_batch(exp: dict) -> dict:
     """A preference batch (``chosen_*`` / ``rejected_*`` ``input_ids``, ``attention_mask``,
     ``completion_mask`` ``[N, P + T]``, plus ``score_chosen`` / ``score_rejected`` ``[N]``) from an
     experience of two samples per prompt."""
-    c = choose(exp["scores"])
-    rows = jnp.arange(c.shape[0]) * 2
-    ci, ri = rows + c, rows + 1 - c
+    ci, ri = pair_rows(exp["scores"])
     out = {}
     for k in ("input_ids", "attention_mask", "completion_mask"):
         out[f"chosen_{k}"], out[f"rejected_{k}"] = exp[k][ci], exp[k][ri]
@@ -124,21 +110,25 @@ def make_loss(graphdef, algo: Config, remat: bool = False):
     return loss_fn
 
 
+def to_batch(exp: dict, metrics: dict, batch=None) -> tuple[dict, dict]:
+    """The preference batch of an experience, with the chosen/rejected reward metrics."""
+    batch = preference_batch(exp)
+    sc, sr = (np.asarray(batch.pop(k)) for k in ("score_chosen", "score_rejected"))
+    metrics = dict(metrics, **{"reward/chosen": float(sc.mean()), "reward/rejected": float(sr.mean()),
+                               "reward/tie_fraction": float(np.mean(sc == sr))})
+    return batch, metrics
+
+
+def spec(cfg: RunConfig) -> online.OnlineSpec:
+    """Online DPO as an online algorithm: two samples per prompt, the reference (the starting
+    policy) as the loss's frozen input, pairs from the scores."""
+    algo: Config = cfg.algo
+    return online.OnlineSpec(
+        sampling=algo.sampling, reward=algo.reward, samples_per_prompt=2, reference="frozen",
+        make_loss=lambda s: make_loss(s.graphdef, algo, cfg.model.remat), to_batch=to_batch,
+        extras=dpo.initial_extras(algo.dpo_config()))
+
+
 def build_job(cfg: RunConfig):
     """Prompts, policy, frozen reference, reward and the DPO step as an online job."""
-    algo: Config = cfg.algo
-    setup = online.setup(cfg, num_samples=2, sampling=algo.sampling, reward=algo.reward, need_ref=False)
-    # The reference: the starting policy, fresh buffers (the policy's are donated to the step).
-    ref = dpo._copy(setup.params)
-
-    def experience(state, prompt_batch):
-        exp, _, metrics = setup.maker(state.params, prompt_batch, online.sample_key(state.rng))
-        batch = preference_batch(exp)
-        sc, sr = (np.asarray(batch.pop(k)) for k in ("score_chosen", "score_rejected"))
-        metrics.update({"reward/chosen": float(sc.mean()), "reward/rejected": float(sr.mean()),
-                        "reward/tie_fraction": float(np.mean(sc == sr))})
-        return batch, metrics
-
-    job = online.job(cfg, setup, make_loss(setup.graphdef, algo, cfg.model.remat),
-                     extras=dpo.initial_extras(algo.dpo_config()))
-    return dataclasses.replace(job, experience=experience, frozen=ref)
+    return online.job(cfg, spec(cfg))

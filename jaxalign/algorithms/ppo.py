@@ -219,7 +219,7 @@ def build_critic(cfg: RunConfig, s: online.Setup):
             raise JaxalignError(f"critic {src}: vocabulary of {critic.config.vocab_size} tokens is smaller than "
                                 f"the policy tokenizer's {len(s.tokenizer)}; the two must share a tokenizer")
         return nnx.split(critic)
-    lm = nnx.merge(s.graphdef, jax.tree.map(lambda x: x.copy(), s.params))
+    lm = nnx.merge(s.graphdef, common.frozen_copy(s.params))
     critic = scalar_head_from_lm(lm, seed=cfg.seed)
     critic.score.weight[...] = jnp.zeros_like(critic.score.weight[...])
     return nnx.split(critic)
@@ -260,8 +260,11 @@ def _ptx_batches(cfg: RunConfig, tok, rows: int):
                          buckets=[cfg.data.max_length], max_length=cfg.data.max_length)
 
 
-def build_job(cfg: RunConfig) -> Job:
-    """Prompts, policy, reference, reward, critic and the PPO iteration as an online job."""
+def spec(cfg: RunConfig) -> online.OnlineSpec:
+    """PPO as an online algorithm: reference log-probs in the experience (``kl_coef > 0``), a
+    critic beside the policy in the trainable tree ``{"policy", "critic"}``, its own two-model
+    optimizer and iteration step (:func:`ppo_experience.make_step`), PPO-ptx rows joined to the
+    experience."""
     algo: Config = cfg.algo
     rows = cfg.train.batch_size * algo.num_generations
     mb = algo.minibatch_size or rows
@@ -270,35 +273,40 @@ def build_job(cfg: RunConfig) -> Job:
     use_ptx = algo.ptx_data is not None and algo.ptx_coef > 0
     # PPO-ptx data first: its errors come before any model is built.
     ptx = _ptx_batches(cfg, common.tokenizer_from(cfg), rows) if use_ptx else None
-    s = online.setup(cfg, num_samples=algo.num_generations, sampling=algo.sampling, reward=algo.reward,
-                     need_ref=algo.kl_coef > 0)
-    critic_def, critic_params = build_critic(cfg, s)
-    common.say(cfg, f"ppo: preset {algo.preset}; critic from "
-                    f"{algo.critic_source() or 'the policy backbone'}; {rows} rollouts per iteration, "
-                    f"{n_mb} minibatch(es) x {algo.ppo_epochs} epoch(s)")
-    total = common.num_steps(cfg, s.n_train_prompts)
-    updates = algo.ppo_epochs * n_mb
-    tx, policy_lr, critic_lr = px.make_optimizer(cfg.optim, algo.critic_lr or cfg.optim.lr, total * updates,
-                                                 algo.critic_warmup_steps * updates)
-    loss_fn = make_loss(s.graphdef, critic_def, algo, algo.sampling.temperature, t, cfg.model.remat)
-    step_fn = px.make_step(algo, loss_fn, tx, critic_def, t=t, num_minibatches=n_mb, epochs=algo.ppo_epochs,
-                           n_micro=n_micro, policy_lr=policy_lr, critic_lr=critic_lr,
-                           warmup_steps=algo.critic_warmup_steps, remat=cfg.model.remat)
-    batches = _WithPtx(s.prompts, ptx) if use_ptx else s.prompts
+    critic_def = None  # known once the policy is loaded (the critic may start as its copy)
 
-    def experience(state, batch):
-        prompts = batch["prompts"] if use_ptx else batch
-        exp, _, metrics = s.maker(state.params["policy"], prompts, online.sample_key(state.rng))
-        if use_ptx:
-            exp.update({"ptx_" + k: v for k, v in batch["ptx"].items()
-                        if k in ("input_ids", "attention_mask", "completion_mask")})
+    def params(s):
+        nonlocal critic_def
+        critic_def, critic_params = build_critic(cfg, s)
+        common.say(cfg, f"ppo: preset {algo.preset}; critic from "
+                        f"{algo.critic_source() or 'the policy backbone'}; {rows} rollouts per iteration, "
+                        f"{n_mb} minibatch(es) x {algo.ppo_epochs} epoch(s)")
+        return {"policy": s.params, "critic": critic_params}
+
+    def make_step(s, loss_fn, total):
+        updates = algo.ppo_epochs * n_mb
+        tx, policy_lr, critic_lr = px.make_optimizer(cfg.optim, algo.critic_lr or cfg.optim.lr, total * updates,
+                                                     algo.critic_warmup_steps * updates)
+        step_fn = px.make_step(algo, loss_fn, tx, critic_def, t=t, num_minibatches=n_mb, epochs=algo.ppo_epochs,
+                               n_micro=n_micro, policy_lr=policy_lr, critic_lr=critic_lr,
+                               warmup_steps=algo.critic_warmup_steps, remat=cfg.model.remat)
+        return tx, policy_lr, step_fn
+
+    def with_ptx(exp, metrics, batch):
+        exp.update({"ptx_" + k: v for k, v in batch["ptx"].items()
+                    if k in ("input_ids", "attention_mask", "completion_mask")})
         return exp, metrics
 
-    evaluate = online.make_evaluate(cfg, s)
-    export = common.lm_exporter(s.graphdef, s.tokenizer)
-    params = {"policy": s.params, "critic": critic_params}
-    return Job(params=params, loss_fn=loss_fn, tx=tx, schedule=policy_lr, total_steps=total,
-               train_batches=batches, mesh=s.mesh, extras=px.init_extras(algo.kl_coef),
-               count_tokens=common.real_tokens, export=lambda p, d: export(p["policy"], d),
-               n_micro=n_micro, experience=experience, step_fn=step_fn,
-               evaluate=(lambda p: evaluate(p["policy"])) if evaluate else None)
+    ptx_hooks = dict(to_batch=with_ptx, train_batches=lambda s: _WithPtx(s.prompts, ptx),
+                     prompts_of=lambda b: b["prompts"]) if use_ptx else {}
+    return online.OnlineSpec(
+        sampling=algo.sampling, reward=algo.reward, samples_per_prompt=algo.num_generations,
+        reference="logps" if algo.kl_coef > 0 else None,
+        make_loss=lambda s: make_loss(s.graphdef, critic_def, algo, algo.sampling.temperature, t, cfg.model.remat),
+        extras=px.init_extras(algo.kl_coef), params=params, policy=lambda p: p["policy"], make_step=make_step,
+        n_micro=n_micro, **ptx_hooks)
+
+
+def build_job(cfg: RunConfig) -> Job:
+    """Prompts, policy, reference, reward, critic and the PPO iteration as an online job."""
+    return online.job(cfg, spec(cfg))

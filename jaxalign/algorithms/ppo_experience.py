@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxalign.algorithms.common import frozen_copy
 from jaxalign.losses import (adaptive_kl_coef, gae, masked_mean, masked_sum, masked_var, masked_whiten,
                              normalize_and_clip, per_token_rewards, running_moments_init,
                              running_moments_std, running_moments_update)
@@ -31,7 +32,7 @@ UPDATE_KEYS = ("input_ids", "attention_mask", "completion_mask", "old_logps")
 def init_extras(kl_coef: float) -> dict:
     """PPO's checkpointed state beside the params: running score moments and the KL coefficient."""
     # Distinct buffers per leaf: the train step donates its state, and one buffer twice is an error.
-    moments = jax.tree.map(lambda x: jnp.array(x, copy=True), running_moments_init())
+    moments = frozen_copy(running_moments_init())
     return {"score_moments": moments, "kl_coef": jnp.asarray(kl_coef, jnp.float32)}
 
 

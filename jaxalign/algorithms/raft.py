@@ -10,10 +10,13 @@ with the SFT loss on completion tokens only.
 
 The core, :func:`raft_iteration`, knows nothing about text or models: it takes a sampler, a
 reward and (optionally) a fine-tuning step, so any generator (another model, a different
-prompt, a non-text sampler) plugs in. :class:`TextRaft` is the language-model instance the CLI
-uses: the sampler may see a *generation* prompt (``generation_template``, e.g. a "magic"
-prefix) while the SFT batch holds the plain training prompt, joined to the sampled completion
-token by token (no string surgery).
+prompt, a non-text sampler) plugs in; its rank-and-keep part, :func:`rank_and_keep`, is what
+``jaxalign raft`` runs after the shared online experience phase (:func:`spec`). There the
+sampler may see a *generation* prompt (``generation_template``, e.g. a "magic" prefix) while
+the SFT batch holds the plain training prompt, joined to the sampled completion token by token
+(no string surgery), and the reward-hacking filters turn degenerate samples' rewards into −inf:
+both are hooks of the experience phase, usable by any online algorithm. :class:`TextRaft` is the
+same language-model instance driven through :func:`raft_iteration`.
 """
 
 from __future__ import annotations
@@ -21,21 +24,19 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-import types
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign.algorithms import common, online, sft
-from jaxalign.algorithms.experience import ExperienceMaker, SamplingConfig
+from jaxalign.algorithms import online, sft
+from jaxalign.algorithms.experience import ExperienceMaker, GenerationTemplate, RewardFilter, SamplingConfig
+from jaxalign.algorithms.experience import join_prompt  # noqa: F401  (re-exported: it was defined here)
 from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
-from jaxalign.losses import best_of_k, filter_rewards, num_top, top_fraction
+from jaxalign.losses import best_of_k, num_top, top_fraction
 from jaxalign.rewards import RewardConfig
-from jaxalign.train.optim import make_optimizer
-from jaxalign.train.state import make_minibatch_step
 
 RANKINGS = ("local", "global")
 
@@ -210,6 +211,26 @@ def raft_iteration(sample_fn: Callable, reward_fn: Callable, selection: Selectio
     raw = jnp.asarray(reward_fn(samples), jnp.float32)
     rewards = raw if filter_fn is None else jnp.asarray(filter_fn(samples, raw), jnp.float32)
     t2 = time.perf_counter()
+    index, keep, kept, metrics = rank_and_keep(samples, raw, rewards, selection)
+    metrics.update({"time/generate": t1 - t0, "time/score": t2 - t1})
+    if finetune_fn is not None:
+        state, ft = finetune_fn(state, kept, keep)
+        metrics.update({k: float(v) for k, v in ft.items()})
+    return RaftResult(state, kept, keep, index, samples, rewards, metrics)
+
+
+def rank_and_keep(samples, raw, rewards, selection: Selection):
+    """Rank and keep the best samples, and the iteration's reward metrics (the part of
+    :func:`raft_iteration` after scoring, shared with the online pipeline's RAFT).
+
+    Args:
+      samples: a pytree of ``[B·K, ...]`` rows.
+      raw: ``[B·K]`` float32 rewards as scored; rewards: the same after the filters (``−inf``:
+        never kept).
+    Returns:
+      ``(index, keep, kept, metrics)``: see :func:`select`; ``kept`` the rows ``index`` of
+      ``samples``; ``metrics`` (floats) as listed in :func:`raft_iteration`, times excepted.
+    """
     index, keep = select(rewards, selection)
     kept = jax.tree.map(lambda x: x[index], samples)
     finite = jnp.isfinite(rewards)
@@ -222,36 +243,47 @@ def raft_iteration(sample_fn: Callable, reward_fn: Callable, selection: Selectio
         "kept_fraction": jnp.mean(kept_mask.astype(jnp.float32)),
         "filtered_fraction": 1.0 - jnp.mean(finite.astype(jnp.float32)),
     }
-    metrics = {k: float(v) for k, v in metrics.items()}
-    metrics.update({"time/generate": t1 - t0, "time/score": t2 - t1})
-    if finetune_fn is not None:
-        state, ft = finetune_fn(state, kept, keep)
-        metrics.update({k: float(v) for k, v in ft.items()})
-    return RaftResult(state, kept, keep, index, samples, rewards, metrics)
+    return index, keep, kept, {k: float(v) for k, v in metrics.items()}
 
 
 # -- language models ----------------------------------------------------------------------------
 
-def join_prompt(prompt_ids, prompt_mask, prefix: list[int], suffix: list[int], *, pad_id: int,
-                bos_id: int | None = None):
-    """Left-padded ``[B, P]`` prompts -> ``[B, P + len(prefix) + len(suffix)]`` prompts
-    ``prefix + prompt + suffix`` (after a leading ``bos_id``, which stays first), joined as
-    tokens. Every row grows by the same amount, so shapes stay bucketed."""
-    ids, mask = np.asarray(prompt_ids), np.asarray(prompt_mask).astype(bool)
-    width = ids.shape[1] + len(prefix) + len(suffix)
-    out_ids = np.full((ids.shape[0], width), pad_id, np.int32)
-    out_mask = np.zeros((ids.shape[0], width), np.int32)
-    for i, (row, m) in enumerate(zip(ids, mask)):
-        real = [int(t) for t in row[m]]
-        head = real[:1] if (bos_id is not None and real[:1] == [bos_id]) else []
-        new = head + list(prefix) + real[len(head):] + list(suffix)
-        out_ids[i, width - len(new):] = new
-        out_mask[i, width - len(new):] = 1
-    return out_ids, out_mask
+# The rows a RAFT sample carries (what selection gathers and the fine-tuning batch is cut from).
+ROW_KEYS = ("input_ids", "attention_mask", "completion_mask", "lengths", "finished")
+
+
+def prompt_transform(algo: Config) -> GenerationTemplate | None:
+    """The experience phase's prompt transform of a ``raft:`` section (``generation_template``)."""
+    return GenerationTemplate(algo.generation_template) if algo.generation_template is not None else None
+
+
+def reward_filter(algo: Config) -> RewardFilter | None:
+    """The experience phase's reward filter of a ``raft:`` section (``min_length``,
+    ``forbidden_pattern``), or None when neither is set."""
+    f = RewardFilter(algo.min_length, algo.forbidden_pattern)
+    return f if f.active else None
+
+
+def kept_batch(kept: dict, keep) -> dict:
+    """The SFT batch of the kept rows; rows that were not really kept carry no loss (their
+    completion mask is zero)."""
+    return {"input_ids": kept["input_ids"], "attention_mask": kept["attention_mask"],
+            "completion_mask": kept["completion_mask"] * keep[:, None].astype(kept["completion_mask"].dtype)}
+
+
+def text_metrics(metrics: dict, samples: dict, kept: dict, keep, eos_rate: float) -> dict:
+    """``metrics`` plus the sampled completions' ``response_length``, ``eos_rate`` and the kept
+    ones' ``response_length/kept``."""
+    lengths = np.asarray(samples["lengths"], np.float32)
+    keep_np = np.asarray(keep)
+    out = dict(metrics, response_length=float(lengths.mean()), eos_rate=eos_rate)
+    out["response_length/kept"] = float(np.asarray(kept["lengths"])[keep_np].mean()) if keep_np.any() else 0.0
+    return out
 
 
 class TextRaft:
-    """RAFT's sampler / reward / filters for a causal LM (what ``jaxalign raft`` runs).
+    """RAFT's sampler / reward / filters for a causal LM, as an instance of the generic core
+    (:func:`raft_iteration`), built on an :class:`ExperienceMaker` and the section's hooks.
 
     ``sample_fn(params, prompt_batch)`` returns a sampler for :func:`raft_iteration` whose
     samples are training rows ``{input_ids, attention_mask, completion_mask, lengths,
@@ -262,80 +294,47 @@ class TextRaft:
     def __init__(self, algo: Config, maker: ExperienceMaker, tokenizer):
         self.algo, self.maker, self.tokenizer = algo, maker, tokenizer
         self.selection = algo.selection()
-        self.prefix, self.suffix = [], []
-        if algo.generation_template is not None:
-            before, after = algo.generation_template.split("{prompt}")
-            enc = lambda s: list(tokenizer(s, add_special_tokens=False)["input_ids"]) if s else []
-            self.prefix, self.suffix = enc(before), enc(after)
-        bos = tokenizer.bos_token_id
-        self.bos_id = bos if (bos is not None and list(tokenizer("a")["input_ids"])[:1] == [bos]) else None
-        self.pattern = re.compile(algo.forbidden_pattern) if algo.forbidden_pattern else None
+        self.template = prompt_transform(algo)
+        self.filter = reward_filter(algo)
 
     def generation_prompts(self, prompt_ids, prompt_mask):
         """The prompts the sampler sees (the plain ones when there is no generation template)."""
-        if not self.prefix and not self.suffix:
+        if self.template is None:
             return np.asarray(prompt_ids), np.asarray(prompt_mask)
-        return join_prompt(prompt_ids, prompt_mask, self.prefix, self.suffix, pad_id=self.maker.pad_id,
-                           bos_id=self.bos_id)
+        return self.template(prompt_ids, prompt_mask, self.tokenizer)
 
     def sample_fn(self, params, prompt_batch: dict) -> Callable:
-        k = self.selection.samples_per_prompt
+        # Always through a transform: the rows hold the plain prompt + the T completion slots.
+        def transform(ids, mask, tokenizer):
+            return self.generation_prompts(ids, mask)
 
         def sample(key):
-            gen_ids, gen_mask = self.generation_prompts(prompt_batch["prompt_ids"], prompt_batch["prompt_mask"])
-            roll = self.maker.sample(params, gen_ids, gen_mask, key)
-            plain_ids = np.repeat(np.asarray(prompt_batch["prompt_ids"]), k, axis=0)
-            plain_mask = np.repeat(np.asarray(prompt_batch["prompt_mask"]), k, axis=0)
-            comp_mask = roll.generated_mask
-            return {
-                "input_ids": jnp.concatenate([plain_ids, roll.completion_ids], axis=1),
-                "attention_mask": jnp.concatenate([plain_mask, comp_mask], axis=1),
-                "completion_mask": jnp.concatenate([np.zeros_like(plain_mask), comp_mask], axis=1),
-                "lengths": roll.lengths, "finished": roll.finished,
-            }
+            rows = self.maker.rows(params, prompt_batch, key, prompt_transform=transform)
+            return {k: rows[k] for k in ROW_KEYS}
 
         return sample
 
     def texts(self, samples) -> tuple[list[str], list[str]]:
         """Decoded (plain) prompts and completions of the sample rows."""
-        return self.maker.decode(types.SimpleNamespace(tokens=samples["input_ids"],
-                                                       attention_mask=samples["attention_mask"],
-                                                       completion_mask=samples["completion_mask"]))
+        return self.maker.decode_rows(samples)
 
     def reward_fn(self, samples):
         """Scores of the training rows (plain prompt + completion; a reward model reads these tokens)."""
-        prompts, comps = self.texts(samples) if self.maker.reward.needs_text else (None, None)
-        return self.maker.reward(prompts, comps, tokens=samples["input_ids"],
-                                 attention_mask=samples["attention_mask"],
-                                 finished=np.asarray(samples["finished"]))
+        return self.maker.score(samples, self.texts(samples) if self.maker.reward.needs_text else (None, None))
 
     def filter_fn(self, samples, rewards):
         """Too-short completions and completions matching ``forbidden_pattern`` -> −inf."""
-        if self.algo.min_length is not None:
-            rewards = filter_rewards(rewards, samples["input_ids"], samples["completion_mask"],
-                                     min_length=self.algo.min_length)
-        if self.pattern is not None:
-            _, comps = self.texts(samples)
-            bad = np.array([self.pattern.search(c) is not None for c in comps])
-            rewards = jnp.where(jnp.asarray(bad), -jnp.inf, rewards)
-        return rewards
+        if self.filter is None:
+            return rewards
+        return self.filter(samples, self.texts(samples)[1] if self.filter.needs_text else None, rewards)
 
     def iteration(self, params, prompt_batch: dict, key) -> tuple[dict, dict]:
         """``(sft_batch, metrics)``: sample, score, filter, select; the batch's completion mask
         is zero on rows that were not really kept (so they carry no loss)."""
-        filt = self.filter_fn if (self.algo.min_length is not None or self.pattern is not None) else None
         res = raft_iteration(self.sample_fn(params, prompt_batch), self.reward_fn, self.selection, key,
-                             filter_fn=filt)
-        kept, keep = res.kept, res.keep
-        batch = {"input_ids": kept["input_ids"], "attention_mask": kept["attention_mask"],
-                 "completion_mask": kept["completion_mask"] * keep[:, None].astype(kept["completion_mask"].dtype)}
-        lengths = np.asarray(res.samples["lengths"], np.float32)
-        keep_np = np.asarray(keep)
-        metrics = dict(res.metrics, response_length=float(lengths.mean()),
-                       eos_rate=float(np.asarray(res.samples["finished"]).mean()))
-        metrics["response_length/kept"] = (float(np.asarray(kept["lengths"])[keep_np].mean())
-                                           if keep_np.any() else 0.0)
-        return batch, metrics
+                             filter_fn=self.filter_fn if self.filter is not None else None)
+        eos_rate = float(np.asarray(res.samples["finished"]).mean())
+        return kept_batch(res.kept, res.keep), text_metrics(res.metrics, res.samples, res.kept, res.keep, eos_rate)
 
 
 def make_loss(graphdef, algo: Config, remat: bool = False):
@@ -344,28 +343,28 @@ def make_loss(graphdef, algo: Config, remat: bool = False):
     return sft.make_loss(graphdef, sft.Config(aggregation=algo.aggregation), remat)
 
 
-def build_job(cfg: RunConfig):
-    """Prompts, policy, reward and the SFT-on-kept-samples step as an online job."""
+def spec(cfg: RunConfig) -> online.OnlineSpec:
+    """RAFT as an online algorithm: K samples per prompt (generation template and filters as
+    hooks of the experience phase), rank and keep (:func:`rank_and_keep`), SFT on the kept
+    rows over ``num_minibatches × epochs`` updates; held-out evaluation draws one sample per
+    plain prompt."""
     algo: Config = cfg.algo
     selection = algo.selection()
-    setup = online.setup(cfg, num_samples=selection.samples_per_prompt, sampling=algo.sampling,
-                         reward=algo.reward, need_ref=False)
-    raft = TextRaft(algo, setup.maker, setup.tokenizer)
-    # Held-out evaluation draws one sample per (plain) prompt.
-    m = setup.maker
-    eval_maker = ExperienceMaker(m.graphdef, m.tokenizer, m.reward, m.sampling, num_samples=1, mesh=m.mesh)
-    evaluate = online.make_evaluate(cfg, dataclasses.replace(setup, maker=eval_maker))
 
-    def experience(state, prompt_batch):
-        return raft.iteration(state.params, prompt_batch, online.sample_key(state.rng))
+    def to_batch(exp, metrics, batch):
+        samples = {k: exp[k] for k in ROW_KEYS}
+        _, keep, kept, ranked = rank_and_keep(samples, exp.get("raw_scores", exp["scores"]), exp["scores"],
+                                              selection)
+        ranked.update({k: metrics[k] for k in ("time/generate", "time/score")})
+        return kept_batch(kept, keep), text_metrics(ranked, samples, kept, keep, metrics["eos_rate"])
 
-    loss = make_loss(setup.graphdef, algo, cfg.model.remat)
-    job = online.job(cfg, setup, loss)
-    updates = algo.num_minibatches * algo.epochs
-    changes: dict = dict(experience=experience, evaluate=evaluate)
-    if updates > 1:
-        tx, schedule = make_optimizer(cfg.optim, job.total_steps * updates)
-        step = make_minibatch_step(loss, tx, num_minibatches=algo.num_minibatches, epochs=algo.epochs,
-                                   n_micro=job.n_micro, schedule=schedule)
-        changes.update(tx=tx, schedule=schedule, step_fn=step)
-    return dataclasses.replace(job, **changes)
+    return online.OnlineSpec(
+        sampling=algo.sampling, reward=algo.reward, samples_per_prompt=selection.samples_per_prompt,
+        prompt_transform=prompt_transform(algo), reward_filter=reward_filter(algo),
+        make_loss=lambda s: make_loss(s.graphdef, algo, cfg.model.remat), to_batch=to_batch,
+        num_minibatches=algo.num_minibatches, epochs=algo.epochs, eval_samples_per_prompt=1)
+
+
+def build_job(cfg: RunConfig):
+    """Prompts, policy, reward and the SFT-on-kept-samples step as an online job."""
+    return online.job(cfg, spec(cfg))

@@ -19,7 +19,7 @@ import dataclasses
 import importlib.resources
 from pathlib import Path
 
-from jaxalign.data.batching import BatchIterator, batch_kind, bucket_length, collate, train_eval_split
+from jaxalign.data.batching import BatchIterator, batch_kind, bucket_length, collate, full_batches, train_eval_split
 from jaxalign.data.formats import (
     FORMATS,
     LMExample,
@@ -113,7 +113,7 @@ def prepare_dataset(source, tokenizer, *, fmt: str = "auto", split: str = "train
 __all__ = [
     "FORMATS", "SHIPPED", "BatchIterator", "DataStats", "LMExample", "PreferenceExample",
     "PromptCompletionExample", "PromptExample", "RankedExample", "Renderer", "batch_kind",
-    "bucket_length", "check_rows", "collate", "detect_format", "example_format", "load_dataset_rows",
-    "load_examples", "normalize_format", "prepare_dataset", "sequence_length", "shipped_path",
+    "bucket_length", "check_rows", "collate", "detect_format", "example_format", "full_batches",
+    "load_dataset_rows", "load_examples", "normalize_format", "prepare_dataset", "sequence_length", "shipped_path",
     "tiny_tokenizer_path", "to_examples", "tokenize_example", "tokenize_examples", "train_eval_split",
 ]

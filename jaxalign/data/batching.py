@@ -154,6 +154,24 @@ def collate(examples: Sequence[dict], pad_id: int, buckets=None, *, length: int 
     return {"prompt_ids": ids, "prompt_mask": mask}
 
 
+def full_batches(examples: Sequence[dict], batch_size: int, pad_id: int, buckets=None, *,
+                 length: int | None = None, max_length: int | None = None):
+    """Collated batches of exactly ``batch_size`` examples, in order, for a fixed-shape pass
+    (evaluation, sampling, precomputing): the last batch is filled with repeats of its last
+    example, so every batch has one shape and a jitted function compiles once.
+
+    Yields ``(start, batch, real)``: the index of the batch's first example, the batch (see
+    :func:`collate`; ``buckets``, ``length`` and ``max_length`` are passed on) and how many of its
+    rows are real (the rest are repeats to be ignored).
+    """
+    examples = list(examples)
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        real = len(chunk)
+        chunk = chunk + [chunk[-1]] * (batch_size - real)
+        yield start, collate(chunk, pad_id, buckets, length=length, max_length=max_length), real
+
+
 class BatchIterator:
     """Deterministic, resumable iterator of padded numpy batches.
 

@@ -64,7 +64,6 @@ class DemoEval:
         # One batch: one compiled sampler for every held-out pass.
         self.batch = collate(examples, tokenizer.pad_token_id, buckets=cfg.data.buckets,
                              max_length=cfg.data.max_length)
-        self._collate = collate
         self.last: EvalResult | None = None
 
     def _prompts(self, path: Path) -> list[dict]:
@@ -116,6 +115,8 @@ def make_pairs(ev: DemoEval, train_file: Path, out_file: Path, n_prompts: int, s
     and are dropped. Writes ``{"prompt", "chosen", "rejected", "score_chosen", "score_rejected"}``
     rows to ``out_file``; returns counts."""
     from jaxalign.algorithms.experience import ExperienceMaker
+    from jaxalign.algorithms.online_dpo import pair_rows
+    from jaxalign.data import full_batches
 
     rows = [json.loads(line) for line in Path(train_file).read_text().splitlines()][:n_prompts]
     examples = ev._prompts(train_file)[:n_prompts]
@@ -124,12 +125,10 @@ def make_pairs(ev: DemoEval, train_file: Path, out_file: Path, n_prompts: int, s
     key = jax.random.fold_in(jax.random.key(seed), _EVAL_SALT + 1)
     out, ties, empty = [], 0, 0
     bp = min(batch_prompts, len(examples))
-    for i in range(0, len(examples), bp):
-        chunk = examples[i:i + bp]
-        n = len(chunk)
-        chunk = chunk + [chunk[-1]] * (bp - n)  # a full batch: one compiled sampler
-        batch = ev._collate(chunk, ev.tokenizer.pad_token_id, length=width)
+    # Full batches: one compiled sampler.
+    for i, batch, n in full_batches(examples, bp, ev.tokenizer.pad_token_id, length=width):
         _, comps, scores = ev.sample(ev.ref_params, batch, jax.random.fold_in(key, i), maker=maker)
+        chosen, rejected = pair_rows(np.asarray(scores))
         for j in range(n):
             (a, b), (sa, sb) = comps[2 * j:2 * j + 2], scores[2 * j:2 * j + 2]
             if not a.strip() or not b.strip() or a == b:
@@ -137,9 +136,9 @@ def make_pairs(ev: DemoEval, train_file: Path, out_file: Path, n_prompts: int, s
             elif sa == sb:
                 ties += 1
             else:
-                (c, sc), (r, sr) = ((a, sa), (b, sb)) if sa > sb else ((b, sb), (a, sa))
-                out.append({"prompt": rows[i + j]["prompt"], "chosen": c, "rejected": r,
-                            "score_chosen": float(sc), "score_rejected": float(sr)})
+                c, r = chosen[j], rejected[j]
+                out.append({"prompt": rows[i + j]["prompt"], "chosen": comps[c], "rejected": comps[r],
+                            "score_chosen": float(scores[c]), "score_rejected": float(scores[r])})
     batch_size = ev.cfg.train.batch_size
     if len(out) < batch_size:
         raise JaxalignError(f"demo: dpo: only {len(out)} of {len(examples)} sampled pairs differ in VADER score "

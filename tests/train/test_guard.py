@@ -17,7 +17,8 @@ from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
 from jaxalign.parallel import make_mesh
 from jaxalign.train.guard import SkipCounter
-from jaxalign.train.loop import Job, run
+from jaxalign.train.job import Job
+from jaxalign.train.loop import run
 from jaxalign.train.metrics import read_metrics
 from jaxalign.train.state import TrainState, make_train_step
 
