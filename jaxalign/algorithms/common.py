@@ -239,4 +239,10 @@ def frozen_copy(tree):
     so a reference model (or a critic started from the policy, or any extras leaf that could
     alias another) sharing the policy's buffers would be invalidated by the first step.
     """
-    return jax.tree.map(lambda x: jax.device_put(x, may_alias=False), tree)
+    def copy(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            # A multi-process array: only its own sharding names where its shards live.
+            return jax.device_put(x, x.sharding, may_alias=False)
+        return jax.device_put(x, may_alias=False)
+
+    return jax.tree.map(copy, tree)
