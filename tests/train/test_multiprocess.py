@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import socket
@@ -28,6 +27,7 @@ from safetensors.numpy import load_file
 
 from jaxalign.cli import main
 from jaxalign.train.metrics import read_metrics
+from tests.procenv import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "dpo_tiny.yaml"
@@ -61,12 +61,11 @@ def argv(run_dir: Path, *extra: str, quiet: bool = True) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("jax_cache")  # the resumed run reuses the first run's programs
-    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONUNBUFFERED="1",
-                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+def env():
+    # 4 devices per process: 2 x 4 is the 8-device mesh of the in-process reference (the count is
+    # what this test is about). The session's compilation cache: the resumed run reuses the
+    # first run's programs.
+    return subprocess_env(devices=4)
 
 
 class Processes:
