@@ -46,6 +46,9 @@ STEP_FUNCTIONS = ("accuracy", "rewards/accuracies")
 UNSUPPORTED = ("Multiprocess computations aren't implemented", "make_gloo_tcp_collectives",
                "gloo is not available", "collectives are not supported")
 
+GLOO_MESSAGE = re.compile(r"\[Gloo\] Rank \d+ is connected to \d+ peer ranks\. Expected number of connected "
+                          r"peer ranks is : \d+")
+
 pytestmark = pytest.mark.slow
 
 
@@ -84,9 +87,11 @@ class Processes:
                 self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err))
 
     def _read(self, name: str) -> str:
-        # gloo (CPU collectives) reports every connection it opens; keep jaxalign's own output.
-        return "".join(line for line in (self.logs / name).read_text().splitlines(True)
-                       if not line.startswith("[Gloo]"))
+        # gloo (CPU collectives) reports every connection it opens, from several threads at once:
+        # its messages can share a line ("...: 1[Gloo] Rank 1 ...: 1" then an empty line). Keep
+        # jaxalign's own output: every gloo message out, then the lines left blank by them.
+        text = GLOO_MESSAGE.sub("", (self.logs / name).read_text())
+        return "".join(line for line in text.splitlines(True) if line.strip())
 
     def stdout(self, i: int) -> str:
         return self._read(f"{i}.out")
