@@ -1,6 +1,14 @@
-"""Shared fixtures: tiny Hugging Face models written by transformers (torch) into tmp dirs."""
+"""Session set-up (tests/procenv.py): 8 simulated CPU devices unless the caller chose otherwise,
+the XLA:CPU collective timeouts raised where supported, and one JAX persistent compilation cache
+per session, shared with every subprocess the tests start."""
 
-import os
+from tests import procenv
 
-# Tests run on 8 simulated CPU devices unless the caller chose otherwise.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+def pytest_configure(config):
+    # Before any test module imports jax (jax reads these variables at import, XLA at backend start).
+    procenv.configure_session(cache=getattr(config, "cache", None))
+
+
+def pytest_unconfigure(config):
+    procenv.cleanup_session()

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from tests.models.hf_fixtures import make_hf_model
+from tests.procenv import subprocess_env
 
 
 def run_cli(*args):
     proc = subprocess.run([sys.executable, "-m", "jaxalign.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=subprocess_env())
     return proc.returncode, proc.stdout, proc.stderr
 
 

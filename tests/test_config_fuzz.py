@@ -26,6 +26,7 @@ from jaxalign.config import RunConfig, load_config
 from jaxalign.errors import JaxalignError
 from jaxalign.models.config import ModelConfig
 from tests.fuzz_helpers import FUZZ, cli_error_line, one_error_line, tree_digest
+from tests.procenv import subprocess_env
 NAMES = list(algorithms.ALGORITHMS)
 
 
@@ -228,7 +229,7 @@ def test_a_billion_laughs_config_is_refused_quickly(tmp_path):
               f"try:\n    load_config({str(path)!r}, [], algorithm='sft')\n"
               "except Exception as e:\n    print(type(e).__name__, e)\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=Path(__file__).resolve().parents[1], env=subprocess_env())
     assert out.stdout.strip() == (f"JaxalignError {path}: not valid YAML (aliases expand to more than "
                                   "100,000 values)"), (out.stdout, out.stderr[-1000:])
 

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxalign import cli
 from jaxalign.algorithms import common, dpo
 from jaxalign.config import load_config
 from jaxalign.data import collate
@@ -28,18 +27,17 @@ from jaxalign.models.llama import init_model
 from jaxalign.train.loop import run
 from jaxalign.train.metrics import read_metrics
 from jaxalign.train.state import TrainState, make_train_step
+from tests.algorithms.conftest import SMALLEST_MODEL, run_cli, tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = str(ROOT / "configs" / "dpo_tiny.yaml")
 FAST = ["quiet=true", "train.plots=false", "train.save_final=false"]
 # A smaller model for the tests that compile several train steps.
-SMALL = ["model.config.hidden_size=32", "model.config.intermediate_size=64", "model.config.num_hidden_layers=1",
-         "model.config.num_attention_heads=2", "model.config.num_key_value_heads=1"]
+SMALL = SMALLEST_MODEL
 LOG2 = math.log(2.0)
 
 
 def cfg_of(*overrides):
-    return load_config(TINY, [*FAST, *overrides], algorithm="dpo")
+    return tiny_cfg("dpo", *FAST, *overrides)
 
 
 def log_sigmoid(x):
@@ -381,8 +379,7 @@ def test_bco_state_lives_in_extras_and_survives_resume(tmp_path):
 
 
 def test_cli_tiny_config_learns_the_preferences(tmp_path, capsys):
-    rc = cli.main(["dpo", "--config", TINY, "--run-dir", str(tmp_path), "--quiet", "train.plots=false",
-                   "train.log_every=1"])
+    rc = run_cli("dpo", tmp_path, "train.plots=false", "train.log_every=1")
     assert rc == 0
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert abs(rows[0]["loss"] - LOG2) < 1e-4  # policy == reference at the start: log 2

@@ -9,15 +9,12 @@ import numpy as np
 import pytest
 
 from jaxalign.algorithms import grpo, online  # noqa: F401  (registers grpo)
-from jaxalign.config import load_config
 from jaxalign.losses import shifted_token_logprobs
-
-TINY = "configs/grpo_tiny.yaml"
+from tests.algorithms.conftest import tiny_cfg
 
 
 def _setup(mesh_over, greedy_temp=1.0):
-    cfg = load_config(TINY, ["grpo.beta=0.05", "train.batch_size=4", *mesh_over], algorithm="grpo")
-    cfg.quiet = True
+    cfg = tiny_cfg("grpo", "grpo.beta=0.05", "train.batch_size=4", *mesh_over)
     a = cfg.algo
     return cfg, online.setup(cfg, num_samples=a.num_generations, sampling=a.sampling, reward=a.reward,
                              need_ref=True)

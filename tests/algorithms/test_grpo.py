@@ -3,18 +3,13 @@ that rises on held-out prompts through the CLI."""
 
 from __future__ import annotations
 
-import json
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxalign.algorithms import grpo
-from jaxalign.cli import main
-from jaxalign.config import load_config
 from jaxalign.errors import JaxalignError
-
-TINY = "configs/grpo_tiny.yaml"
+from tests.algorithms.conftest import metric_rows, run_cli, tiny_cfg
 
 
 def test_grpo_advantages_match_numpy():
@@ -52,11 +47,11 @@ def test_rloo_advantages_with_kl_shaping_match_numpy():
 ])
 def test_config_errors(over, key):
     with pytest.raises(JaxalignError, match=key.replace(".", r"\.")):
-        load_config(TINY, over, algorithm="grpo")
+        tiny_cfg("grpo", *over)
 
 
 def _eval_rewards(run_dir):
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = metric_rows(run_dir)
     return [r["eval/reward"] for r in rows if "eval/reward" in r], rows
 
 
@@ -66,7 +61,7 @@ def test_planted_reward_rises_on_held_out_prompts(tmp_path, advantage):
     over = ["train.steps=20", "train.eval_every=10", "train.eval_at_start=true", f"grpo.advantage={advantage}"]
     if advantage == "rloo":
         over.append("grpo.beta=0.01")  # with a reference model: KL-shaped rewards, kl_ref logged
-    rc = main(["grpo", "--config", TINY, "--run-dir", str(run), "--quiet", *over])
+    rc = run_cli("grpo", run, *over)
     assert rc == 0
     evals, rows = _eval_rewards(run)
     assert evals[0] < 0.2 and evals[-1] > 0.6, evals

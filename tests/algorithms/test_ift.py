@@ -3,8 +3,6 @@ schedule in closed form, the reference-code embedding option, and a CLI run that
 
 from __future__ import annotations
 
-import json
-
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
@@ -12,21 +10,15 @@ import numpy as np
 import pytest
 
 from jaxalign.algorithms import ift, sft  # noqa: F401  (registers the sections)
-from jaxalign.cli import main
-from jaxalign.config import load_config
 from jaxalign.train.state import TrainState, make_train_step
+from tests.algorithms.conftest import SMALL_MODEL, metric_rows, run_cli, tiny_job
 
-TINY = "configs/ift_tiny.yaml"
 SMALL = ["train.steps=4", "train.batch_size=4", "data.eval_fraction=0.0", "mesh.fsdp=1",
-         "model.config.hidden_size=32", "model.config.intermediate_size=64", "optim.warmup_steps=0"]
+         *SMALL_MODEL, "optim.warmup_steps=0"]
 
 
 def _job(algorithm, overrides):
-    path = {"sft": "configs/sft_tiny.yaml", "ift": TINY}[algorithm]
-    cfg = load_config(path, SMALL + list(overrides), algorithm=algorithm)
-    cfg.quiet = True
-    mod = {"sft": sft, "ift": ift}[algorithm]
-    return cfg, mod.build_job(cfg)
+    return tiny_job(algorithm, *SMALL, *overrides)
 
 
 def _one_step(cfg, job):
@@ -134,10 +126,9 @@ def test_frozen_input_embeddings_option():
 
 
 def test_tiny_config_learns_through_the_cli(tmp_path, capsys):
-    rc = main(["ift", "--config", TINY, "--run-dir", str(tmp_path / "run"), "--quiet",
-               "train.steps=30", "train.eval_every=0", "data.eval_fraction=0.0"])
+    rc = run_cli("ift", tmp_path / "run", "train.steps=30", "train.eval_every=0", "data.eval_fraction=0.0")
     assert rc == 0
-    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = metric_rows(tmp_path / "run")
     losses = [r["loss"] for r in rows if "loss" in r]
     assert losses[-1] < 0.75 * losses[0]
     assert all(r["lambda"] == pytest.approx(0.2) for r in rows if "lambda" in r)

@@ -4,7 +4,6 @@ planted reward rises on held-out prompts through the CLI."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import flax.nnx as nnx
@@ -14,12 +13,10 @@ import numpy as np
 import pytest
 
 from jaxalign.algorithms import common, online_dpo
-from jaxalign.cli import main
 from jaxalign.config import load_config
 from jaxalign.errors import JaxalignError
 from jaxalign.rewards import RewardConfig, build_reward
-
-TINY = "configs/online-dpo_tiny.yaml"
+from tests.algorithms.conftest import metric_rows, run_cli, tiny_cfg
 
 
 def _exp(scores, s=5):
@@ -56,7 +53,7 @@ def test_missing_eos_penalty_decides_the_pair():
 
 
 def test_loss_is_dpo_on_hand_summed_completion_logps():
-    cfg = load_config(TINY, ["online_dpo.beta=0.3", "mesh.fsdp=1"], algorithm="online-dpo")
+    cfg = tiny_cfg("online-dpo", "online_dpo.beta=0.3", "mesh.fsdp=1")
     tok = common.tokenizer_from(cfg)
     mesh = common.mesh_from(cfg)
     graphdef, params = nnx.split(common.model_from(cfg, mesh, tok))
@@ -110,7 +107,7 @@ def test_loss_is_dpo_on_hand_summed_completion_logps():
 ])
 def test_config_errors(over, key):
     with pytest.raises(JaxalignError, match=key.replace(".", r"\.")):
-        load_config(TINY, over, algorithm="online-dpo")
+        tiny_cfg("online-dpo", *over)
 
 
 def test_default_temperature():
@@ -119,10 +116,9 @@ def test_default_temperature():
 
 def test_planted_reward_rises_on_held_out_prompts(tmp_path):
     run = tmp_path / "run"
-    rc = main(["online-dpo", "--config", TINY, "--run-dir", str(run), "--quiet", "train.steps=12",
-               "train.eval_every=2"])
+    rc = run_cli("online-dpo", run, "train.steps=12", "train.eval_every=2")
     assert rc == 0
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = metric_rows(run)
     evals = [r["eval/reward"] for r in rows if "eval/reward" in r]
     assert evals[0] < 0.2 and evals[-1] > 0.6, evals
     train_rows = [r for r in rows if "reward/chosen" in r]

@@ -7,7 +7,6 @@ SIGKILLed run that resumes bit-exactly (running moments and KL coefficient inclu
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -22,12 +21,10 @@ import pytest
 
 from jaxalign.algorithms import ppo
 from jaxalign.algorithms import ppo_experience as px
-from jaxalign.cli import main
 from jaxalign.config import load_config, save_config
 from jaxalign.errors import JaxalignError
-
-ROOT = Path(__file__).resolve().parents[2]
-TINY = "configs/ppo_tiny.yaml"
+from tests.algorithms.conftest import ROOT, TINY, metric_rows, run_cli, tiny_cfg
+from tests.procenv import subprocess_env
 # One device: on the 2-core test machine 8 simulated devices only add overhead.
 FAST = ["mesh.fsdp=1", "train.plots=false"]
 
@@ -176,15 +173,15 @@ def test_adaptive_kl_controller_updates_the_coefficient_in_extras():
 # --------------------------------------------------------------------------- config
 
 def test_presets_fill_defaults_and_explicit_keys_win(tmp_path):
-    c = load_config(TINY, ["ppo.preset=vanilla", "ppo.score_norm=true"], algorithm="ppo").algo
+    c = tiny_cfg("ppo", "ppo.preset=vanilla", "ppo.score_norm=true").algo
     assert c.score_norm is True and c.whiten_advantages is True and c.critic_init == "policy"
-    c = load_config(TINY, ["ppo.whiten_advantages=true", "ppo.value_clip=0"], algorithm="ppo").algo
+    c = tiny_cfg("ppo", "ppo.whiten_advantages=true", "ppo.value_clip=0").algo
     assert (c.score_norm, c.score_clip, c.whiten_advantages, c.value_clip) == (True, 5.0, True, 0.0)
-    c = load_config(TINY, ["ppo.preset=none", "ppo.critic_warmup_steps=null"], algorithm="ppo").algo
+    c = tiny_cfg("ppo", "ppo.preset=none", "ppo.critic_warmup_steps=null").algo
     assert (c.score_norm, c.score_clip, c.whiten_advantages, c.value_clip, c.critic_warmup_steps) == (
         False, 0.0, False, 0.0, 0)
     # The resolved config.yaml a run writes loads back to the same section.
-    cfg = load_config(TINY, ["ppo.preset=vanilla"], algorithm="ppo")
+    cfg = tiny_cfg("ppo", "ppo.preset=vanilla")
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml", algorithm="ppo").algo == cfg.algo
 
@@ -206,11 +203,11 @@ def test_presets_fill_defaults_and_explicit_keys_win(tmp_path):
 ])
 def test_config_errors_name_the_key(over, key):
     with pytest.raises(JaxalignError, match=re.escape(key)):
-        load_config(TINY, over, algorithm="ppo")
+        tiny_cfg("ppo", *over)
 
 
 def test_ptx_data_must_be_sft_data():
-    cfg = load_config(TINY, FAST + ["ppo.ptx_data=shipped:prompts_tiny.jsonl"], algorithm="ppo")
+    cfg = tiny_cfg("ppo", *FAST + ["ppo.ptx_data=shipped:prompts_tiny.jsonl"])
     with pytest.raises(JaxalignError, match=r"ppo\.ptx_data"):
         ppo.build_job(cfg)
 
@@ -224,18 +221,18 @@ def test_critic_starts_from_the_reward_model(tmp_path):
     from jaxalign.api import save_model
     from jaxalign.models.heads import scalar_head_from_lm
 
-    cfg = load_config(TINY, FAST, algorithm="ppo")
+    cfg = tiny_cfg("ppo", *FAST)
     tok = common.tokenizer_from(cfg)
     rm = scalar_head_from_lm(common.model_from(cfg, common.mesh_from(cfg), tok, seed_offset=7), seed=3)
     save_model(rm, tmp_path / "rm")
     _, rm_params = nnx.split(rm)
     over = FAST + ["ppo.reward.kind=model", f"ppo.reward.path={tmp_path / 'rm'}"]
-    job = ppo.build_job(load_config(TINY, over, algorithm="ppo"))
+    job = ppo.build_job(tiny_cfg("ppo", *over))
     got = jax.tree.leaves(job.params["critic"])
     want = jax.tree.leaves(rm_params)
     assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
     # Without a reward model (keyword reward) the critic is the policy's backbone with a zero head.
-    job = ppo.build_job(load_config(TINY, FAST, algorithm="ppo"))
+    job = ppo.build_job(tiny_cfg("ppo", *FAST))
     crit = job.params["critic"]
     assert np.all(np.asarray(jax.tree.leaves(crit["score"])[0]) == 0)
     pol = jax.tree.leaves(job.params["policy"])
@@ -249,7 +246,7 @@ def test_old_values_are_the_critic_value_of_the_state_before_each_completion_tok
     from jaxalign.algorithms import common
     from jaxalign.models.heads import scalar_head_from_lm
 
-    cfg = load_config(TINY, FAST, algorithm="ppo")
+    cfg = tiny_cfg("ppo", *FAST)
     critic = scalar_head_from_lm(common.model_from(cfg, common.mesh_from(cfg), common.tokenizer_from(cfg)), seed=1)
     graphdef, params = nnx.split(critic)
     exp, _ = _experience()
@@ -271,7 +268,7 @@ def test_one_iteration_updates_moments_once_and_warmup_freezes_the_policy():
     over = FAST + ["train.batch_size=4", "ppo.num_generations=2", "ppo.minibatch_size=4", "ppo.ppo_epochs=2",
                    "ppo.critic_warmup_steps=1", "train.steps=4", "ppo.ptx_data=shipped:sft_tiny.jsonl",
                    "ppo.ptx_coef=0.1"]
-    cfg = load_config(TINY, over, algorithm="ppo")
+    cfg = tiny_cfg("ppo", *over)
     job = ppo.build_job(cfg)
     # Replicated in and out (as the loop does with explicit shardings): one compile of each program.
     rep = NamedSharding(job.mesh, PartitionSpec())
@@ -301,7 +298,7 @@ def test_one_iteration_updates_moments_once_and_warmup_freezes_the_policy():
 def test_ptx_batches_resume_with_the_prompts():
     from jaxalign.algorithms import common
 
-    cfg = load_config(TINY, FAST + ["ppo.ptx_data=shipped:sft_tiny.jsonl"], algorithm="ppo")
+    cfg = tiny_cfg("ppo", *FAST + ["ppo.ptx_data=shipped:sft_tiny.jsonl"])
     tok = common.tokenizer_from(cfg)
     train, _ = common.datasets_from(cfg, tok, ("prompt",))
 
@@ -326,14 +323,14 @@ def test_ptx_batches_resume_with_the_prompts():
 # --------------------------------------------------------------------------- end to end
 
 def _rows(run_dir):
-    rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    rows = metric_rows(run_dir)
     return [r for r in rows if "eval/reward" in r], [r for r in rows if "loss" in r]
 
 
 def test_ppo_max_raises_the_planted_reward_on_held_out_prompts(tmp_path):
     # Critic warm-up for 2 iterations: the eval at step 2 is the untouched starting policy.
     over = FAST + ["train.steps=20", "train.eval_every=2", "ppo.minibatch_size=32", "ppo.ppo_epochs=1"]
-    assert main(["ppo", "--config", TINY, "--run-dir", str(tmp_path / "run"), "--quiet", *over]) == 0
+    assert run_cli("ppo", tmp_path / "run", *over) == 0
     evals, rows = _rows(tmp_path / "run")
     start, end = evals[0]["eval/reward"], evals[-1]["eval/reward"]
     assert start < 0.1 and end > 0.6 and end > start + 0.5, [e["eval/reward"] for e in evals]
@@ -349,7 +346,7 @@ def test_vanilla_raises_the_planted_reward_on_held_out_prompts(tmp_path):
     # Raw (unnormalised) scores: scale the planted fraction to 0..10 so it outweighs the KL term.
     over = FAST + ["train.steps=20", "train.eval_every=5", "ppo.minibatch_size=32", "ppo.ppo_epochs=1",
                    "ppo.preset=vanilla", "ppo.critic_warmup_steps=null", "ppo.reward.scale=10"]
-    assert main(["ppo", "--config", TINY, "--run-dir", str(tmp_path / "run"), "--quiet", *over]) == 0
+    assert run_cli("ppo", tmp_path / "run", *over) == 0
     evals, rows = _rows(tmp_path / "run")
     start, end = evals[0]["eval/reward"], evals[-1]["eval/reward"]
     assert start < 2.0 and end > 6.0 and end > start + 4.0, [e["eval/reward"] for e in evals]
@@ -366,7 +363,7 @@ RESUME = FAST + [f"train.steps={STEPS}", "train.eval_every=0", "train.log_every=
 
 
 def _start(run_dir: Path, env, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "jaxalign.cli", "ppo", "--config", TINY, "--run-dir", str(run_dir), "--quiet",
+    cmd = [sys.executable, "-m", "jaxalign.cli", "ppo", "--config", TINY["ppo"], "--run-dir", str(run_dir), "--quiet",
            *RESUME, *extra]
     err = open(run_dir.parent / f"{run_dir.name}.{time.monotonic_ns()}.err", "w")
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -387,8 +384,7 @@ def _restore(run_dir: Path, step: int):
 
 
 def test_sigkill_mid_run_then_rerun_is_bit_exact(tmp_path):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env = subprocess_env()  # the session's compilation cache: the runs below reuse the first one's programs
     ref, run = tmp_path / "ref", tmp_path / "run"
     proc = _start(ref, env)  # uninterrupted; it also fills the compilation cache
     assert proc.wait(timeout=300) == 0

@@ -4,7 +4,6 @@ and a planted reward that rises on held-out prompts through the CLI."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import flax.nnx as nnx
@@ -15,12 +14,10 @@ import pytest
 
 from jaxalign.algorithms import common, online, raft
 from jaxalign.algorithms.experience import ExperienceMaker
-from jaxalign.cli import main
 from jaxalign.config import load_config
 from jaxalign.errors import JaxalignError
 from jaxalign.train.state import TrainState
-
-TINY = "configs/raft_tiny.yaml"
+from tests.algorithms.conftest import metric_rows, run_cli, tiny_cfg
 NEG = -np.inf
 
 
@@ -105,12 +102,8 @@ def test_raft_iteration_is_generic_over_sampler_reward_and_finetune_step():
 
 # -- the language-model instance --------------------------------------------------------------
 
-def _cfg(*over):
-    return load_config(TINY, list(over), algorithm="raft")
-
-
 def _text_raft(*over):
-    cfg = _cfg(*over)
+    cfg = tiny_cfg("raft", *over)
     tok = common.tokenizer_from(cfg)
     maker = ExperienceMaker(None, tok, online.reward_from(cfg.algo.reward, tok), cfg.algo.sampling,
                             num_samples=cfg.algo.selection().samples_per_prompt)
@@ -197,7 +190,7 @@ def test_generation_template_is_seen_by_the_sampler_only(monkeypatch):
         return roll
 
     monkeypatch.setattr(ExperienceMaker, "sample", spy)
-    cfg = _cfg("raft.generation_template='MAGIC! {prompt} Go:'", "train.batch_size=4")
+    cfg = tiny_cfg("raft", "raft.generation_template='MAGIC! {prompt} Go:'", "train.batch_size=4")
     job = raft.build_job(cfg)
     tok = common.tokenizer_from(cfg)
     state = TrainState.create(job.params, job.tx, cfg.seed)
@@ -237,7 +230,7 @@ def test_generation_template_is_seen_by_the_sampler_only(monkeypatch):
 ])
 def test_config_errors(over, key):
     with pytest.raises(JaxalignError, match=key.replace(".", r"\.")):
-        _cfg(*over)
+        tiny_cfg("raft", *over)
 
 
 def test_default_temperature_is_the_papers():
@@ -251,9 +244,9 @@ def test_planted_reward_rises_on_held_out_prompts(tmp_path, ranking):
     over = ["train.steps=8", "train.eval_every=2", f"raft.ranking={ranking}"]
     if ranking == "global":  # 16 prompts, one sample each, the best 4 kept; 2 minibatches x 2 epochs
         over += ["train.batch_size=16", "raft.num_minibatches=2", "mesh.fsdp=1"]  # (one device: faster)
-    rc = main(["raft", "--config", TINY, "--run-dir", str(run), "--quiet", *over])
+    rc = run_cli("raft", run, *over)
     assert rc == 0
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = metric_rows(run)
     evals = [r["eval/reward"] for r in rows if "eval/reward" in r]
     assert evals[0] < 0.2 and evals[-1] > 0.6, evals
     train_rows = [r for r in rows if "reward/kept_mean" in r]

@@ -14,22 +14,17 @@ import numpy as np
 import pytest
 
 from jaxalign.algorithms import common, rm
-from jaxalign.cli import main
-from jaxalign.config import load_config
 from jaxalign.errors import JaxalignError
 from jaxalign.train.loop import run
 from jaxalign.train.state import TrainState, make_train_step
+from tests.algorithms.conftest import SMALL_MODEL, metric_rows, run_cli, tiny_cfg
 
-TINY = "configs/rm_tiny.yaml"
-SMALL = ["mesh.fsdp=1", "model.config.hidden_size=32", "model.config.intermediate_size=64",
-         "train.plots=false"]
+SMALL = ["mesh.fsdp=1", *SMALL_MODEL, "train.plots=false"]
 RANKED = ["data.train=shipped:ranked_tiny.jsonl"]
 
 
 def _cfg(overrides=()):
-    cfg = load_config(TINY, SMALL + list(overrides), algorithm="rm")
-    cfg.quiet = True
-    return cfg
+    return tiny_cfg("rm", *SMALL, *overrides)
 
 
 @pytest.fixture(scope="module")
@@ -229,11 +224,11 @@ def test_accumulation_equals_one_large_batch(tiny):
 ])
 def test_config_errors(overrides, words):
     with pytest.raises(JaxalignError, match=words):
-        load_config(TINY, overrides, algorithm="rm")
+        tiny_cfg("rm", *overrides)
 
 
 def test_pairwise_on_ranked_data_is_a_clear_cli_error(tmp_path, capsys):
-    rc = main(["rm", "--config", TINY, "--run-dir", str(tmp_path / "r"), "--quiet"] + RANKED)
+    rc = run_cli("rm", tmp_path / "r", *RANKED)
     assert rc == 2
     err = capsys.readouterr().err
     assert "rm.loss" in err and "kwise or listwise" in err and "ranked" in err
@@ -242,16 +237,11 @@ def test_pairwise_on_ranked_data_is_a_clear_cli_error(tmp_path, capsys):
 # ---------------------------------------------------------------- training runs
 
 
-def _rows(run_dir):
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_pairwise_tiny_config_learns_through_the_cli(tmp_path):
     run_dir = tmp_path / "run"
-    rc = main(["rm", "--config", TINY, "--run-dir", str(run_dir), "--quiet",
-               "train.steps=16", "train.log_every=1", "train.plots=false"])
+    rc = run_cli("rm", run_dir, "train.steps=16", "train.log_every=1", "train.plots=false")
     assert rc == 0
-    rows = [r for r in _rows(run_dir) if "loss" in r]
+    rows = [r for r in metric_rows(run_dir) if "loss" in r]
     # a fresh head scores everything ~0: the first loss is −log σ(0) = log 2
     assert rows[0]["loss"] == pytest.approx(np.log(2), abs=0.05)
     assert rows[-1]["loss"] < 0.3 * rows[0]["loss"]
@@ -263,11 +253,10 @@ def test_pairwise_tiny_config_learns_through_the_cli(tmp_path):
 
 def test_kwise_runs_and_lowers_its_loss(tmp_path):
     run_dir = tmp_path / "run"
-    rc = main(["rm", "--config", TINY, "--run-dir", str(run_dir), "--quiet", "rm.loss=kwise",
-               "train.steps=12", "train.batch_size=8", "train.log_every=1", "train.save_final=false"]
-              + SMALL + RANKED)
+    rc = run_cli("rm", run_dir, "rm.loss=kwise", "train.steps=12", "train.batch_size=8", "train.log_every=1",
+                 "train.save_final=false", *SMALL, *RANKED)
     assert rc == 0
-    rows = [r for r in _rows(run_dir) if "loss" in r]
+    rows = [r for r in metric_rows(run_dir) if "loss" in r]
     assert rows[0]["loss"] == pytest.approx(np.log(2), abs=0.05)
     assert rows[-1]["loss"] < 0.6 * rows[0]["loss"]
     assert {"accuracy", "top1_accuracy", "margin", "reward_mean", "reward_std"} <= set(rows[-1])

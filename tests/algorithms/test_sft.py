@@ -9,13 +9,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxalign.algorithms import sft
-from jaxalign.config import load_config
 from jaxalign.parallel import batch_shardings
 from jaxalign.train.compile import shardings_of, state_shardings
 from jaxalign.train.state import TrainState, make_train_step
-
-CONFIG = "configs/sft_tiny.yaml"
+from tests.algorithms.conftest import tiny_job
 # One step at the full learning rate (no warmup: a zero first step would make the checks vacuous).
 # optim.eps=1e-3: Adam's first update is lr * g / (|g| + eps); with the default eps=1e-8, a
 # component whose gradient is ~1e-8 turns float rounding in g (~1e-9, a different summation
@@ -26,9 +23,7 @@ BASE = ["train.steps=4", "train.batch_size=8", "data.eval_fraction=0.0", "optim.
 
 
 def _job(overrides):
-    cfg = load_config(CONFIG, BASE + list(overrides), algorithm="sft")
-    cfg.quiet = True
-    return cfg, sft.build_job(cfg)
+    return tiny_job("sft", *BASE, *overrides)
 
 
 def _step(cfg, job, batch, n_micro):

@@ -23,6 +23,7 @@ from jaxalign.data.loading import load_dataset_rows
 from jaxalign.data.tokenize import tokenize_examples
 from jaxalign.errors import JaxalignError
 from tests.fuzz_helpers import FUZZ, cli_error_line, one_error_line, tree_digest
+from tests.procenv import subprocess_env
 
 FIELDS = ["text", "messages", "prompt", "completion", "chosen", "rejected", "responses", "ranking", "margin"]
 json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True),
@@ -230,7 +231,7 @@ for name in {sorted(files)!r}:
         print(name, "error", str(e))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                         cwd=Path(__file__).resolve().parents[2])
+                         cwd=Path(__file__).resolve().parents[2], env=subprocess_env())
     assert out.returncode == 0, out.stderr[-2000:]
     lines = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
     assert lines["null_first.jsonl"] == "examples 1 skipped 1", lines

@@ -4,14 +4,15 @@ bit-exactly where an uninterrupted run ends; SIGTERM / SIGINT save a checkpoint 
 with bad input or a mismatched config leaves the run directory as it was; metrics.jsonl never
 repeats or skips a step.
 
-The runs are subprocesses of ``python -m jaxalign.cli sft`` on the tiny config. They share a JAX
-persistent compilation cache (same programs, compiled once), so each one takes seconds.
+The runs are subprocesses of ``python -m jaxalign.cli sft`` on the tiny config, on 2 simulated
+devices (sharded state and checkpoints; the device count is not what these tests are about, see
+tests/procenv.py). They share the session's JAX persistent compilation cache (same programs,
+compiled once), so each one takes seconds.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -28,6 +29,7 @@ import pytest
 
 from jaxalign.cli import main
 from jaxalign.train.metrics import MetricsWriter, read_metrics
+from tests.procenv import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 16
@@ -44,11 +46,8 @@ TIMEOUT = 240
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("jax_cache")
-    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONUNBUFFERED="1",
-                JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+def env():
+    return subprocess_env()
 
 
 class Run:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import socket
@@ -28,6 +27,7 @@ from safetensors.numpy import load_file
 
 from jaxalign.cli import main
 from jaxalign.train.metrics import read_metrics
+from tests.procenv import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "dpo_tiny.yaml"
@@ -46,6 +46,9 @@ STEP_FUNCTIONS = ("accuracy", "rewards/accuracies")
 UNSUPPORTED = ("Multiprocess computations aren't implemented", "make_gloo_tcp_collectives",
                "gloo is not available", "collectives are not supported")
 
+GLOO_MESSAGE = re.compile(r"\[Gloo\] Rank \d+ is connected to \d+ peer ranks\. Expected number of connected "
+                          r"peer ranks is : \d+")
+
 pytestmark = pytest.mark.slow
 
 
@@ -61,12 +64,11 @@ def argv(run_dir: Path, *extra: str, quiet: bool = True) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("jax_cache")  # the resumed run reuses the first run's programs
-    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONUNBUFFERED="1",
-                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+def env():
+    # 4 devices per process: 2 x 4 is the 8-device mesh of the in-process reference (the count is
+    # what this test is about). The session's compilation cache: the resumed run reuses the
+    # first run's programs.
+    return subprocess_env(devices=4)
 
 
 class Processes:
@@ -85,9 +87,11 @@ class Processes:
                 self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err))
 
     def _read(self, name: str) -> str:
-        # gloo (CPU collectives) reports every connection it opens; keep jaxalign's own output.
-        return "".join(line for line in (self.logs / name).read_text().splitlines(True)
-                       if not line.startswith("[Gloo]"))
+        # gloo (CPU collectives) reports every connection it opens, from several threads at once:
+        # its messages can share a line ("...: 1[Gloo] Rank 1 ...: 1" then an empty line). Keep
+        # jaxalign's own output: every gloo message out, then the lines left blank by them.
+        text = GLOO_MESSAGE.sub("", (self.logs / name).read_text())
+        return "".join(line for line in text.splitlines(True) if line.strip())
 
     def stdout(self, i: int) -> str:
         return self._read(f"{i}.out")
