@@ -59,6 +59,8 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("raft", "jaxalign.algorithms.raft", "RAFT: reward-ranked fine-tuning"),
     Algorithm("online-dpo", "jaxalign.algorithms.online_dpo", "online DPO on pairs sampled from the policy"),
 )}
+# The algorithms jaxalign ships (ALGORITHMS may grow through register()).
+BUILTIN: tuple[str, ...] = tuple(ALGORITHMS)
 
 
 def section_of(name: str) -> str:

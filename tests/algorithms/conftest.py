@@ -10,7 +10,7 @@ from pathlib import Path
 from jaxalign.algorithms import registry
 
 ROOT = Path(__file__).resolve().parents[2]
-ALGORITHMS = tuple(registry.names())
+ALGORITHMS = registry.BUILTIN
 TINY = {name: str(ROOT / "configs" / f"{name}_tiny.yaml") for name in ALGORITHMS}
 
 # A smaller model than the tiny configs' (hidden 64, intermediate 128) for the tests that compile

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {"sft_tiny.jsonl": ("prompt_completion", 64), "preference_tiny.jsonl": ("preference", 64),
             "ranked_tiny.jsonl": ("ranked", 48), "prompts_tiny.jsonl": ("prompt_only", 64),
             "movie_prompts.jsonl": ("prompt_only", 300)}
-# Written by hand, not by scripts/make_tiny_data.py (tested in tests/test_demo.py).
+# Written by hand, not by scripts/make_tiny_data.py (tested in tests/examples/test_demo.py).
 HANDWRITTEN = {"movie_prompts.jsonl"}
 
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from jaxalign.algorithms.registry import register
+from jaxalign.algorithms.registry import ALGORITHMS, register
 from jaxalign.config import load_config
 from jaxalign.errors import JaxalignError
 from jaxalign.io.outputs import RUN_OUTPUTS, check_output_keys, check_run_dir, output_path
@@ -86,7 +86,13 @@ class _WithOutput:
     export_dir: str | None = dataclasses.field(default=None, metadata={"output_path": True})
 
 
-register("_outtest", _WithOutput)
+
+@pytest.fixture(autouse=True, scope="module")
+def _registered():
+    """The test algorithm is in the registry for this module's tests only."""
+    register("_outtest", _WithOutput)
+    yield
+    ALGORITHMS.pop("_outtest", None)
 
 
 def test_config_keys_marked_as_outputs_are_confined(tmp_path):

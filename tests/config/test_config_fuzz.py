@@ -1,6 +1,6 @@
 """Fuzzed run configs: any value for any key, any YAML document, any override string.
 
-The contract (tests/test_config.py and tests/test_cli_train.py check the exact messages of
+The contract (tests/config/test_config.py and tests/cli/test_train.py check the exact messages of
 known cases): a config is either accepted, and then every number in it is finite and the
 shared counts and rates are in range, or refused with one :class:`JaxalignError` line that
 names a config key or the file. Never another exception, and through the CLI: exit code 2,
@@ -27,7 +27,7 @@ from jaxalign.errors import JaxalignError
 from jaxalign.models.config import ModelConfig
 from tests.fuzz_helpers import FUZZ, cli_error_line, one_error_line, tree_digest
 from tests.procenv import subprocess_env
-NAMES = list(algorithms.ALGORITHMS)
+NAMES = list(algorithms.registry.BUILTIN)
 
 
 def keys_of(cls, prefix: str = "") -> list[str]:
@@ -229,7 +229,7 @@ def test_a_billion_laughs_config_is_refused_quickly(tmp_path):
               f"try:\n    load_config({str(path)!r}, [], algorithm='sft')\n"
               "except Exception as e:\n    print(type(e).__name__, e)\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[1], env=subprocess_env())
+                         cwd=Path(__file__).resolve().parents[2], env=subprocess_env())
     assert out.stdout.strip() == (f"JaxalignError {path}: not valid YAML (aliases expand to more than "
                                   "100,000 values)"), (out.stdout, out.stderr[-1000:])
 

@@ -9,6 +9,7 @@ import pytest
 from jaxalign import init_model, save_model
 from jaxalign.cli import main
 from jaxalign.models.config import ModelConfig
+from tests.rollout.conftest import exact_float32_matmuls  # noqa: F401  (autouse, as in tests/rollout)
 
 
 @pytest.fixture(scope="module")

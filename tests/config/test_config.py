@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from jaxalign.algorithms.registry import register
+from jaxalign.algorithms.registry import ALGORITHMS, register
 from jaxalign.config import load_config
 from jaxalign.errors import JaxalignError
 
@@ -15,7 +15,13 @@ class _Algo:
     loss_type: str = "sigmoid"
 
 
-register("_test", _Algo)
+
+@pytest.fixture(autouse=True, scope="module")
+def _registered():
+    """The test algorithm is in the registry for this module's tests only."""
+    register("_test", _Algo)
+    yield
+    ALGORITHMS.pop("_test", None)
 
 
 def _write(tmp_path, text):

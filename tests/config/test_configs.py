@@ -10,7 +10,7 @@ import yaml
 from jaxalign import algorithms
 from jaxalign.config import load_config
 
-CONFIGS = sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.yaml"))
+CONFIGS = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
 
 
 def test_there_are_configs():
