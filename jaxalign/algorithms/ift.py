@@ -31,15 +31,17 @@ class Config:
     """The ``ift:`` section.
 
     lam: λ of the temporal residual connection (0.2 in the paper); with ``lam_schedule: linear``
-      it is the final value, reached from ``lam_start`` over ``lam_warmup_steps`` updates
-      (default: the whole run), as the reference code's ``min_lambda`` -> ``max_lambda``.
-    lam_noise: standard deviation of a relative Gaussian jitter of λ, drawn per step
-      (``λ·(1 + lam_noise·N(0,1))``, clipped to [0, 1]; the reference code's ``lambda_disturb``).
+      it is the final value, reached from ``lam_start`` over ``lam_warmup_steps`` updates and
+      then held, as the reference code's ``min_lambda`` -> ``max_lambda`` (default: the
+      learning-rate warm-up, ``optim.warmup_steps``, which the reference code also uses).
+    lam_noise: standard deviation of a relative Gaussian jitter of λ, one draw per optimizer
+      step shared by its micro-batches (``λ·(1 + lam_noise·N(0,1))``, clipped to [0, 1]; the
+      reference code's ``lambda_disturb`` / ``disturb_std``).
     gamma: γ of the dynamic relation propagation (0.95 in the paper; 0 gives uniform weights).
-    train_input_embeddings: the gold part of the mix keeps its gradient into the embedding table,
-      so that λ = 0, γ = 0 is exactly SFT (``sft.aggregation: sequence_mean``). ``false``
-      reproduces the reference code, whose pass 2 reads a frozen copy of the table (the input
-      side of the embedding is then never trained; an untied table never changes).
+    train_input_embeddings: ``false`` (default, as the reference code): both halves of the mix
+      are read from a frozen copy of the input embeddings, so the mix carries no gradient into
+      the table (an untied input table never changes). ``true`` keeps the gradient of the gold
+      half, so that λ = 0, γ = 0 is exactly SFT (``sft.aggregation: sequence_mean``).
     chunk_size: log-probs over the vocabulary in chunks of this many positions.
     """
 
@@ -49,7 +51,7 @@ class Config:
     lam_warmup_steps: int | None = None
     lam_noise: float = 0.0
     gamma: float = 0.95
-    train_input_embeddings: bool = True
+    train_input_embeddings: bool = False
     chunk_size: int | None = None
 
     def validate(self, cfg: RunConfig) -> None:
@@ -68,12 +70,14 @@ class Config:
 
 
 
-def lam_at(algo: Config, step, total_steps: int, key=None):
-    """λ for update ``step`` (0-based): the schedule, then the optional jitter (needs ``key``)."""
+def lam_at(algo: Config, step, warmup_steps: int, key=None):
+    """λ for update ``step`` (0-based): the schedule (a linear ramp over ``algo.lam_warmup_steps``,
+    else ``warmup_steps``, then held; the reference code's ``linear_warmup``), then the optional
+    jitter (needs ``key``)."""
     lam = jnp.asarray(algo.lam, jnp.float32)
     if algo.lam_schedule == "linear":
-        span = algo.lam_warmup_steps or total_steps
-        frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(span, 1), 0.0, 1.0)
+        span = algo.lam_warmup_steps if algo.lam_warmup_steps is not None else warmup_steps
+        frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(span, 1), 0.0, 1.0) if span > 0 else 1.0
         lam = algo.lam_start + (algo.lam - algo.lam_start) * frac
     if algo.lam_noise and key is not None:
         lam = lam * (1.0 + algo.lam_noise * jax.random.normal(key, (), jnp.float32))
@@ -91,15 +95,27 @@ def mixed_embeddings(model, input_ids, predicted_ids, lam, train_input_embedding
     return (1 - lam) * gold + lam * pred
 
 
-def make_loss(graphdef, algo: Config, total_steps: int, remat: bool = False, train: bool = True):
-    """``loss_fn(params, batch, frozen, rng, extras)``; ``extras["ift_step"]`` counts applied
-    updates and drives the λ schedule (a skipped non-finite step does not advance it)."""
+def initial_extras() -> dict:
+    """``ift_step`` counts applied updates and drives the λ schedule (a skipped non-finite step
+    does not advance it); ``ift_micro`` is the micro-batch within the step (0 between steps)."""
+    return {"ift_step": jnp.zeros((), jnp.int32), "ift_micro": jnp.zeros((), jnp.int32)}
+
+
+def make_loss(graphdef, algo: Config, warmup_steps: int, remat: bool = False, train: bool = True,
+              n_micro: int = 1, seed: int = 0):
+    """``loss_fn(params, batch, frozen, rng, extras)`` with :func:`initial_extras`.
+
+    The train step threads the extras through its ``n_micro`` micro-batches in order, so the
+    step counter advances once, after the last one; the jitter of λ is drawn from
+    ``(seed, step)``, one draw per step for all its micro-batches (not from the per-micro-batch
+    ``rng``)."""
+    jitter_key = jax.random.key(seed)
 
     def loss_fn(params, batch, frozen, rng, extras):
         model = nnx.merge(graphdef, params)
         ids, attn = batch["input_ids"], batch["attention_mask"]
         step = extras["ift_step"]
-        lam = lam_at(algo, step, total_steps, rng if train else None)
+        lam = lam_at(algo, step, warmup_steps, jax.random.fold_in(jitter_key, step) if train else None)
         # Pass 1: the model's own predictions on the gold prefix (no gradient).
         logits1 = jax.lax.stop_gradient(model(ids, attn))
         pred = ift_predicted_ids(logits1, ids, batch["completion_mask"])
@@ -115,7 +131,13 @@ def make_loss(graphdef, algo: Config, total_steps: int, remat: bool = False, tra
         has = n_seq_tok > 0
         nll = jnp.sum(jnp.where(has, seq_nll, 0.0)) / jnp.maximum(jnp.sum(has), 1)
         metrics = {"nll": nll, "lambda": lam, "predicted_differs": changed}
-        new_extras = dict(extras, ift_step=step + 1) if train else extras
+        if train:
+            micro = extras["ift_micro"] + 1
+            done = micro >= n_micro
+            new_extras = dict(extras, ift_step=jnp.where(done, step + 1, step),
+                              ift_micro=jnp.where(done, 0, micro))
+        else:
+            new_extras = extras
         return loss, (loss_weight(mask, "sequence_mean"), metrics, new_extras)
 
     return loss_fn
@@ -131,9 +153,12 @@ def build_job(cfg: RunConfig) -> Job:
     graphdef, params = nnx.split(model)
     total = common.num_steps(cfg, len(train))
     tx, schedule = make_optimizer(cfg.optim, total)
-    return Job(params=params, loss_fn=make_loss(graphdef, cfg.algo, total, cfg.model.remat),
-               eval_loss_fn=make_loss(graphdef, cfg.algo, total, train=False),
-               extras={"ift_step": jnp.zeros((), jnp.int32)}, tx=tx, schedule=schedule,
+    n_micro = common.micro_batches(cfg)
+    warmup = cfg.optim.warmup_steps
+    return Job(params=params,
+               loss_fn=make_loss(graphdef, cfg.algo, warmup, cfg.model.remat, n_micro=n_micro, seed=cfg.seed),
+               eval_loss_fn=make_loss(graphdef, cfg.algo, warmup, train=False),
+               extras=initial_extras(), tx=tx, schedule=schedule,
                total_steps=total, train_batches=batches, eval_batches=eval_batches, mesh=mesh,
                count_tokens=common.real_tokens, export=common.lm_exporter(graphdef, tok),
-               n_micro=common.micro_batches(cfg))
+               n_micro=n_micro)

@@ -10,7 +10,7 @@ the KL penalty, GAE, and ``ppo_epochs`` passes over the buffer in minibatches of
 (+ PPO-ptx LM loss) update.
 
 Trainable parameters are one tree ``{"policy": ..., "critic": ...}`` with one AdamW whose
-clipping and learning rate are per model (see :func:`ppo_experience.make_optimizer`); the
+learning rate is per model and whose gradient clipping is joint (or per model) (see :func:`ppo_experience.make_optimizer`); the
 critic is a :class:`~jaxalign.models.heads.ScalarHeadModel`.
 """
 
@@ -35,6 +35,7 @@ from jaxalign.train.job import Job
 
 PRESETS = ("ppo_max", "vanilla", "none")
 CRITIC_INITS = ("auto", "reward_model", "policy")
+CLIP_SCOPES = ("joint", "per_model")
 
 # What each preset sets for the switches left unset (null). Explicit keys always win; a clip
 # of 0 is off (null means "the preset's value").
@@ -74,6 +75,9 @@ class Config:
       model when there is one, else the policy).
     critic_lr: the critic's peak learning rate (null: optim.lr).
     critic_warmup_steps: iterations that train only the critic before the policy moves.
+    grad_clip_scope: ``joint`` (default: ``optim.grad_clip`` bounds the global norm of the policy
+      and critic gradients together, as MOSS-RLHF, whose one DeepSpeed engine holds both models)
+      or ``per_model`` (each model's gradient clipped to ``optim.grad_clip`` on its own).
     ptx_data: an SFT dataset (PPO-ptx: ``ptx_coef ×`` its LM loss joins every update; as many
       rows per iteration as rollouts). Null: off.
     sampling / reward: see ``SamplingConfig`` and ``RewardConfig``.
@@ -100,6 +104,7 @@ class Config:
     critic_path: str | None = None
     critic_lr: float | None = None
     critic_warmup_steps: int | None = None
+    grad_clip_scope: str = "joint"
     ptx_coef: float = 1.0
     ptx_data: str | None = None
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
@@ -147,6 +152,9 @@ class Config:
                                 f"{KL_ESTIMATORS}")
         if self.adaptive_kl and self.kl_coef == 0:
             raise JaxalignError("config key 'ppo.adaptive_kl': needs ppo.kl_coef > 0 to adapt")
+        if self.grad_clip_scope not in CLIP_SCOPES:
+            raise JaxalignError(f"config key 'ppo.grad_clip_scope': {self.grad_clip_scope!r} is not one of "
+                                f"{CLIP_SCOPES}")
         if self.critic_init not in CRITIC_INITS:
             raise JaxalignError(f"config key 'ppo.critic_init': {self.critic_init!r} is not one of {CRITIC_INITS}")
         if self.critic_init == "reward_model" and not self.critic_source():
@@ -286,7 +294,8 @@ def spec(cfg: RunConfig) -> online.OnlineSpec:
     def make_step(s, loss_fn, total):
         updates = algo.ppo_epochs * n_mb
         tx, policy_lr, critic_lr = px.make_optimizer(cfg.optim, algo.critic_lr or cfg.optim.lr, total * updates,
-                                                     algo.critic_warmup_steps * updates)
+                                                     algo.critic_warmup_steps * updates,
+                                                     clip_scope=algo.grad_clip_scope)
         step_fn = px.make_step(algo, loss_fn, tx, critic_def, t=t, num_minibatches=n_mb, epochs=algo.ppo_epochs,
                                n_micro=n_micro, policy_lr=policy_lr, critic_lr=critic_lr,
                                warmup_steps=algo.critic_warmup_steps, remat=cfg.model.remat)

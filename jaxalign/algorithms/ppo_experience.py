@@ -122,6 +122,16 @@ def _clip_each(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def clip_gradients(max_norm: float, scope: str = "joint") -> optax.GradientTransformation:
+    """Gradient clipping of the ``{"policy", "critic"}`` tree: ``joint`` bounds the global norm
+    of the whole tree, ``per_model`` each top-level subtree's on its own."""
+    if scope == "joint":
+        return optax.clip_by_global_norm(max_norm)
+    if scope == "per_model":
+        return _clip_each(max_norm)
+    raise ValueError(f"clip scope must be 'joint' or 'per_model', got {scope!r}")
+
+
 def _scale_each(schedules: dict[str, Callable]) -> optax.GradientTransformation:
     """``−lr_k(count) · update`` for each top-level subtree ``k`` (its own learning rate)."""
 
@@ -138,9 +148,10 @@ def _scale_each(schedules: dict[str, Callable]) -> optax.GradientTransformation:
     return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(optim, critic_lr: float, total_updates: int, warmup_updates: int):
-    """AdamW over ``{"policy", "critic"}`` with each model's gradient clipped to
-    ``optim.grad_clip`` on its own and its own schedule: the critic's over all updates (peak
+def make_optimizer(optim, critic_lr: float, total_updates: int, warmup_updates: int, clip_scope: str = "joint"):
+    """AdamW over ``{"policy", "critic"}`` with the gradients clipped to ``optim.grad_clip``
+    (``clip_scope="joint"``: the global norm of both models' gradients together, as MOSS-RLHF's
+    single engine; ``"per_model"``: each model's on its own) and each model's own schedule: the critic's over all updates (peak
     ``critic_lr``), the policy's ``0`` during the critic warm-up (its parameters do not move;
     Adam's moments still see its gradients, so its first real updates are well scaled) and
     then ``optim``'s schedule over the remaining updates.
@@ -159,7 +170,7 @@ def make_optimizer(optim, critic_lr: float, total_updates: int, warmup_updates: 
 
     parts = []
     if optim.grad_clip is not None and optim.grad_clip > 0:
-        parts.append(_clip_each(optim.grad_clip))
+        parts.append(clip_gradients(optim.grad_clip, clip_scope))
     parts.append(optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps))
     if optim.weight_decay:
         parts.append(optax.add_decayed_weights(optim.weight_decay))

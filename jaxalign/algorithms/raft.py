@@ -38,6 +38,7 @@ from jaxalign.errors import JaxalignError
 from jaxalign.losses import best_of_k, num_top, top_fraction
 from jaxalign.rewards import RewardConfig
 
+AUTO_MINIBATCHES = 4  # the most minibatches ``raft.num_minibatches: null`` splits the kept set into
 RANKINGS = ("local", "global")
 
 
@@ -62,7 +63,10 @@ class Config:
       goes (e.g. ``"Be upbeat! {prompt}"``); the text around ``{prompt}`` is tokenised on its
       own and joined to the prompt's tokens. Training always uses the plain prompt. null: same.
     num_minibatches / epochs: the kept samples are split into ``num_minibatches`` shuffled
-      minibatches and passed over ``epochs`` times per iteration, one optimizer update each.
+      minibatches and passed over ``epochs`` times per iteration, one optimizer update each
+      (logged as ``updates``). Defaults follow LMFlow's fine-tuning phase at small scale
+      (LMFlow: 4 epochs at per-device batch 1 over the kept set): 2 epochs over small minibatches,
+      ``num_minibatches: null`` = as many as divide the kept samples, up to 4.
     aggregation: the SFT loss's ``token_mean`` or ``sequence_mean``.
     sampling / reward: see :class:`SamplingConfig` and :class:`RewardConfig`.
     """
@@ -72,8 +76,8 @@ class Config:
     min_length: int | None = None
     forbidden_pattern: str | None = None
     generation_template: str | None = None
-    num_minibatches: int = 1
-    epochs: int = 1
+    num_minibatches: int | None = None
+    epochs: int = 2
     aggregation: str = "token_mean"
     sampling: RaftSampling = dataclasses.field(default_factory=RaftSampling)
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
@@ -100,7 +104,7 @@ class Config:
             raise JaxalignError("config key 'raft.generation_template': must contain '{prompt}' exactly once, "
                                 f"got {self.generation_template!r}")
         for key in ("num_minibatches", "epochs"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise JaxalignError(f"config key 'raft.{key}': must be >= 1, got {getattr(self, key)}")
         if self.aggregation not in sft.AGGREGATIONS:
             raise JaxalignError(f"config key 'raft.aggregation': {self.aggregation!r} is not one of "
@@ -108,6 +112,8 @@ class Config:
         bs, mb = cfg.train.batch_size, cfg.train.micro_batch_size or cfg.train.batch_size
         if bs > 0 and mb > 0 and bs % mb == 0:  # else train.* reports its own error
             kept = self.selection().num_kept(bs)
+            if self.num_minibatches is None:
+                self.num_minibatches = auto_minibatches(kept, bs // mb)
             split = self.num_minibatches * (bs // mb)
             if kept % split:
                     raise JaxalignError(f"config key 'raft.num_minibatches': the {kept} samples kept per iteration "
@@ -116,6 +122,12 @@ class Config:
         self.sampling.validate("raft.sampling")
         self.reward.validate("raft.reward")
 
+
+
+def auto_minibatches(kept: int, n_micro: int, most: int = AUTO_MINIBATCHES) -> int:
+    """The default ``raft.num_minibatches``: the largest count up to ``most`` that splits the
+    ``kept`` rows into minibatches of whole ``n_micro`` micro-batches (1 when none does)."""
+    return max([1] + [d for d in range(2, most + 1) if kept % (d * n_micro) == 0])
 
 
 # -- the generic core ---------------------------------------------------------------------------
@@ -362,7 +374,7 @@ def spec(cfg: RunConfig) -> online.OnlineSpec:
         sampling=algo.sampling, reward=algo.reward, samples_per_prompt=selection.samples_per_prompt,
         prompt_transform=prompt_transform(algo), reward_filter=reward_filter(algo),
         make_loss=lambda s: make_loss(s.graphdef, algo, cfg.model.remat), to_batch=to_batch,
-        num_minibatches=algo.num_minibatches, epochs=algo.epochs, eval_samples_per_prompt=1)
+        num_minibatches=algo.num_minibatches or 1, epochs=algo.epochs, eval_samples_per_prompt=1)
 
 
 def build_job(cfg: RunConfig):

@@ -7,7 +7,8 @@ An algorithm supplies only a loss::
 ``loss`` is a mean over ``weight`` units (tokens, pairs, sequences) of the micro-batch.
 :func:`make_train_step` splits the global batch into micro-batches with ``lax.scan``,
 accumulates ``weight``-weighted gradients and metrics, and divides by the total weight, so
-gradient accumulation gives exactly the gradient of the large batch. ``frozen`` holds arrays
+gradient accumulation gives exactly the gradient of the large batch; ``extras`` pass through
+the micro-batches in order (each sees the previous one's). ``frozen`` holds arrays
 that are inputs but not trained or checkpointed (the reference policy, a reward model).
 """
 
@@ -66,11 +67,17 @@ def split_micro(batch, n_micro: int):
 
 
 def accumulate(loss_fn: LossFn, params, batch, frozen, rng, extras, n_micro: int, with_grad=True):
-    """Weighted sums over micro-batches -> (mean grads or None, mean metrics incl. loss, extras)."""
+    """Weighted sums over micro-batches -> (mean grads or None, mean metrics incl. loss, extras).
+
+    ``extras`` are threaded through the micro-batches in order: each micro-batch's loss sees the
+    extras the previous one returned, so state that takes in every example (BCO's running
+    reward mean) ends the step the same for any number of micro-batches, as a gradient-accumulating
+    PyTorch loop that updates it in every forward would.
+    """
     micro = split_micro(batch, n_micro)
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def one(mb, key):
+    def one(mb, key, extras):
         if with_grad:
             (loss, (w, metrics, new_extras)), g = value_and_grad(params, mb, frozen, key, extras)
         else:
@@ -83,14 +90,14 @@ def accumulate(loss_fn: LossFn, params, batch, frozen, rng, extras, n_micro: int
 
     keys = jax.random.split(rng, n_micro)
     first = jax.tree.map(lambda x: x[0], micro)
-    (g0, m0), w0, e0 = one(first, keys[0])
+    (g0, m0), w0, e0 = one(first, keys[0], extras)
     if n_micro == 1:
         total_g, total_m, total_w, new_extras = g0, m0, w0, e0
     else:
         def body(carry, xs):
-            (g, m), w, _ = carry
+            (g, m), w, e = carry
             mb, key = xs
-            (g1, m1), w1, e1 = one(mb, key)
+            (g1, m1), w1, e1 = one(mb, key, e)
             return ((jax.tree.map(jnp.add, g, g1), jax.tree.map(jnp.add, m, m1)), w + w1, e1), None
 
         rest = jax.tree.map(lambda x: x[1:], micro)
@@ -157,7 +164,8 @@ def make_minibatch_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, nu
     ``state.step`` still advances by one (it counts loop iterations, as checkpoints and logs do);
     the optimizer makes ``epochs * num_minibatches`` updates, so build its schedule over
     ``total_iterations * epochs * num_minibatches`` updates. Metrics are means over the updates
-    (``lr`` is the rate of the last update). The shuffles come from the state's key.
+    (``lr`` is the rate of the last update; ``updates`` counts the updates applied, skipped
+    non-finite ones excluded). The shuffles come from the state's key.
     """
     single = make_train_step(loss_fn, tx, n_micro, None)
     updates = epochs * num_minibatches
@@ -181,7 +189,10 @@ def make_minibatch_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, nu
             return jax.lax.scan(one, s, mbs)
 
         new, metrics = jax.lax.scan(epoch, state, jax.random.split(key, epochs))
+        # Counted, not configured: a non-finite update that was skipped is not an update.
+        applied = jnp.sum(1.0 - metrics["skipped"])
         metrics = jax.tree.map(lambda x: jnp.mean(x), metrics)
+        metrics["updates"] = applied
         if schedule is not None:
             metrics["lr"] = schedule((state.step + 1) * updates - 1)
         return new.replace(step=state.step + 1), metrics

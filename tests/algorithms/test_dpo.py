@@ -375,6 +375,42 @@ def test_bco_state_lives_in_extras_and_survives_resume(tmp_path):
     np.testing.assert_allclose(float(eb["bco_mean"]), float(ea["bco_mean"]), rtol=1e-5)
 
 
+def test_bco_state_is_the_same_for_any_number_of_micro_batches():
+    """The running mean takes in every micro-batch of the step (it took in only the last one:
+    bco_count 16/8/4 for 1/2/4 micro-batches), and equals the closed form over all 16 rewards."""
+    ov = [*SMALL, "dpo.loss_type=bco_pair", "dpo.reference=precomputed", "train.batch_size=8",
+          "optim.schedule=constant", "optim.lr=1e-2", "optim.warmup_steps=0"]
+    out = {}
+    for micro in (8, 4, 2):
+        job = dpo.build_job(cfg_of(*ov, f"train.micro_batch_size={micro}"))
+        assert job.n_micro == 8 // micro
+        batch = dict(next(job.train_batches))
+        # Shift the precomputed reference so the implicit rewards are not all 0 at step 0
+        # (policy = reference), and differ from row to row.
+        for k, sign in zip(dpo.REF_KEYS, (1.0, 0.5)):
+            batch[k] = batch[k] + sign * (0.5 + 0.25 * jnp.arange(batch[k].shape[0], dtype=batch[k].dtype))
+        state = TrainState.create(job.params, job.tx, 0, job.extras)
+        step = jax.jit(make_train_step(job.loss_fn, job.tx, job.n_micro, job.schedule))
+        new, metrics = step(state, batch, job.frozen)
+        out[micro] = (jax.device_get(new.extras), metrics, batch, job)
+    extras, metrics, batch, job = out[8]
+    # Closed form: δ = mean of β·(logπ − logπ_ref) over the 8 chosen and 8 rejected completions.
+    from jaxalign.algorithms.dpo import pair_logps
+
+    job_cfg = cfg_of(*ov)
+    model = nnx.merge(nnx.graphdef(common.model_from(job_cfg, job.mesh, common.tokenizer_from(job_cfg))),
+                      job.params)
+    pw, pl, _, _ = pair_logps(model, batch)
+    beta = job_cfg.algo.beta
+    want = np.mean(np.concatenate([beta * (np.asarray(pw) - np.asarray(batch[dpo.REF_KEYS[0]])),
+                                   beta * (np.asarray(pl) - np.asarray(batch[dpo.REF_KEYS[1]]))]))
+    for micro, (e, m, b, _) in out.items():
+        np.testing.assert_array_equal(b["chosen_input_ids"], batch["chosen_input_ids"])
+        assert float(e["bco_count"]) == 16, micro
+        np.testing.assert_allclose(float(e["bco_mean"]), want, rtol=1e-4, atol=1e-7)
+    assert abs(want) > 1e-4
+
+
 # ------------------------------------------------------------------------ CLI, end to end
 
 

@@ -1,5 +1,6 @@
 """IFT algorithm: λ = γ = 0 equals SFT, the loss against an independent numpy computation, the λ
-schedule in closed form, the reference-code embedding option, and a CLI run that learns."""
+schedule in closed form, the reference-code frozen input embeddings (the default), one λ per step
+for any number of micro-batches, and a CLI run that learns."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def _one_step(cfg, job):
 
 
 def test_lambda_zero_gamma_zero_is_the_sft_step():
-    cfg_i, job_i = _job("ift", ["ift.lam=0.0", "ift.gamma=0.0"])
+    # λ = γ = 0 is SFT only when the gold half of the mix keeps its gradient (the option).
+    cfg_i, job_i = _job("ift", ["ift.lam=0.0", "ift.gamma=0.0", "ift.train_input_embeddings=true"])
     cfg_s, job_s = _job("sft", ["sft.aggregation=sequence_mean"])
     si, mi, bi = _one_step(cfg_i, job_i)
     ss, ms, bs = _one_step(cfg_s, job_s)
@@ -63,7 +65,7 @@ def test_loss_matches_an_independent_computation():
     batch = next(job.train_batches)
     graphdef, params = _split(cfg, job)
     loss_fn = ift.make_loss(graphdef, cfg.algo, job.total_steps, train=False)
-    loss, (w, metrics, _) = jax.jit(loss_fn)(job.params, batch, None, None, {"ift_step": jnp.zeros((), jnp.int32)})
+    loss, (w, metrics, _) = jax.jit(loss_fn)(job.params, batch, None, None, ift.initial_extras())
 
     model = nnx.merge(graphdef, params)
     ids, attn, comp = (np.asarray(batch[k]) for k in ("input_ids", "attention_mask", "completion_mask"))
@@ -101,28 +103,61 @@ def test_lambda_schedule_closed_form():
     algo = ift.Config(lam=0.4, lam_schedule="linear", lam_start=0.1, lam_warmup_steps=10)
     for step, want in ((0, 0.1), (5, 0.25), (10, 0.4), (20, 0.4)):
         assert float(ift.lam_at(algo, step, 100)) == pytest.approx(want, abs=1e-7)
-    algo = ift.Config(lam=0.3, lam_schedule="linear", lam_start=0.0)  # span = the whole run
-    assert float(ift.lam_at(algo, 25, 100)) == pytest.approx(0.075)
+    # Default span: the learning-rate warm-up (the reference code's ``linear_warmup``), then held.
+    algo = ift.Config(lam=0.3, lam_schedule="linear", lam_start=0.1)
+    for step, want in ((0, 0.1), (2, 0.2), (4, 0.3), (50, 0.3)):
+        assert float(ift.lam_at(algo, step, 4)) == pytest.approx(want, abs=1e-7)
+    assert float(ift.lam_at(algo, 0, 0)) == pytest.approx(0.3)  # no warm-up: λ from the start
     algo = ift.Config(lam=0.2, lam_noise=0.5)
     key = jax.random.key(3)
     z = float(jax.random.normal(key, (), jnp.float32))
     assert float(ift.lam_at(algo, 0, 10, key)) == pytest.approx(np.clip(0.2 * (1 + 0.5 * z), 0, 1), rel=1e-6)
 
 
-def test_frozen_input_embeddings_option():
-    """Reference-code mode: with an untied table the input embedding gets no gradient."""
-    cfg, job = _job("ift", ["ift.train_input_embeddings=false", "model.config.tie_word_embeddings=false"])
+def test_frozen_input_embeddings_by_default():
+    """Reference-code mode, the default: with an untied table the input embedding gets exactly
+    no gradient; the ``train_input_embeddings: true`` option gives it one."""
+    cfg, job = _job("ift", ["model.config.tie_word_embeddings=false"])
+    assert cfg.algo.train_input_embeddings is False
     batch = next(job.train_batches)
     grads = jax.jit(jax.grad(lambda p: job.loss_fn(p, batch, None, jax.random.key(0),
-                                           {"ift_step": jnp.zeros((), jnp.int32)})[0]))(job.params)
+                                           ift.initial_extras())[0]))(job.params)
     flat = {"/".join(map(str, k)): v for k, v in nnx.to_flat_state(grads)}
     embed = [v for k, v in flat.items() if "embed" in k]
     assert embed and all(float(jnp.max(jnp.abs(v[...] if hasattr(v, "__getitem__") else v))) == 0.0 for v in embed)
-    cfg2, job2 = _job("ift", ["model.config.tie_word_embeddings=false"])
+    cfg2, job2 = _job("ift", ["model.config.tie_word_embeddings=false", "ift.train_input_embeddings=true"])
     grads2 = jax.jit(jax.grad(lambda p: job2.loss_fn(p, batch, None, jax.random.key(0),
-                                             {"ift_step": jnp.zeros((), jnp.int32)})[0]))(job2.params)
+                                             ift.initial_extras())[0]))(job2.params)
     flat2 = {"/".join(map(str, k)): v for k, v in nnx.to_flat_state(grads2)}
     assert max(float(jnp.max(jnp.abs(v[...]))) for k, v in flat2.items() if "embed" in k) > 0
+
+
+def test_one_lambda_per_step_whatever_the_micro_batches():
+    """With 1, 2 or 4 micro-batches a step uses one λ (the jitter drawn once per step), the
+    counter advances once per step, and the step's loss and update are the same."""
+    results = []
+    for micro in (4, 2, 1):
+        cfg, job = _job("ift", ["ift.lam_noise=0.5", "ift.gamma=0.0", f"train.micro_batch_size={micro}"])
+        state = TrainState.create(job.params, job.tx, cfg.seed, job.extras)
+        step = jax.jit(make_train_step(job.loss_fn, job.tx, job.n_micro, job.schedule))
+        lams = []
+        for _ in range(2):
+            state, metrics = step(state, next(job.train_batches), job.frozen)
+            lams.append(float(metrics["lambda"]))
+        assert int(state.extras["ift_step"]) == 2 and int(state.extras["ift_micro"]) == 0
+        results.append((lams, float(metrics["loss"]), state.params))
+    (lams4, loss4, p4), (lams2, loss2, p2), (lams1, loss1, p1) = results
+    # The metric is the weighted mean of the micro-batches' λ: one value iff one draw per step.
+    np.testing.assert_allclose(lams4, lams1, rtol=1e-6)
+    np.testing.assert_allclose(lams2, lams1, rtol=1e-6)
+    assert lams1[0] != pytest.approx(lams1[1])  # the jitter is on and differs between steps
+    z = [float(jax.random.normal(jax.random.fold_in(jax.random.key(cfg.seed), s), (), jnp.float32))
+         for s in (0, 1)]
+    np.testing.assert_allclose(lams1, np.clip([0.2 * (1 + 0.5 * zi) for zi in z], 0, 1), rtol=1e-6)
+    assert loss4 == pytest.approx(loss1, rel=1e-5) and loss2 == pytest.approx(loss1, rel=1e-5)
+    for p in (p4, p2):
+        diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), p, p1)
+        assert max(jax.tree.leaves(diff)) < 1e-5
 
 
 def test_tiny_config_learns_through_the_cli(tmp_path, capsys):

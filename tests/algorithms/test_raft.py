@@ -17,7 +17,7 @@ from jaxalign.algorithms.experience import ExperienceMaker
 from jaxalign.config import load_config
 from jaxalign.errors import JaxalignError
 from jaxalign.train.state import TrainState
-from tests.algorithms.conftest import metric_rows, run_cli, tiny_cfg
+from tests.algorithms.conftest import TINY, metric_rows, run_cli, tiny_cfg
 NEG = -np.inf
 
 
@@ -257,4 +257,19 @@ def test_planted_reward_rises_on_held_out_prompts(tmp_path, ranking):
         assert r["kept_fraction"] <= 0.25 + 1e-6
         assert {"response_length", "response_length/kept", "reward/all_std", "reward/kept_std",
                 "time/generate", "time/score", "nll"} <= set(r)
+        # The defaults' fine-tuning phase: 2 epochs x (local: 4 automatic minibatches of the 8
+        # kept rows; global: the 2 set above), every update counted in the log.
+        assert r["updates"] == 2 * (4 if ranking == "local" else 2), r["updates"]
     assert (run / "final" / "config.json").exists()
+
+
+def test_default_fine_tuning_phase_makes_several_updates_per_iteration():
+    """LMFlow's phase at small scale: several epochs over small minibatches of the kept samples."""
+    for over, kept_minibatches in (([], 4), (["train.batch_size=6"], 3), (["train.batch_size=5"], 1),
+                                   (["train.batch_size=16", "train.micro_batch_size=8"], 4),
+                                   (["train.batch_size=8", "train.micro_batch_size=2"], 2)):
+        cfg = load_config(TINY["raft"], over, algorithm="raft")
+        assert cfg.algo.epochs == 2 and cfg.algo.num_minibatches == kept_minibatches, over
+        assert cfg.algo.epochs * cfg.algo.num_minibatches > 1
+    assert raft.auto_minibatches(8, 1) == 4 and raft.auto_minibatches(7, 1) == 1
+    assert raft.auto_minibatches(12, 2) == 3 and raft.auto_minibatches(4, 4) == 1
