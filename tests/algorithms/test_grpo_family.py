@@ -207,5 +207,6 @@ def test_planted_reward_rises_with_each_switch(tmp_path, switch):
     assert evals[0] < 0.2 and evals[-1] > 0.6, evals
     train_rows = [r for r in rows if "reward/mean" in r]
     assert all(k in train_rows[-1] for k in ("clipfrac", "clip_low", "clip_high", "approx_kl", "entropy"))
-    if switch == "dapo":
-        assert all("dynamic/dropped_groups" in r for r in train_rows)
+    if switch == "dapo":  # the random start has groups without signal: dropped and refilled
+        assert sum(r["dynamic/dropped_groups"] for r in train_rows) > 0
+        assert sum(r["dynamic/refills"] for r in train_rows) > 0
