@@ -7,10 +7,11 @@ update needs that depends only on the data (advantages, score normalisation, GAE
 algorithm's jitted step, so that it is checkpointed state (running moments in ``extras``) and not
 host-side bookkeeping.
 
-Two hooks let any online algorithm change the phase without a phase of its own: a *prompt
+Hooks let any online algorithm change the phase without a phase of its own: a *prompt
 transform* (the sampler sees a different prompt, e.g. RAFT's generation template, while the
-train rows hold the plain prompt) and a *reward filter* (degenerate samples get ``−inf``, e.g.
-RAFT's ``min_length`` / ``forbidden_pattern``).
+train rows hold the plain prompt), a *reward filter* (degenerate samples get ``−inf``, e.g.
+RAFT's ``min_length`` / ``forbidden_pattern``; or a shaped score, e.g. DAPO's overlong penalty)
+and *dynamic sampling* (groups without signal are replaced by groups of more prompts, DAPO).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.errors import JaxalignError
-from jaxalign.losses import filter_rewards, shifted_token_logprobs
+from jaxalign.losses import filter_rewards, overlong_penalty, shifted_token_logprobs
 from jaxalign.rewards import Reward, RewardConfig
 
 
@@ -151,6 +152,104 @@ class RewardFilter:
             bad = np.array([self.pattern.search(c) is not None for c in completions])
             scores = jnp.where(jnp.asarray(bad), -jnp.inf, scores)
         return scores
+
+
+class OverlongPenalty:
+    """A reward filter (see :class:`RewardFilter`): DAPO's soft overlong punishment
+    (arXiv:2503.14476 eq. 13) added to the score, from the completion lengths (EOS included):
+    0 up to ``max_length − buffer`` tokens, then linearly down to −1 at ``max_length``, −1 beyond
+    (:func:`~jaxalign.losses.overlong_penalty`). Reads no text."""
+
+    needs_text = False
+    active = True
+
+    def __init__(self, max_length: int, buffer: int):
+        if not 0 < buffer <= max_length:
+            raise JaxalignError(f"overlong penalty: buffer must be in (0, max_length={max_length}], got {buffer}")
+        self.max_length, self.buffer = max_length, buffer
+
+    def __call__(self, rows: dict, completions, scores):
+        return jnp.asarray(scores, jnp.float32) + overlong_penalty(rows["lengths"], self.max_length, self.buffer)
+
+
+def _take_rows(exp: dict, rows: np.ndarray, width: int) -> dict:
+    """Rows ``rows`` of an experience, its ``[N, L]`` arrays left-padded to ``width`` columns
+    (prompts are left-padded already, so the completion block stays at the right end and position
+    ids, which come from the attention mask, are unchanged; padded ids are never read)."""
+    out = {}
+    for k, v in exp.items():
+        v = jnp.asarray(v)[rows]
+        if v.ndim == 2 and v.shape[1] < width:
+            v = jnp.pad(v, ((0, 0), (width - v.shape[1], 0)))
+        out[k] = v
+    return out
+
+
+class DynamicSampling:
+    """An experience hook: DAPO's dynamic sampling (arXiv:2503.14476 §3.2, eq. 11). A group of
+    ``num_samples`` completions whose scores are all equal (all right or all wrong) has zero
+    group-relative advantage and only dilutes the batch; such groups are dropped and the batch
+    is refilled with groups of further prompt batches (``draw()``, the run's own prompt
+    iterator, so a resumed run draws the same) until it holds as many informative groups as
+    prompts, or after ``max_refills`` extra samplings. Still short then (or when the prompts run
+    out), the remaining places are filled with dropped groups, in the order they were drawn, so
+    the train batch keeps its shape.
+
+    ``hook(make, prompt_batch, key, draw) -> (experience, metrics)`` with ``make(prompt_batch,
+    key) -> (experience, texts, metrics)`` (the :class:`ExperienceMaker` bound to the current
+    policy) and ``draw() -> prompt batch or None``. The reward metrics are those of the step's
+    own prompts (what the policy does before any selection); times are summed over samplings;
+    ``dynamic/dropped_groups`` (all-equal groups seen), ``dynamic/refills`` (extra samplings) and
+    ``dynamic/filled_groups`` (dropped groups put back to fill the batch) are added.
+    """
+
+    def __init__(self, num_samples: int, max_refills: int):
+        if num_samples < 2:
+            raise JaxalignError(f"dynamic sampling needs >= 2 samples per prompt, got {num_samples}")
+        if max_refills < 0:
+            raise JaxalignError(f"dynamic sampling: max_refills must be >= 0, got {max_refills}")
+        self.num_samples, self.max_refills = num_samples, max_refills
+
+    def informative(self, scores) -> np.ndarray:
+        """``[groups]`` bool: the groups whose scores are not all equal."""
+        s = np.asarray(scores).reshape(-1, self.num_samples)
+        return ~np.all(s == s[:, :1], axis=1)
+
+    def __call__(self, make: Callable, prompt_batch: dict, key, draw: Callable):
+        exp, _, metrics = make(prompt_batch, key)
+        metrics = dict(metrics)
+        want = exp["scores"].shape[0] // self.num_samples
+        parts = [exp]
+        flags = [self.informative(exp["scores"])]
+        refills = 0
+        while sum(int(f.sum()) for f in flags) < want and refills < self.max_refills:
+            more = draw()
+            if more is None:
+                break
+            refills += 1
+            e, _, m = make(more, jax.random.fold_in(key, refills))
+            for k in ("time/generate", "time/score"):
+                metrics[k] += m[k]
+            parts.append(e)
+            flags.append(self.informative(e["scores"]))
+        dropped = sum(int((~f).sum()) for f in flags)
+        metrics.update({"dynamic/dropped_groups": float(dropped), "dynamic/refills": float(refills)})
+        # (part, group) in batch order: every informative group first, then the dropped ones.
+        order = [(i, g) for i, f in enumerate(flags) for g in np.flatnonzero(f)]
+        order += [(i, g) for i, f in enumerate(flags) for g in np.flatnonzero(~f)]
+        chosen = order[:want]
+        metrics["dynamic/filled_groups"] = float(sum(1 for i, g in chosen if not flags[i][g]))
+        if refills == 0 and not metrics["dynamic/filled_groups"]:
+            return exp, metrics  # the step's own groups were all informative
+        width = max(int(p["input_ids"].shape[1]) for p in parts)
+        g = self.num_samples
+        pieces = []
+        for i, p in enumerate(parts):
+            groups = [grp for j, grp in chosen if j == i]
+            if groups:
+                rows = np.concatenate([np.arange(grp * g, (grp + 1) * g) for grp in groups])
+                pieces.append(_take_rows(p, rows, width))
+        return {k: jnp.concatenate([p[k] for p in pieces]) for k in pieces[0]}, metrics
 
 
 # -- the phase ------------------------------------------------------------------------------------

@@ -69,6 +69,10 @@ class OnlineSpec:
       None: ``samples_per_prompt``, so evaluation reuses the compiled training sampler.
     prompt_transform / reward_filter: hooks of the experience phase (see
       :class:`~jaxalign.algorithms.experience.ExperienceMaker`).
+    dynamic_sampling: ``hook(make, prompt_batch, key, draw) -> (experience, metrics)``, which
+      may sample more prompt batches (``draw()``, from the run's prompt iterator; None when it
+      ran out) to build the experience (see
+      :class:`~jaxalign.algorithms.experience.DynamicSampling`). None: one sampling per step.
 
     Beyond one policy (PPO's critic): ``params(setup)`` the trainable tree, ``policy(params)``
     the policy's part of it (sampled, evaluated, exported); ``make_step(setup, loss_fn, total)
@@ -89,6 +93,7 @@ class OnlineSpec:
     eval_samples_per_prompt: int | None = None
     prompt_transform: Callable | None = None
     reward_filter: Callable | None = None
+    dynamic_sampling: Callable | None = None
     params: Callable[[Setup], Any] | None = None
     policy: Callable[[Any], Any] = _identity
     make_step: Callable | None = None
@@ -196,13 +201,27 @@ def job(cfg: RunConfig, spec: OnlineSpec) -> Job:
     make_step = spec.make_step or (lambda s_, loss, t: _default_step(cfg, spec, loss, t, n_micro))
     tx, schedule, step_fn = make_step(s, loss_fn, total)
 
+    batches = spec.train_batches(s) if spec.train_batches is not None else s.prompts
+
+    def draw():
+        # More prompts for the dynamic-sampling hook: from the loop's own iterator, so the
+        # checkpointed iterator state covers them and a resumed run draws the same.
+        try:
+            return spec.prompts_of(next(batches))
+        except StopIteration:
+            return None
+
     def experience(state, batch):
-        exp, _, metrics = s.maker(spec.policy(state.params), spec.prompts_of(batch), sample_key(state.rng))
+        policy, key = spec.policy(state.params), sample_key(state.rng)
+        if spec.dynamic_sampling is None:
+            exp, _, metrics = s.maker(policy, spec.prompts_of(batch), key)
+        else:
+            exp, metrics = spec.dynamic_sampling(lambda prompts, k: s.maker(policy, prompts, k),
+                                                 spec.prompts_of(batch), key, draw)
         return spec.to_batch(exp, metrics, batch) if spec.to_batch is not None else (exp, metrics)
 
     evaluate = make_evaluate(cfg, s, spec.eval_samples_per_prompt)
     export = common.lm_exporter(s.graphdef, s.tokenizer)
-    batches = spec.train_batches(s) if spec.train_batches is not None else s.prompts
     return Job(params=params, loss_fn=loss_fn, tx=tx, schedule=schedule, total_steps=total,
                train_batches=batches, mesh=s.mesh, frozen=frozen, extras=spec.extras,
                count_tokens=common.real_tokens, export=lambda p, d: export(spec.policy(p), d),

@@ -28,6 +28,11 @@ from jaxalign.losses.logprobs import (
     shifted_token_logprobs,
     token_logprobs,
 )
+from jaxalign.losses.policy_gradient import (
+    group_policy_loss,
+    log_importance_weights,
+    overlong_penalty,
+)
 from jaxalign.losses.ppo import (
     RunningMoments,
     adaptive_kl_coef,
@@ -55,13 +60,14 @@ from jaxalign.losses.sft import neftune_noise, nll_loss, sft_loss
 
 __all__ = [
     "BCOState", "DPO_LOSS_TYPES", "RunningMoments", "adaptive_kl_coef", "bco_init", "bco_update",
-    "best_of_k", "dpo_loss", "entropy_from_logits", "filter_rewards", "gae", "grpo_advantages",
-    "ift_loss", "ift_predicted_ids", "ift_weights", "kl_penalty", "kl_shaped_rewards",
-    "kwise_pairwise_loss", "last_token_index", "masked_count", "masked_mean", "masked_sum",
-    "masked_var", "masked_whiten", "neftune_noise", "nll_loss", "normalize_and_clip", "num_top",
-    "pairwise_loss", "per_token_rewards", "plackett_luce_loss", "policy_loss",
-    "preference_accuracy", "ranking_accuracy", "rloo_advantages", "running_moments_init",
-    "running_moments_std", "running_moments_update", "selection_metrics", "sequence_logprobs",
-    "sft_loss", "shift_right", "shifted_token_logprobs", "temporal_residual_embeddings",
-    "token_logprobs", "top_fraction", "update_and_normalize", "value_loss",
+    "best_of_k", "dpo_loss", "entropy_from_logits", "filter_rewards", "gae", "group_policy_loss",
+    "grpo_advantages", "ift_loss", "ift_predicted_ids", "ift_weights", "kl_penalty",
+    "kl_shaped_rewards", "kwise_pairwise_loss", "last_token_index", "log_importance_weights",
+    "masked_count", "masked_mean", "masked_sum", "masked_var", "masked_whiten", "neftune_noise",
+    "nll_loss", "normalize_and_clip", "num_top", "overlong_penalty", "pairwise_loss",
+    "per_token_rewards", "plackett_luce_loss", "policy_loss", "preference_accuracy",
+    "ranking_accuracy", "rloo_advantages", "running_moments_init", "running_moments_std",
+    "running_moments_update", "selection_metrics", "sequence_logprobs", "sft_loss", "shift_right",
+    "shifted_token_logprobs", "temporal_residual_embeddings", "token_logprobs", "top_fraction",
+    "update_and_normalize", "value_loss",
 ]
