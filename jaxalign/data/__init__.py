@@ -19,7 +19,8 @@ import dataclasses
 import importlib.resources
 from pathlib import Path
 
-from jaxalign.data.batching import BatchIterator, batch_kind, bucket_length, collate, full_batches, train_eval_split
+from jaxalign.data.batching import (BatchIterator, batch_columns, batch_kind, bucket_length, collate, columns_by_row,
+                                    full_batches, train_eval_split)
 from jaxalign.data.formats import (
     FORMATS,
     LMExample,
@@ -112,8 +113,8 @@ def prepare_dataset(source, tokenizer, *, fmt: str = "auto", split: str = "train
 
 __all__ = [
     "FORMATS", "SHIPPED", "BatchIterator", "DataStats", "LMExample", "PreferenceExample",
-    "PromptCompletionExample", "PromptExample", "RankedExample", "Renderer", "batch_kind",
-    "bucket_length", "check_rows", "collate", "detect_format", "example_format", "full_batches",
+    "PromptCompletionExample", "PromptExample", "RankedExample", "Renderer", "batch_columns", "batch_kind",
+    "bucket_length", "check_rows", "collate", "columns_by_row", "detect_format", "example_format", "full_batches",
     "load_dataset_rows", "load_examples", "normalize_format", "prepare_dataset", "sequence_length", "shipped_path",
     "tiny_tokenizer_path", "to_examples", "tokenize_example", "tokenize_examples", "train_eval_split",
 ]
