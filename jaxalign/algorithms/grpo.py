@@ -21,7 +21,7 @@ from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
 from jaxalign.losses import (entropy_from_logits, grpo_advantages, kl_penalty, kl_shaped_rewards, masked_mean,
                              policy_loss, rloo_advantages, shifted_token_logprobs)
-from jaxalign.rewards import RewardConfig
+from jaxalign.rewards import RewardConfig, validate_reward
 
 ADVANTAGES = ("grpo", "rloo")
 
@@ -66,7 +66,7 @@ class Config:
         if self.clip_eps <= 0:
             raise JaxalignError(f"config key 'grpo.clip_eps': must be > 0, got {self.clip_eps}")
         self.sampling.validate("grpo.sampling")
-        self.reward.validate("grpo.reward")
+        validate_reward(self.reward, "grpo.reward")
 
 
 
