@@ -38,7 +38,7 @@ from jaxalign.data.loading import load_dataset_rows, load_examples
 from jaxalign.data.tokenize import Renderer, sequence_length, tokenize_example, tokenize_examples
 
 SHIPPED = ("sft_tiny.jsonl", "preference_tiny.jsonl", "ranked_tiny.jsonl", "prompts_tiny.jsonl",
-           "movie_prompts.jsonl")
+           "movie_prompts.jsonl", "arith_train.jsonl", "arith_heldout.jsonl")
 
 
 def shipped_path(name: str = "") -> Path:
