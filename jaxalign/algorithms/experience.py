@@ -26,9 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign.data import batch_columns
 from jaxalign.errors import JaxalignError
 from jaxalign.losses import filter_rewards, overlong_penalty, shifted_token_logprobs
-from jaxalign.rewards import Reward, RewardConfig
+from jaxalign.rewards import Reward, RewardConfig, RewardSum
 
 
 @dataclasses.dataclass
@@ -262,8 +263,13 @@ class ExperienceMaker:
     log-probs, aligned with ``input_ids``), ``ref_logps`` when a reference is given, ``scores``
     ``[N]``, ``finished`` ``[N]`` (ended with EOS) and ``lengths`` ``[N]``. Row ``b * G + g`` is
     sample ``g`` of prompt ``b`` (``G = num_samples``). ``texts``: decoded prompts and
-    completions. ``metrics``: reward mean/std/min/max, response length, EOS rate, and the time
-    spent generating and scoring.
+    completions. ``metrics``: reward mean/std/min/max (and ``reward/<name>``, the mean of each
+    component of a reward list), response length, EOS rate, and the time spent generating and
+    scoring.
+
+    ``columns``: ``{source row: {column: value}}`` of the prompt data (see
+    :func:`jaxalign.data.columns_by_row`); a prompt batch with a ``row`` array gets its rows'
+    columns passed to the reward, each value repeated for the prompt's ``G`` samples.
 
     Hooks: ``prompt_transform(prompt_ids, prompt_mask, tokenizer) -> (ids, mask)`` gives the
     prompts the sampler sees; the rows (and the reward, the reference, the update) still hold
@@ -273,10 +279,11 @@ class ExperienceMaker:
     and the reward metrics describe the raw ones.
     """
 
-    def __init__(self, graphdef, tokenizer, reward: Reward, sampling: SamplingConfig, *, num_samples: int = 1,
-                 ref_params=None, mesh=None, prompt_transform: Callable | None = None,
-                 reward_filter: Callable | None = None):
+    def __init__(self, graphdef, tokenizer, reward: Reward | RewardSum, sampling: SamplingConfig, *,
+                 num_samples: int = 1, ref_params=None, mesh=None, prompt_transform: Callable | None = None,
+                 reward_filter: Callable | None = None, columns: dict | None = None):
         self.graphdef, self.tokenizer, self.reward, self.sampling = graphdef, tokenizer, reward, sampling
+        self.columns = columns
         self.num_samples, self.ref_params, self.mesh = num_samples, ref_params, mesh
         self.prompt_transform, self.reward_filter = prompt_transform, reward_filter
         self.eos = eos_ids(tokenizer)
@@ -331,11 +338,21 @@ class ExperienceMaker:
         return self.decode_rows({"input_ids": roll.tokens, "attention_mask": roll.attention_mask,
                                  "completion_mask": roll.completion_mask})
 
-    def score(self, rows: dict, texts=(None, None)) -> np.ndarray:
-        """The reward of the rows (``texts``: their decoded prompts and completions when the
-        reward reads text)."""
-        return self.reward(*texts, tokens=rows["input_ids"], attention_mask=rows["attention_mask"],
-                           finished=np.asarray(rows["finished"]))
+    def columns_of(self, prompt_batch: dict, num_samples: int | None = None, table: dict | None = None) -> dict:
+        """The prompt batch's other columns aligned with its samples (``num_samples`` per
+        prompt, default the maker's), from ``table`` (default the maker's own)."""
+        n = self.num_samples if num_samples is None else num_samples
+        return batch_columns(self.columns if table is None else table, prompt_batch.get("row"), n)
+
+    def score_parts(self, rows: dict, texts=(None, None), columns: dict | None = None):
+        """``(scores, {name: component scores})`` of the rows (``texts``: their decoded prompts
+        and completions when the reward reads text; ``columns``: aligned with the rows)."""
+        return self.reward.parts(*texts, tokens=rows["input_ids"], attention_mask=rows["attention_mask"],
+                                 finished=np.asarray(rows["finished"]), columns=columns)
+
+    def score(self, rows: dict, texts=(None, None), columns: dict | None = None) -> np.ndarray:
+        """The reward of the rows (see :meth:`score_parts`)."""
+        return self.score_parts(rows, texts, columns)[0]
 
     def __call__(self, params, prompt_batch: dict, key):
         t0 = time.perf_counter()
@@ -346,7 +363,7 @@ class ExperienceMaker:
         prompts = comps = None
         if self.reward.needs_text or (filt is not None and getattr(filt, "needs_text", True)):
             prompts, comps = self.decode_rows(rows)
-        scores = self.score(rows, (prompts, comps))
+        scores, parts = self.score_parts(rows, (prompts, comps), self.columns_of(prompt_batch))
         exp = dict(rows, scores=jnp.asarray(scores), finished=rows["finished"].astype(jnp.float32))
         if filt is not None:
             exp["raw_scores"] = jnp.asarray(scores, jnp.float32)
@@ -362,11 +379,12 @@ class ExperienceMaker:
             "response_length": float(lengths.mean()), "eos_rate": float(np.asarray(rows["finished"]).mean()),
             "time/generate": t1 - t0, "time/score": t2 - t1,
         }
+        metrics.update({f"reward/{name}": float(v.mean()) for name, v in parts.items()})
         return exp, (prompts, comps), metrics
 
 
-def reward_from(cfg: RewardConfig, tokenizer, mesh=None) -> Reward:
-    """The run's reward (see :class:`~jaxalign.rewards.RewardConfig`)."""
+def reward_from(cfg: RewardConfig | list, tokenizer, mesh=None) -> Reward | RewardSum:
+    """The run's reward (see :class:`~jaxalign.rewards.RewardConfig`; a list: their weighted sum)."""
     from jaxalign.rewards import build_reward
 
     return build_reward(cfg, tokenizer, mesh)

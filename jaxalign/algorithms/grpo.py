@@ -21,7 +21,7 @@ from jaxalign.errors import JaxalignError
 from jaxalign.losses import (entropy_from_logits, group_policy_loss, grpo_advantages, kl_penalty, kl_shaped_rewards,
                              masked_mean, rloo_advantages, shifted_token_logprobs)
 from jaxalign.losses import policy_gradient as pg
-from jaxalign.rewards import RewardConfig
+from jaxalign.rewards import RewardConfig, validate_reward
 
 ADVANTAGES = ("grpo", "rloo")
 # TRL's defaults: GRPOTrainer's beta is 0 (no reference model), RLOOTrainer's 0.05.
@@ -136,7 +136,7 @@ class Config:
         if self.max_refills < 0:
             raise JaxalignError(f"config key 'grpo.max_refills': must be >= 0, got {self.max_refills}")
         self.sampling.validate("grpo.sampling")
-        self.reward.validate("grpo.reward")
+        validate_reward(self.reward, "grpo.reward")
         if self.overlong is not None:
             self.overlong.validate(self.sampling.max_new_tokens)
 

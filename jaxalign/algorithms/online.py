@@ -48,6 +48,7 @@ class Setup:
     prompts: Any  # resumable iterator of prompt batches
     eval_prompts: list
     n_train_prompts: int
+    eval_columns: dict | None = None  # {source row: other columns} of the held-out prompts
 
 
 @dataclasses.dataclass
@@ -81,7 +82,7 @@ class OnlineSpec:
     """
 
     sampling: SamplingConfig
-    reward: RewardConfig
+    reward: RewardConfig | list
     make_loss: Callable[[Setup], Callable]
     samples_per_prompt: int = 1
     reference: str | None = None
@@ -106,10 +107,13 @@ class OnlineSpec:
             raise ValueError(f"OnlineSpec.reference: {self.reference!r} is not one of {REFERENCES}")
 
 
-def setup(cfg: RunConfig, *, num_samples: int, sampling: SamplingConfig, reward: RewardConfig,
+def setup(cfg: RunConfig, *, num_samples: int, sampling: SamplingConfig, reward: RewardConfig | list,
           need_ref: bool, prompt_transform: Callable | None = None,
           reward_filter: Callable | None = None) -> Setup:
-    """Load prompts, the policy (and a frozen copy as reference when ``need_ref``) and the reward."""
+    """Load prompts, the policy (and a frozen copy as reference when ``need_ref``) and the reward
+    (the prompt rows' other columns go to the reward, looked up by the batches' ``row``)."""
+    from jaxalign.data import columns_by_row
+
     mesh = common.mesh_from(cfg)
     tok = common.tokenizer_from(cfg)
     train, ev = common.datasets_from(cfg, tok, ("prompt",))
@@ -132,8 +136,9 @@ def setup(cfg: RunConfig, *, num_samples: int, sampling: SamplingConfig, reward:
     ref = common.frozen_copy(params) if need_ref else None
     rew = reward_from(reward, tok, mesh)
     maker = ExperienceMaker(graphdef, tok, rew, sampling, num_samples=num_samples, ref_params=ref, mesh=mesh,
-                            prompt_transform=prompt_transform, reward_filter=reward_filter)
-    return Setup(graphdef, params, ref, tok, mesh, maker, prompts, ev, len(train))
+                            prompt_transform=prompt_transform, reward_filter=reward_filter,
+                            columns=columns_by_row(train))
+    return Setup(graphdef, params, ref, tok, mesh, maker, prompts, ev, len(train), columns_by_row(ev))
 
 
 def sample_key(rng_data) -> jax.Array:
@@ -142,7 +147,8 @@ def sample_key(rng_data) -> jax.Array:
 
 
 def make_evaluate(cfg: RunConfig, s: Setup, num_samples: int | None = None) -> Callable | None:
-    """``evaluate(params) -> {"reward": mean, "response_length": mean}`` on the held-out prompts:
+    """``evaluate(params) -> {"reward": mean, "response_length": mean}`` on the held-out prompts
+    (and ``reward/<name>``: each component's mean, for a reward list):
     one sample per (plain) prompt, raw reward (no prompt transform, no filter), a fixed key
     (comparable across steps). The sampler draws ``num_samples`` per prompt (default the
     maker's, the training shape, so it reuses the compiled sampler) and the first is scored;
@@ -158,17 +164,22 @@ def make_evaluate(cfg: RunConfig, s: Setup, num_samples: int | None = None) -> C
                                                         max_length=cfg.data.max_length)]
 
     def evaluate(params):
-        rewards, lengths = [], []
+        rewards, lengths, parts = [], [], {}
         for i, (b, real) in enumerate(batches):
             key = jax.random.fold_in(jax.random.key(cfg.seed), i)
             roll = maker.sample(params, b["prompt_ids"], b["prompt_mask"], key, num_samples=g)
             texts = maker.decode(roll) if maker.reward.needs_text else (None, None)
-            scores = maker.reward(*texts, tokens=roll.tokens, attention_mask=roll.attention_mask,
-                                  finished=np.asarray(roll.finished))
+            scores, own = maker.reward.parts(*texts, tokens=roll.tokens, attention_mask=roll.attention_mask,
+                                             finished=np.asarray(roll.finished),
+                                             columns=maker.columns_of(b, g, s.eval_columns or {}))
             rewards.append(scores.reshape(-1, g)[:real, 0])
             lengths.append(np.asarray(roll.lengths).reshape(-1, g)[:real, 0])
-        return {"reward": float(np.concatenate(rewards).mean()),
-                "response_length": float(np.concatenate(lengths).mean())}
+            for name, v in own.items():
+                parts.setdefault(name, []).append(v.reshape(-1, g)[:real, 0])
+        out = {"reward": float(np.concatenate(rewards).mean()),
+               "response_length": float(np.concatenate(lengths).mean())}
+        out.update({f"reward/{name}": float(np.concatenate(v).mean()) for name, v in parts.items()})
+        return out
 
     return evaluate
 

@@ -23,7 +23,7 @@ from jaxalign.algorithms.experience import SamplingConfig
 from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
 from jaxalign.losses.dpo import _as_tuple
-from jaxalign.rewards import RewardConfig
+from jaxalign.rewards import RewardConfig, validate_reward
 
 SECTION = "online_dpo"
 
@@ -60,7 +60,7 @@ class Config(dpo.LossConfig):
             raise JaxalignError(f"config key '{SECTION}.loss_type': {'/'.join(types)} is reference-free; "
                                 "online DPO trains against its starting policy (use e.g. sigmoid or ipo)")
         self.sampling.validate(f"{SECTION}.sampling")
-        self.reward.validate(f"{SECTION}.reward")
+        validate_reward(self.reward, f"{SECTION}.reward")
 
 
 

@@ -30,7 +30,7 @@ from jaxalign.errors import JaxalignError
 from jaxalign.losses import (entropy_from_logits, masked_mean, nll_loss, policy_loss, token_logprobs,
                              value_loss)
 from jaxalign.losses.ppo import KL_ESTIMATORS
-from jaxalign.rewards import RewardConfig
+from jaxalign.rewards import RewardConfig, reward_model_path, validate_reward
 from jaxalign.train.job import Job
 
 PRESETS = ("ppo_max", "vanilla", "none")
@@ -161,7 +161,7 @@ class Config:
             raise JaxalignError("config key 'ppo.critic_init': 'reward_model' needs ppo.critic_path or a "
                                 "reward model (ppo.reward.kind: model with ppo.reward.path)")
         self.sampling.validate("ppo.sampling")
-        self.reward.validate("ppo.reward")
+        validate_reward(self.reward, "ppo.reward")
 
     def critic_source(self) -> str | None:
         """The reward-model directory the critic starts from, or None (the policy's backbone)."""
@@ -169,7 +169,7 @@ class Config:
             return None
         if self.critic_path:
             return self.critic_path
-        return self.reward.path if self.reward.kind == "model" else None
+        return reward_model_path(self.reward)
 
 
 

@@ -36,7 +36,7 @@ from jaxalign.algorithms.experience import join_prompt  # noqa: F401  (re-export
 from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
 from jaxalign.losses import best_of_k, num_top, top_fraction
-from jaxalign.rewards import RewardConfig
+from jaxalign.rewards import RewardConfig, component_names, validate_reward
 
 AUTO_MINIBATCHES = 4  # the most minibatches ``raft.num_minibatches: null`` splits the kept set into
 RANKINGS = ("local", "global")
@@ -120,7 +120,7 @@ class Config:
                                     f"do not split into {self.num_minibatches} minibatches of "
                                     f"{split // self.num_minibatches} micro-batches (train.micro_batch_size)")
         self.sampling.validate("raft.sampling")
-        self.reward.validate("raft.reward")
+        validate_reward(self.reward, "raft.reward")
 
 
 
@@ -330,9 +330,11 @@ class TextRaft:
         """Decoded (plain) prompts and completions of the sample rows."""
         return self.maker.decode_rows(samples)
 
-    def reward_fn(self, samples):
-        """Scores of the training rows (plain prompt + completion; a reward model reads these tokens)."""
-        return self.maker.score(samples, self.texts(samples) if self.maker.reward.needs_text else (None, None))
+    def reward_fn(self, samples, columns: dict | None = None):
+        """Scores of the training rows (plain prompt + completion; a reward model reads these
+        tokens); ``columns``: the prompt rows' other columns, aligned with the rows."""
+        return self.maker.score(samples, self.texts(samples) if self.maker.reward.needs_text else (None, None),
+                                columns)
 
     def filter_fn(self, samples, rewards):
         """Too-short completions and completions matching ``forbidden_pattern`` -> −inf."""
@@ -343,8 +345,9 @@ class TextRaft:
     def iteration(self, params, prompt_batch: dict, key) -> tuple[dict, dict]:
         """``(sft_batch, metrics)``: sample, score, filter, select; the batch's completion mask
         is zero on rows that were not really kept (so they carry no loss)."""
-        res = raft_iteration(self.sample_fn(params, prompt_batch), self.reward_fn, self.selection, key,
-                             filter_fn=self.filter_fn if self.filter is not None else None)
+        columns = self.maker.columns_of(prompt_batch)
+        res = raft_iteration(self.sample_fn(params, prompt_batch), lambda x: self.reward_fn(x, columns),
+                             self.selection, key, filter_fn=self.filter_fn if self.filter is not None else None)
         eos_rate = float(np.asarray(res.samples["finished"]).mean())
         return kept_batch(res.kept, res.keep), text_metrics(res.metrics, res.samples, res.kept, res.keep, eos_rate)
 
@@ -362,12 +365,14 @@ def spec(cfg: RunConfig) -> online.OnlineSpec:
     plain prompt."""
     algo: Config = cfg.algo
     selection = algo.selection()
+    # The experience's metrics RAFT passes on: the timings and a reward list's components.
+    passed = ["time/generate", "time/score"] + [f"reward/{n}" for n in component_names(algo.reward)]
 
     def to_batch(exp, metrics, batch):
         samples = {k: exp[k] for k in ROW_KEYS}
         _, keep, kept, ranked = rank_and_keep(samples, exp.get("raw_scores", exp["scores"]), exp["scores"],
                                               selection)
-        ranked.update({k: metrics[k] for k in ("time/generate", "time/score")})
+        ranked.update({k: metrics[k] for k in passed})
         return kept_batch(kept, keep), text_metrics(ranked, samples, kept, keep, metrics["eos_rate"])
 
     return online.OnlineSpec(

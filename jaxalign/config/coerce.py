@@ -95,7 +95,22 @@ def coerce(value, tp, key: str):
 
 
 def from_dict(cls, data, prefix: str = ""):
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys with a suggestion."""
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys with a suggestion.
+
+    A dataclass that sets ``CONFIG_LIST = True`` (e.g. the ``reward:`` section) also takes a
+    non-empty list of mappings: the value is then a list of instances, and a bad key in entry
+    ``i`` is named ``prefix[i].key``.
+    """
+    if isinstance(data, (list, tuple)) and getattr(cls, "CONFIG_LIST", False):
+        if not data:
+            raise JaxalignError(f"config key {prefix or '<root>'!r}: an empty list; expected a mapping "
+                                "or a non-empty list of mappings")
+        out = []
+        for i, item in enumerate(data):
+            if not isinstance(item, dict):
+                raise JaxalignError(f"config key '{prefix}[{i}]': expected a mapping, got {short(item)}")
+            out.append(from_dict(cls, item, f"{prefix}[{i}]"))
+        return out
     if data is None:
         data = {}
     if not isinstance(data, dict):

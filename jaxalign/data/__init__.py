@@ -19,7 +19,8 @@ import dataclasses
 import importlib.resources
 from pathlib import Path
 
-from jaxalign.data.batching import BatchIterator, batch_kind, bucket_length, collate, full_batches, train_eval_split
+from jaxalign.data.batching import (BatchIterator, batch_columns, batch_kind, bucket_length, collate, columns_by_row,
+                                    full_batches, train_eval_split)
 from jaxalign.data.formats import (
     FORMATS,
     LMExample,
@@ -37,7 +38,7 @@ from jaxalign.data.loading import load_dataset_rows, load_examples
 from jaxalign.data.tokenize import Renderer, sequence_length, tokenize_example, tokenize_examples
 
 SHIPPED = ("sft_tiny.jsonl", "preference_tiny.jsonl", "ranked_tiny.jsonl", "prompts_tiny.jsonl",
-           "movie_prompts.jsonl")
+           "movie_prompts.jsonl", "arith_train.jsonl", "arith_heldout.jsonl")
 
 
 def shipped_path(name: str = "") -> Path:
@@ -112,8 +113,8 @@ def prepare_dataset(source, tokenizer, *, fmt: str = "auto", split: str = "train
 
 __all__ = [
     "FORMATS", "SHIPPED", "BatchIterator", "DataStats", "LMExample", "PreferenceExample",
-    "PromptCompletionExample", "PromptExample", "RankedExample", "Renderer", "batch_kind",
-    "bucket_length", "check_rows", "collate", "detect_format", "example_format", "full_batches",
+    "PromptCompletionExample", "PromptExample", "RankedExample", "Renderer", "batch_columns", "batch_kind",
+    "bucket_length", "check_rows", "collate", "columns_by_row", "detect_format", "example_format", "full_batches",
     "load_dataset_rows", "load_examples", "normalize_format", "prepare_dataset", "sequence_length", "shipped_path",
     "tiny_tokenizer_path", "to_examples", "tokenize_example", "tokenize_examples", "train_eval_split",
 ]

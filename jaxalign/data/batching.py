@@ -14,7 +14,9 @@ Batch dicts (numpy; ids and masks int32):
   float field (e.g. ``ref_chosen_logp``) as a float32 ``[B]`` array;
 - ranked: ``input_ids``, ``attention_mask``, ``completion_mask`` ``[B, K, S]`` (best first) and
   ``rank_valid [B, K]`` (0 for the padding responses of rows with fewer than K);
-- prompt-only: ``prompt_ids``, ``prompt_mask`` ``[B, S]``, LEFT-padded.
+- prompt-only: ``prompt_ids``, ``prompt_mask`` ``[B, S]``, LEFT-padded; and ``row`` ``[B]`` (the
+  examples' source rows) when the examples carry other ``columns``, so that whoever holds the
+  dataset (:func:`columns_by_row`) can look them up: batches stay arrays.
 """
 
 from __future__ import annotations
@@ -151,7 +153,32 @@ def collate(examples: Sequence[dict], pad_id: int, buckets=None, *, length: int 
         if n:
             ids[i, s - n:] = x
             mask[i, s - n:] = 1
-    return {"prompt_ids": ids, "prompt_mask": mask}
+    out = {"prompt_ids": ids, "prompt_mask": mask}
+    if any("columns" in e for e in examples):
+        out["row"] = np.asarray([e.get("row", -1) for e in examples], np.int32)
+    return out
+
+
+def columns_by_row(examples: Sequence[dict]) -> dict[int, dict]:
+    """``{row: columns}`` of tokenized prompt examples that carry other columns (the lookup for a
+    prompt batch's ``row``); two examples with one row id are an error (the lookup would mix
+    them up)."""
+    table = {int(e.get("row", -1)): e["columns"] for e in examples if "columns" in e}
+    if len(table) != sum("columns" in e for e in examples):
+        raise JaxalignError("prompt examples with other columns must have distinct 'row' ids "
+                            "(their source rows), to look the columns up by row")
+    return table
+
+
+def batch_columns(table: dict[int, dict] | None, rows, repeat: int = 1) -> dict[str, list]:
+    """The other columns of a prompt batch's rows, ``{name: values}``, each value repeated
+    ``repeat`` times in a row (as the sampler repeats each prompt for its samples), so the
+    lists align with the completions. A row without a column gives None there."""
+    if not table or rows is None:
+        return {}
+    cells = [table.get(int(r), {}) for r in np.asarray(rows).reshape(-1)]
+    names = list(dict.fromkeys(k for c in cells for k in c))
+    return {k: [c.get(k) for c in cells for _ in range(repeat)] for k in names}
 
 
 def full_batches(examples: Sequence[dict], batch_size: int, pad_id: int, buckets=None, *,

@@ -61,10 +61,13 @@ class PromptCompletionExample:
 
 @dataclasses.dataclass(frozen=True)
 class PromptExample:
-    """A prompt for generation (RL)."""
+    """A prompt for generation (RL). ``columns``: the row's other fields (e.g. ``answer``), which
+    an online algorithm passes to its reward; carried along, not part of the example's identity
+    (not compared or hashed)."""
 
     prompt: Text
     row: int = -1
+    columns: dict = dataclasses.field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +154,7 @@ def _check_row(row: Any, fmt: str, index: int, csv: bool, margin_row) -> Example
     if fmt == "prompt_only":
         prompt = _text(row, "prompt", csv=csv)
         _prompt_messages_ok(prompt)
-        return PromptExample(prompt, index)
+        return PromptExample(prompt, index, {k: v for k, v in row.items() if k != "prompt"})
     if fmt == "prompt_completion":
         prompt = _text(row, "prompt", csv=csv)
         _prompt_messages_ok(prompt)

@@ -17,7 +17,7 @@ Outputs (dicts of numpy int32 arrays, plus ``row``: the 0-based source row):
   ``rejected_mask`` (``*_ids`` include the shared prompt; ``*_mask`` marks the completion), and
   ``margin`` (float) when the example has one;
 - ``ranked``: ``prompt_ids``, ``response_ids`` and ``response_masks``: lists of K arrays, best first;
-- ``prompt_only``: ``prompt_ids``.
+- ``prompt_only``: ``prompt_ids``, and ``columns`` (the row's other fields, a dict) when it has any.
 """
 
 from __future__ import annotations
@@ -255,7 +255,10 @@ def tokenize_example(example: Example, tokenizer=None, *, max_length: int | None
         return render(field, r.completion_ids, example.prompt, c, full_prompt)
 
     if isinstance(example, PromptExample):
-        return {"prompt_ids": _i32(p_ids), "row": row}
+        out = {"prompt_ids": _i32(p_ids), "row": row}
+        if example.columns:
+            out["columns"] = dict(example.columns)
+        return out
     if isinstance(example, PromptCompletionExample):
         ids, mask = _sequence(p_ids, completion(example.completion, "completion"), max_length)
         return {"input_ids": ids, "completion_mask": mask, "row": row}

@@ -102,11 +102,11 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}{where}" if msg else f"{type(e).__name__}{where}"
 
 
-def call_reward(fn: Callable, name: str, *args):
-    """``fn(*args)``; an exception the user's reward function raises becomes a one-line error
-    (its type, message and innermost ``file:line``)."""
+def call_reward(fn: Callable, name: str, *args, **kwargs):
+    """``fn(*args, **kwargs)``; an exception the user's reward function raises becomes a one-line
+    error (its type, message and innermost ``file:line``)."""
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except JaxalignError:
         raise
     except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's code: report it in one line

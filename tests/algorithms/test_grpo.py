@@ -9,7 +9,7 @@ import pytest
 
 from jaxalign.algorithms import grpo
 from jaxalign.errors import JaxalignError
-from tests.algorithms.conftest import metric_rows, run_cli, tiny_cfg
+from tests.algorithms.conftest import SMALLEST_MODEL, metric_rows, run_cli, tiny_cfg
 
 
 def test_grpo_advantages_match_numpy():
@@ -72,3 +72,29 @@ def test_planted_reward_rises_on_held_out_prompts(tmp_path, advantage):
     if advantage == "rloo":
         assert all(np.isfinite(r["kl_ref"]) for r in train_rows)
     assert (run / "final" / "config.json").exists()
+
+
+def test_math_reward_list_on_the_shipped_problems_through_the_cli(tmp_path):
+    """The prompt rows' ``answer`` reaches ``kind: math`` in training and held out, and each
+    component of the list is logged beside the weighted total."""
+    from jaxalign.data import shipped_path
+
+    held = tmp_path / "held.jsonl"  # 3 held-out problems keep the final evaluation short
+    held.write_text("".join(shipped_path("arith_heldout.jsonl").read_text().splitlines(True)[:3]))
+    run = tmp_path / "run"
+    rc = run_cli("grpo", run, "data.train=shipped:arith_train.jsonl", f"data.eval={held}", "data.eval_fraction=0",
+                 "grpo.reward=[{kind: math, name: correct, format_bonus: 0.5}, "
+                 "{kind: length, target_length: 4, name: short, weight: 0.1}]",
+                 "train.steps=2", "train.batch_size=2", "grpo.num_generations=2", "grpo.sampling.max_new_tokens=4",
+                 "train.eval_every=0", "train.eval_at_start=true", "train.log_every=1", "train.save_final=false",
+                 *SMALLEST_MODEL)
+    assert rc == 0
+    rows = metric_rows(run)
+    train = [r for r in rows if "reward/mean" in r]
+    evals = [r for r in rows if "eval/reward" in r]
+    assert len(train) == 2 and len(evals) == 2  # before and after
+    for r in train:  # the mean of a weighted sum is the weighted sum of the means
+        assert r["reward/mean"] == pytest.approx(r["reward/correct"] + 0.1 * r["reward/short"], abs=1e-5)
+        assert -1 <= r["reward/short"] <= 0 and 0 <= r["reward/correct"] <= 1.5
+    for r in evals:
+        assert r["eval/reward"] == pytest.approx(r["eval/reward/correct"] + 0.1 * r["eval/reward/short"], abs=1e-5)

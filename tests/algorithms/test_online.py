@@ -127,6 +127,61 @@ def test_reward_filter_gives_minus_inf_and_keeps_the_raw_scores(tok):
     assert "raw_scores" not in exp2
 
 
+# -- the prompt rows' columns reach the reward (training and held out) -------------------------
+
+MATH_AND_FMT = [RewardConfig(kind="math", name="correct"),
+                RewardConfig(kind="keyword", pattern="!", name="fmt", weight=0.5)]
+
+
+def _columns_maker(tok, completions, table):
+    m = _ToySampler(None, tok, build_reward(MATH_AND_FMT, tok), SamplingConfig(max_new_tokens=6), num_samples=2,
+                    columns=table)
+    m.completions = completions
+    return m
+
+
+def test_columns_reach_the_reward_aligned_with_the_samples(tok):
+    maker = _columns_maker(tok, ["4", "3", "3", "3!"], {0: {"answer": 3}, 1: {"answer": 4, "id": "b"}})
+    batch = dict(_prompts(tok, ["xy", "z"]), row=np.array([1, 0], np.int32))  # prompt "xy" is source row 1
+    assert maker.columns_of(batch) == {"answer": [4, 4, 3, 3], "id": ["b", "b", None, None]}
+    exp, _, metrics = maker(None, batch, jax.random.key(0))
+    correct, fmt = np.array([1.0, 0.0, 1.0, 1.0]), np.array([0.0, 0.0, 0.0, 1.0])
+    np.testing.assert_allclose(np.asarray(exp["scores"]), correct + 0.5 * fmt)
+    assert metrics["reward/correct"] == pytest.approx(0.75) and metrics["reward/fmt"] == pytest.approx(0.25)
+    assert metrics["reward/mean"] == pytest.approx(np.mean(correct + 0.5 * fmt))
+
+
+def test_held_out_evaluation_scores_with_the_held_out_columns(tok):
+    cfg = load_config("configs/grpo_tiny.yaml", ["train.batch_size=2"], algorithm="grpo")
+    ev = [{"prompt_ids": np.asarray(tok(t, add_special_tokens=False)["input_ids"], np.int32), "row": r,
+           "columns": {"answer": a}} for t, r, a in [("p", 10, 5), ("q", 11, 7), ("r", 12, 9)]]
+    # The train table must not be read for held-out rows: its row 10 says otherwise.
+    maker = _columns_maker(tok, ["5", "x", "7!", "y"], {10: {"answer": 0}})
+    s = online.Setup(None, None, None, tok, None, maker, None, ev, 0,
+                     eval_columns={e["row"]: e["columns"] for e in ev})
+    got = online.make_evaluate(cfg, s)(None)
+    # Each batch's first sample per prompt is scored: "5" for rows 10 and 12, "7!" for row 11;
+    # the last batch's second prompt is a repeat of row 12 and not counted.
+    assert got["reward/correct"] == pytest.approx(2 / 3) and got["reward/fmt"] == pytest.approx(1 / 3)
+    assert got["reward"] == pytest.approx((1 + 1.5 + 0) / 3)
+
+
+def test_raft_passes_on_the_reward_components():
+    from jaxalign.algorithms import raft
+
+    cfg = load_config("configs/raft_tiny.yaml", ["raft.reward=[{kind: math, name: correct}, {kind: length}]"],
+                      algorithm="raft")
+    k, n = cfg.algo.selection().samples_per_prompt, 2
+    rows = {"input_ids": np.ones((n * k, 4), np.int32), "attention_mask": np.ones((n * k, 4), np.int32),
+            "completion_mask": np.ones((n * k, 4), np.int32), "lengths": np.full(n * k, 2, np.int32),
+            "finished": np.ones(n * k, np.float32), "scores": np.arange(n * k, dtype=np.float32)}
+    metrics = {"time/generate": 1.0, "time/score": 2.0, "eos_rate": 1.0, "reward/correct": 0.25,
+               "reward/length": -0.5, "reward/max": 7.0}
+    _, out = raft.spec(cfg).to_batch(rows, metrics, None)
+    assert out["reward/correct"] == 0.25 and out["reward/length"] == -0.5
+    assert "reward/max" not in out  # RAFT's own reward metrics, as before
+
+
 # -- shared small pieces ------------------------------------------------------------------------
 
 def test_full_batches_pad_the_last_with_repeats_of_its_last_example():
