@@ -175,10 +175,14 @@ def _load(cfg: RunConfig, tokenizer, source: str, key: str):
     return tokenized
 
 
-def datasets_from(cfg: RunConfig, tokenizer, kinds: tuple[str, ...]) -> tuple[list, list]:
+def datasets_from(cfg: RunConfig, tokenizer, kinds: tuple[str, ...], convert=None) -> tuple[list, list]:
     """(train, eval) tokenized examples from ``data.train`` / ``data.eval`` (or ``data.eval_fraction``).
 
-    ``kinds``: the batch kinds (``"sft"``, ``"preference"``, ``"ranked"``) this algorithm trains on.
+    ``kinds``: the batch kinds (``"sft"``, ``"preference"``, ``"ranked"``, ``"unpaired"``) this
+    algorithm trains on. ``convert``: applied to the train and the eval examples last (after the
+    ``eval_fraction`` split, so the rows of one source row stay on one side), turning every
+    kind of ``kinds`` into the one the algorithm batches (KTO splits preference pairs into
+    unpaired rows); with it, ``data.eval`` may hold any of ``kinds``, not only ``data.train``'s.
     """
     from jaxalign.data import batch_kind, train_eval_split
 
@@ -191,13 +195,18 @@ def datasets_from(cfg: RunConfig, tokenizer, kinds: tuple[str, ...]) -> tuple[li
                             f"{cfg.algorithm} trains on {' or '.join(repr(k) for k in kinds)} data")
     if cfg.data.eval:
         ev = _load(cfg, tokenizer, cfg.data.eval, "data.eval")
-        if batch_kind(ev[0]) != kind:
+        if convert is not None and batch_kind(ev[0]) not in kinds:
+            raise JaxalignError(f"config key 'data.eval': {cfg.data.eval} holds {batch_kind(ev[0])!r} data, but "
+                                f"{cfg.algorithm} trains on {' or '.join(repr(k) for k in kinds)} data")
+        if convert is None and batch_kind(ev[0]) != kind:
             raise JaxalignError(f"config key 'data.eval': {cfg.data.eval} holds {batch_kind(ev[0])!r} "
                                 f"data, but data.train holds {kind!r}")
     elif cfg.data.eval_fraction:
         train, ev = train_eval_split(train, cfg.data.eval_fraction, cfg.seed)
     else:
         ev = []
+    if convert is not None:
+        train, ev = convert(train), convert(ev)
     return train, ev
 
 

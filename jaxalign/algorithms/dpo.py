@@ -224,20 +224,20 @@ def precompute_reference(examples: list, model, cfg: RunConfig, pad_id: int, mes
     return [dict(e, ref_chosen_logp=w, ref_rejected_logp=l) for e, w, l in zip(examples, out_w, out_l)]
 
 
-def _reference_model(cfg: RunConfig, mesh):
-    """The model at ``dpo.reference_path``, in the policy's dtypes and on its mesh."""
+def _reference_model(cfg: RunConfig, mesh, section: str = "dpo"):
+    """The model at ``<section>.reference_path``, in the policy's dtypes and on its mesh."""
     from jaxalign.io.load import load_model
 
     spec = cfg.model
     try:
         return load_model(cfg.algo.reference_path, dtype=spec.param_dtype, compute_dtype=spec.dtype, mesh=mesh)
     except JaxalignError as e:
-        raise JaxalignError(f"config key 'dpo.reference_path': {e}") from None
+        raise JaxalignError(f"config key '{section}.reference_path': {e}") from None
 
 
-def _check_vocab(cfg: RunConfig, ref_vocab: int, policy_vocab: int) -> None:
+def _check_vocab(cfg: RunConfig, ref_vocab: int, policy_vocab: int, section: str = "dpo") -> None:
     if ref_vocab != policy_vocab:
-        raise JaxalignError(f"config key 'dpo.reference_path': {cfg.algo.reference_path} has a vocabulary of "
+        raise JaxalignError(f"config key '{section}.reference_path': {cfg.algo.reference_path} has a vocabulary of "
                             f"{ref_vocab} tokens, the policy {policy_vocab}; they must match")
 
 

@@ -53,6 +53,7 @@ ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
     Algorithm("sft", "jaxalign.algorithms.sft", "supervised fine-tuning (completion-only loss, NEFTune)"),
     Algorithm("rm", "jaxalign.algorithms.rm", "reward model: pairwise Bradley-Terry, K-wise or Plackett-Luce"),
     Algorithm("dpo", "jaxalign.algorithms.dpo", "direct preference optimisation (every TRL loss type)"),
+    Algorithm("kto", "jaxalign.algorithms.kto", "KTO on unpaired desirable/undesirable completions"),
     Algorithm("ift", "jaxalign.algorithms.ift", "intuitive fine-tuning (temporal residual connection)"),
     Algorithm("grpo", "jaxalign.algorithms.grpo", "GRPO / RLOO: group-relative policy optimisation"),
     Algorithm("ppo", "jaxalign.algorithms.ppo", "PPO with the PPO-max recipe (or vanilla)"),

@@ -20,7 +20,7 @@ import importlib.resources
 from pathlib import Path
 
 from jaxalign.data.batching import (BatchIterator, batch_columns, batch_kind, bucket_length, collate, columns_by_row,
-                                    full_batches, train_eval_split)
+                                    full_batches, train_eval_split, unpaired_widths)
 from jaxalign.data.formats import (
     FORMATS,
     LMExample,
@@ -28,6 +28,7 @@ from jaxalign.data.formats import (
     PromptCompletionExample,
     PromptExample,
     RankedExample,
+    UnpairedExample,
     check_rows,
     detect_format,
     example_format,
@@ -35,7 +36,13 @@ from jaxalign.data.formats import (
     to_examples,
 )
 from jaxalign.data.loading import load_dataset_rows, load_examples
-from jaxalign.data.tokenize import Renderer, sequence_length, tokenize_example, tokenize_examples
+from jaxalign.data.tokenize import (
+    Renderer,
+    sequence_length,
+    tokenize_example,
+    tokenize_examples,
+    unpair_preference,
+)
 
 SHIPPED = ("sft_tiny.jsonl", "preference_tiny.jsonl", "ranked_tiny.jsonl", "prompts_tiny.jsonl",
            "movie_prompts.jsonl", "arith_train.jsonl", "arith_heldout.jsonl")
@@ -117,4 +124,5 @@ __all__ = [
     "bucket_length", "check_rows", "collate", "columns_by_row", "detect_format", "example_format", "full_batches",
     "load_dataset_rows", "load_examples", "normalize_format", "prepare_dataset", "sequence_length", "shipped_path",
     "tiny_tokenizer_path", "to_examples", "tokenize_example", "tokenize_examples", "train_eval_split",
+    "UnpairedExample", "unpair_preference", "unpaired_widths",
 ]

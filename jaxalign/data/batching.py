@@ -17,6 +17,11 @@ Batch dicts (numpy; ids and masks int32):
 - prompt-only: ``prompt_ids``, ``prompt_mask`` ``[B, S]``, LEFT-padded; and ``row`` ``[B]`` (the
   examples' source rows) when the examples carry other ``columns``, so that whoever holds the
   dataset (:func:`columns_by_row`) can look them up: batches stay arrays.
+- unpaired (KTO): ``prompt_input_ids``, ``prompt_attention_mask`` ``[B, Sp]`` LEFT-padded,
+  ``completion_input_ids``, ``completion_attention_mask`` ``[B, Sc]`` right-padded, and
+  ``label [B]`` int32 (1: desirable). ``concat([prompt, completion], axis=1)`` is each row's
+  sequence with its real tokens contiguous (positions come from the mask), and pairing prompt i
+  with completion j is a shift of the completion rows, with no re-padding.
 """
 
 from __future__ import annotations
@@ -60,16 +65,46 @@ def bucket_length(n: int, buckets=None, max_length: int | None = None, beyond: s
 
 
 def batch_kind(example: dict) -> str:
-    """``"sft"``, ``"preference"``, ``"ranked"`` or ``"prompt"`` from a tokenized example's keys."""
+    """``"sft"``, ``"preference"``, ``"ranked"``, ``"unpaired"`` or ``"prompt"`` from a tokenized
+    example's keys."""
     if "input_ids" in example:
         return "sft"
     if "chosen_ids" in example:
         return "preference"
     if "response_ids" in example:
         return "ranked"
+    if "completion_ids" in example:
+        return "unpaired"
     if "prompt_ids" in example:
         return "prompt"
     raise JaxalignError(f"cannot batch an example with keys {sorted(example)}")
+
+
+def unpaired_widths(prompt_lengths, completion_lengths, buckets=None, max_length: int | None = None):
+    """``(Sp, Sc)``: the padded prompt and completion widths of an unpaired batch whose longest
+    prompt and completion have these lengths, each rounded up to a bucket."""
+    return (bucket_length(int(max(prompt_lengths)), buckets, max_length),
+            bucket_length(int(max(completion_lengths)), buckets, max_length))
+
+
+def _unpaired(examples: Sequence[dict], pad_id: int, widths) -> dict[str, np.ndarray]:
+    sp, sc = (int(w) for w in widths)
+    b = len(examples)
+    out = {k: np.full((b, w), pad_id, np.int32) for k, w in (("prompt_input_ids", sp), ("completion_input_ids", sc))}
+    out["prompt_attention_mask"] = np.zeros((b, sp), np.int32)
+    out["completion_attention_mask"] = np.zeros((b, sc), np.int32)
+    for i, e in enumerate(examples):
+        p, c = e["prompt_ids"], e["completion_ids"]
+        if len(p) > sp or len(c) > sc:
+            raise JaxalignError(f"a prompt of {len(p)} and a completion of {len(c)} tokens do not fit the "
+                                f"padded widths ({sp}, {sc})")
+        if len(p):
+            out["prompt_input_ids"][i, sp - len(p):] = p
+            out["prompt_attention_mask"][i, sp - len(p):] = 1
+        out["completion_input_ids"][i, :len(c)] = c
+        out["completion_attention_mask"][i, :len(c)] = 1
+    out["label"] = np.asarray([bool(e["label"]) for e in examples], np.int32)
+    return out
 
 
 def _right_pad(seqs: Sequence[np.ndarray], masks: Sequence[np.ndarray], s: int, pad_id: int):
@@ -95,7 +130,9 @@ def collate(examples: Sequence[dict], pad_id: int, buckets=None, *, length: int 
       examples: from :func:`jaxalign.data.tokenize.tokenize_examples`.
       pad_id: the padding token (may equal EOS: masks come from lengths).
       buckets: see :func:`bucket_length`.
-      length: the padded length S to use (default: the longest sequence, rounded up to a bucket).
+      length: the padded length S to use (default: the longest sequence, rounded up to a bucket);
+        for unpaired examples a pair ``(Sp, Sc)`` of prompt and completion widths (default: each
+        part's longest, rounded up to a bucket).
       num_responses: K for ranked batches (default: the most responses in ``examples``).
       max_length: caps ``"pow2"`` buckets.
     """
@@ -106,6 +143,13 @@ def collate(examples: Sequence[dict], pad_id: int, buckets=None, *, length: int 
     kind = batch_kind(examples[0])
     if any(batch_kind(e) != kind for e in examples):
         raise JaxalignError("cannot collate examples of different formats into one batch")
+    if kind == "unpaired":
+        if length is None:
+            length = unpaired_widths([len(e["prompt_ids"]) for e in examples],
+                                     [len(e["completion_ids"]) for e in examples], buckets, max_length)
+        if not isinstance(length, (tuple, list)) or len(length) != 2:
+            raise JaxalignError(f"unpaired batches take length=(prompt width, completion width), got {length!r}")
+        return _unpaired(examples, pad_id, length)
     if length is None:
         length = bucket_length(max(sequence_length(e) for e in examples), buckets, max_length)
     s = int(length)
@@ -248,6 +292,8 @@ class BatchIterator:
         self.process_index, self.process_count, self.num_epochs = process_index, process_count, num_epochs
         self.kind = batch_kind(examples[0])
         self._lengths = np.asarray([sequence_length(e) for e in examples], np.int64)
+        if self.kind == "unpaired":  # two widths: left-padded prompts, right-padded completions
+            self._parts = np.asarray([(len(e["prompt_ids"]), len(e["completion_ids"])) for e in examples], np.int64)
         self._k = max(len(e["response_ids"]) for e in examples) if self.kind == "ranked" else None
         self.epoch, self.position = 0, 0
         self._order_epoch, self._order = -1, None
@@ -288,7 +334,7 @@ class BatchIterator:
             raise StopIteration
         idx = self.global_indices(self.epoch, self.position)
         self.position += 1
-        length = bucket_length(int(self._lengths[idx].max()), self.buckets, self.max_length)
+        length = self._length(idx)
         per = len(idx) // self.process_count
         mine = idx[self.process_index * per:(self.process_index + 1) * per]
         return collate([self.examples[i] for i in mine], self.pad_id, length=length, num_responses=self._k)
@@ -296,9 +342,15 @@ class BatchIterator:
     def longest_batch(self) -> dict[str, np.ndarray]:
         """A batch of the largest shape this iterator yields (the longest example's padded length,
         K responses), for a memory check; its rows are the first examples, in order."""
-        length = bucket_length(int(self._lengths.max()), self.buckets, self.max_length)
+        length = self._length(np.arange(len(self.examples)))
         rows = [self.examples[i % len(self.examples)] for i in range(self.batch_size // self.process_count)]
         return collate(rows, self.pad_id, length=length, num_responses=self._k)
+
+    def _length(self, idx):
+        """The padded length of a global batch of examples ``idx`` (all processes pad alike)."""
+        if self.kind == "unpaired":
+            return unpaired_widths(self._parts[idx, 0], self._parts[idx, 1], self.buckets, self.max_length)
+        return bucket_length(int(self._lengths[idx].max()), self.buckets, self.max_length)
 
     def state_dict(self) -> dict:
         """Position of the iterator: ``{"epoch", "position", "seed", "num_examples", "batch_size"}``."""

@@ -175,6 +175,22 @@ def _number(row: dict, field: str, csv: bool = False) -> float:
     return v
 
 
+def _label(row: dict, field: str, csv: bool = False) -> bool:
+    """A boolean label: JSON ``true``/``false`` (a CSV cell: the text ``true``/``false``, any case).
+    Numbers are refused: 0/1 or a score would be a guess at what the data means."""
+    if field not in row:
+        raise _RowError(field, "missing")
+    v = row[field]
+    if v is None:
+        raise _RowError(field, "missing (null)")
+    if csv and isinstance(v, str) and v.strip().lower() in ("true", "false"):
+        return v.strip().lower() == "true"
+    if isinstance(v, bool) or type(v).__name__ in ("bool_", "bool"):  # numpy booleans too
+        return bool(v)
+    shown = f" {v!r}" if isinstance(v, (str, int, float)) and len(repr(v)) <= 40 else ""
+    raise _RowError(field, f"expected true or false, got {_tname(v)}{shown}")
+
+
 def _ranking(row: dict, k: int) -> list[int]:
     v = _maybe_json_list(row["ranking"], "ranking", messages_only=False)
     if not isinstance(v, (list, tuple)):

@@ -11,6 +11,8 @@ Formats (the field names people already use, TRL's among them):
                     is the prompt (TRL's "implicit prompt")
 ``ranked``          ``{"prompt", "responses": [...], "ranking": [...]}``; ``ranking`` lists
                     indices into ``responses``, best first, and must be a permutation
+``unpaired``        ``{"prompt", "completion", "label"}``, ``label`` a boolean (true: the
+                    completion is desirable); TRL's "unpaired preference" format (KTO)
 ==================  ==============================================================
 
 Any text field may instead be a list of ``{"role", "content"}`` messages (roles ``system``,
@@ -26,18 +28,19 @@ import logging
 from typing import Any, Iterable, Union
 
 from jaxalign.data.fields import (  # noqa: F401  (re-exported: jaxalign.data.loading)
-    ROLES, Messages, Text, Unreadable, _completion, _Identical, _implicit_prompt, _maybe_json_list, _messages,
-    _number, _prompt_messages_ok, _ranking, _RowError, _text, _tname, _utf8_ok, one_line, row_error)
+    ROLES, Messages, Text, Unreadable, _completion, _Identical, _implicit_prompt, _label, _maybe_json_list,
+    _messages, _number, _prompt_messages_ok, _ranking, _RowError, _text, _tname, _utf8_ok, one_line, row_error)
 from jaxalign.errors import JaxalignError
 
 log = logging.getLogger("jaxalign.data")
 
-FORMATS = ("lm", "prompt_completion", "prompt_only", "preference", "ranked")
+FORMATS = ("lm", "prompt_completion", "prompt_only", "preference", "ranked", "unpaired")
 _ALIASES = {
     "text": "lm", "language_modeling": "lm", "language-modeling": "lm",
     "prompt-completion": "prompt_completion", "sft": "prompt_completion",
     "prompt": "prompt_only", "prompt-only": "prompt_only", "prompts": "prompt_only",
     "pairwise": "preference", "ranking": "ranked",
+    "unpaired_preference": "unpaired", "unpaired-preference": "unpaired",
 }
 _MAX_REPORTED = 5
 
@@ -90,7 +93,18 @@ class RankedExample:
     row: int = -1
 
 
-Example = Union[LMExample, PromptCompletionExample, PromptExample, PreferenceExample, RankedExample]
+@dataclasses.dataclass(frozen=True)
+class UnpairedExample:
+    """One completion of a prompt labelled desirable (``label`` true) or undesirable (KTO)."""
+
+    prompt: Text
+    completion: Text
+    label: bool
+    row: int = -1
+
+
+Example = Union[LMExample, PromptCompletionExample, PromptExample, PreferenceExample, RankedExample,
+                UnpairedExample]
 
 
 def normalize_format(fmt: str) -> str:
@@ -118,7 +132,9 @@ def detect_format(row: Any, source: str = "<rows>", index: int = 0) -> str:
         found.append(("preference", "chosen, rejected"))
     if {"responses", "ranking"} <= keys:
         found.append(("ranked", "prompt, responses, ranking"))
-    if {"prompt", "completion"} <= keys:
+    if {"prompt", "completion", "label"} <= keys:
+        found.append(("unpaired", "prompt, completion, label"))
+    elif {"prompt", "completion"} <= keys:
         found.append(("prompt_completion", "prompt, completion"))
     if keys & {"text", "messages"}:
         found.append(("lm", "text"))
@@ -130,7 +146,8 @@ def detect_format(row: Any, source: str = "<rows>", index: int = 0) -> str:
         raise JaxalignError(one_line(
             f"{source}: cannot tell the data format from the fields of row {index} (0-based): "
             f"{sorted(map(str, keys))}; expected text | prompt+completion | prompt | "
-            f"prompt+chosen+rejected | prompt+responses+ranking (or set the format explicitly)"))
+            f"prompt+chosen+rejected | prompt+responses+ranking | prompt+completion+label "
+            f"(or set the format explicitly)"))
     both = " and ".join(f"{f!r} ({k})" for f, k in found)
     raise JaxalignError(one_line(
         f"{source}: row {index} (0-based) has the fields of both {both}; the format is ambiguous, "
@@ -160,6 +177,11 @@ def _check_row(row: Any, fmt: str, index: int, csv: bool, margin_row) -> Example
         _prompt_messages_ok(prompt)
         completion = _completion(prompt, _text(row, "completion", csv=csv), "completion")
         return PromptCompletionExample(prompt, completion, index)
+    if fmt == "unpaired":
+        prompt = _text(row, "prompt", csv=csv)
+        _prompt_messages_ok(prompt)
+        completion = _completion(prompt, _text(row, "completion", csv=csv), "completion")
+        return UnpairedExample(prompt, completion, _label(row, "label", csv), index)
     if fmt == "preference":
         chosen = _text(row, "chosen", csv=csv)
         rejected = _text(row, "rejected", csv=csv)
@@ -274,4 +296,4 @@ def check_rows(rows: Iterable, fmt: str = "auto", source: str = "<rows>",
 def example_format(example: Example) -> str:
     """The format name of a canonical example."""
     return {LMExample: "lm", PromptCompletionExample: "prompt_completion", PromptExample: "prompt_only",
-            PreferenceExample: "preference", RankedExample: "ranked"}[type(example)]
+            PreferenceExample: "preference", RankedExample: "ranked", UnpairedExample: "unpaired"}[type(example)]

@@ -17,7 +17,11 @@ Outputs (dicts of numpy int32 arrays, plus ``row``: the 0-based source row):
   ``rejected_mask`` (``*_ids`` include the shared prompt; ``*_mask`` marks the completion), and
   ``margin`` (float) when the example has one;
 - ``ranked``: ``prompt_ids``, ``response_ids`` and ``response_masks``: lists of K arrays, best first;
-- ``prompt_only``: ``prompt_ids``, and ``columns`` (the row's other fields, a dict) when it has any.
+- ``prompt_only``: ``prompt_ids``, and ``columns`` (the row's other fields, a dict) when it has any;
+- ``unpaired``: ``prompt_ids``, ``completion_ids`` (the completion alone: batches left-pad the
+  prompts and right-pad the completions, so KTO can pair prompt i with completion j by shifting
+  rows) and ``label`` (bool). :func:`unpair_preference` turns tokenized preference pairs into
+  two such examples each.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from jaxalign.data.formats import (
     PromptCompletionExample,
     PromptExample,
     RankedExample,
+    UnpairedExample,
     row_error,
 )
 from jaxalign.errors import JaxalignError
@@ -262,6 +267,10 @@ def tokenize_example(example: Example, tokenizer=None, *, max_length: int | None
     if isinstance(example, PromptCompletionExample):
         ids, mask = _sequence(p_ids, completion(example.completion, "completion"), max_length)
         return {"input_ids": ids, "completion_mask": mask, "row": row}
+    if isinstance(example, UnpairedExample):
+        ids, mask = _sequence(p_ids, completion(example.completion, "completion"), max_length)
+        return {"prompt_ids": _i32(p_ids), "completion_ids": ids[len(p_ids):], "label": bool(example.label),
+                "row": row}
     if isinstance(example, PreferenceExample):
         c_ids, c_mask = _sequence(p_ids, completion(example.chosen, "chosen"), max_length)
         r_ids, r_mask = _sequence(p_ids, completion(example.rejected, "rejected"), max_length)
@@ -305,10 +314,27 @@ def tokenize_examples(examples: Iterable[Example], tokenizer, *, max_length: int
     return out, dropped
 
 
+def unpair_preference(tokenized: Iterable[dict]) -> list[dict]:
+    """Tokenized preference pairs -> unpaired examples (TRL's ``unpair_preference_dataset``):
+    each pair gives its chosen completion labelled true, then its rejected one labelled false,
+    with the same prompt ids and ``row``. Tokens are not re-computed: the completion ids are the
+    pair's own (``chosen_ids`` minus its prompt), so they equal what an unpaired file holding the
+    same texts tokenises to. Other keys (``margin``, ...) are dropped."""
+    out = []
+    for e in tokenized:
+        p = e["prompt_ids"]
+        for side, label in (("chosen", True), ("rejected", False)):
+            ids = e[f"{side}_ids"]
+            out.append({"prompt_ids": p, "completion_ids": ids[len(p):], "label": label, "row": e["row"]})
+    return out
+
+
 def sequence_length(tokenized: dict) -> int:
     """Longest sequence in a tokenized example (what padding has to fit)."""
     if "input_ids" in tokenized:
         return len(tokenized["input_ids"])
+    if "completion_ids" in tokenized:
+        return len(tokenized["prompt_ids"]) + len(tokenized["completion_ids"])
     if "chosen_ids" in tokenized:
         return max(len(tokenized["chosen_ids"]), len(tokenized["rejected_ids"]))
     if "response_ids" in tokenized:

@@ -1,4 +1,4 @@
-"""jaxalign.losses: pure functions of arrays for SFT, reward models, DPO, PPO, GRPO/RLOO,
+"""jaxalign.losses: pure functions of arrays for SFT, reward models, DPO, KTO, PPO, GRPO/RLOO,
 RAFT and IFT.
 
 No models, configs or I/O: every function takes arrays and returns arrays (losses return
@@ -16,6 +16,8 @@ from jaxalign.losses.ift import (
     ift_weights,
     temporal_residual_embeddings,
 )
+from jaxalign.losses.kto import LOSS_TYPES as KTO_LOSS_TYPES
+from jaxalign.losses.kto import kto_kl, kto_loss
 from jaxalign.losses.logprobs import (
     entropy_from_logits,
     masked_count,
@@ -61,7 +63,8 @@ from jaxalign.losses.sft import neftune_noise, nll_loss, sft_loss
 __all__ = [
     "BCOState", "DPO_LOSS_TYPES", "RunningMoments", "adaptive_kl_coef", "bco_init", "bco_update",
     "best_of_k", "dpo_loss", "entropy_from_logits", "filter_rewards", "gae", "group_policy_loss",
-    "grpo_advantages", "ift_loss", "ift_predicted_ids", "ift_weights", "kl_penalty",
+    "grpo_advantages", "ift_loss", "ift_predicted_ids", "ift_weights", "KTO_LOSS_TYPES", "kl_penalty",
+    "kto_kl", "kto_loss",
     "kl_shaped_rewards", "kwise_pairwise_loss", "last_token_index", "log_importance_weights",
     "masked_count", "masked_mean", "masked_sum", "masked_var", "masked_whiten", "neftune_noise",
     "nll_loss", "normalize_and_clip", "num_top", "overlong_penalty", "pairwise_loss",

@@ -188,6 +188,48 @@ def test_prompts_are_left_padded():
     assert b["prompt_ids"].shape == (2, 16) and b["prompt_ids"][1, -1] == 9 and b["prompt_mask"][1].sum() == 1
 
 
+def unpaired_example(i: int, p: int, c: int, label: bool) -> dict:
+    return {"prompt_ids": np.arange(10 * i, 10 * i + p, dtype=np.int32),
+            "completion_ids": np.arange(100 + 10 * i, 100 + 10 * i + c, dtype=np.int32), "label": label, "row": i}
+
+
+def test_unpaired_prompts_are_left_padded_and_completions_right_padded():
+    exs = [unpaired_example(1, 3, 1, True), unpaired_example(2, 1, 2, False)]
+    b = collate(exs, pad_id=EOS)
+    assert sorted(b) == ["completion_attention_mask", "completion_input_ids", "label", "prompt_attention_mask",
+                         "prompt_input_ids"]
+    assert b["prompt_input_ids"].tolist() == [[10, 11, 12], [EOS, EOS, 20]]
+    assert b["prompt_attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert b["completion_input_ids"].tolist() == [[110, EOS], [120, 121]]
+    assert b["completion_attention_mask"].tolist() == [[1, 0], [1, 1]]
+    assert b["label"].dtype == np.int32 and b["label"].tolist() == [1, 0]
+    # Each row's real tokens are contiguous in [prompt; completion].
+    seq = np.concatenate([b["prompt_input_ids"], b["completion_input_ids"]], axis=1)
+    mask = np.concatenate([b["prompt_attention_mask"], b["completion_attention_mask"]], axis=1).astype(bool)
+    assert [seq[i][mask[i]].tolist() for i in range(2)] == [[10, 11, 12, 110], [20, 120, 121]]
+    b = collate(exs, pad_id=0, buckets="pow2")
+    assert b["prompt_input_ids"].shape == (2, 16) and b["completion_input_ids"].shape == (2, 16)
+    with pytest.raises(JaxalignError, match="length=\\(prompt width, completion width\\)"):
+        collate(exs, pad_id=0, length=8)
+
+
+@pytest.mark.parametrize("process_count", [1, 2])
+def test_unpaired_widths_are_those_of_the_global_batch(process_count):
+    exs = [unpaired_example(i, 1 + (7 * i) % 13, 1 + (5 * i) % 11, i % 2 == 0) for i in range(24)]
+    its = [BatchIterator(exs, 8, seed=3, pad_id=0, process_index=k, process_count=process_count)
+           for k in range(process_count)]
+    for _ in range(3):
+        parts = [next(it) for it in its]
+        idx = its[0].global_indices(its[0].epoch, its[0].position - 1)
+        want = (max(len(exs[i]["prompt_ids"]) for i in idx), max(len(exs[i]["completion_ids"]) for i in idx))
+        for b in parts:
+            assert (b["prompt_input_ids"].shape[1], b["completion_input_ids"].shape[1]) == want
+        rows = np.concatenate([b["completion_input_ids"][:, 0] for b in parts])
+        assert ((rows - 100) // 10).tolist() == idx.tolist()
+    big = its[0].longest_batch()
+    assert (big["prompt_input_ids"].shape[1], big["completion_input_ids"].shape[1]) == (13, 11)
+
+
 def test_mixed_kinds_cannot_be_collated():
     with pytest.raises(JaxalignError, match="different formats"):
         collate([sft_example(0, 4), {"prompt_ids": np.array([1], np.int32)}], pad_id=0)

@@ -27,6 +27,8 @@ PLAIN = {
                    {"prompt": "And the food?", "chosen": " Tasty.", "rejected": " Awful."}],
     "ranked": [{"prompt": "Rate it.", "responses": ["ok", "good", "bad"], "ranking": [1, 0, 2]},
                {"prompt": "Again.", "responses": ["b", "a"], "ranking": [1, 0]}],
+    "unpaired": [{"prompt": "How was it?", "completion": " Great!", "label": True},
+                 {"prompt": "And the food?", "completion": " Awful.", "label": False}],
 }
 CHAT = {
     "lm": [{"text": msgs(("user", "hi"), ("assistant", "hello"))},
@@ -42,6 +44,9 @@ CHAT = {
                 "ranking": [1, 0]},
                {"prompt": msgs(("user", "again")), "responses": [msgs(("assistant", "p")), msgs(("assistant", "q")),
                                                                  msgs(("assistant", "r"))], "ranking": [2, 0, 1]}],
+    "unpaired": [{"prompt": msgs(("user", "hi")), "completion": msgs(("assistant", "hello!")), "label": True},
+                 {"prompt": msgs(("system", "s"), ("user", "q")), "completion": msgs(("assistant", "no")),
+                  "label": False}],
 }
 
 
@@ -119,6 +124,8 @@ def test_csv_keeps_digits_and_empty_cells_as_text(tmp_path):
     ({"prompt": "a", "chosen": "b", "rejected": "c"}, "preference"), ({"chosen": "b", "rejected": "c"}, "preference"),
     ({"prompt": "a", "responses": ["b"], "ranking": [0]}, "ranked"),
     ({"prompt": "a", "completion": "b", "chosen": None}, "prompt_completion"),  # nulls do not count
+    ({"prompt": "a", "completion": "b", "label": False}, "unpaired"),
+    ({"prompt": "a", "completion": "b", "label": None}, "prompt_completion"),
 ])
 def test_detect_format(row, fmt):
     assert F.detect_format(row) == fmt
@@ -199,6 +206,36 @@ def test_ranked_errors(bad, field, what):
     msg = err([PLAIN["ranked"][0], bad], "ranked")
     assert msg.startswith(f"data/x.jsonl: row 1 (0-based): field '{field}': ")
     assert what in msg
+
+
+@pytest.mark.parametrize("bad, field, what", [
+    ({"prompt": "p", "completion": "c", "label": 1}, "label", "expected true or false, got int 1"),
+    ({"prompt": "p", "completion": "c", "label": 0.0}, "label", "expected true or false, got float 0.0"),
+    ({"prompt": "p", "completion": "c", "label": "yes"}, "label", "expected true or false, got str 'yes'"),
+    ({"prompt": "p", "completion": "c", "label": [True]}, "label", "expected true or false, got list"),
+    ({"prompt": "p", "completion": "c", "label": None}, "label", "missing (null)"),
+    ({"prompt": "p", "completion": "c"}, "label", "missing"),
+    ({"prompt": "p", "completion": "", "label": True}, "completion", "empty string"),
+    ({"completion": "c", "label": True}, "prompt", "missing"),
+    ({"prompt": msgs(("user", "q")), "completion": msgs(("user", "a")), "label": True}, "completion",
+     "starts with an assistant"),
+])
+def test_unpaired_errors(bad, field, what):
+    msg = err([PLAIN["unpaired"][0], bad], "unpaired")
+    assert msg.startswith(f"data/x.jsonl: row 1 (0-based): field '{field}': ")
+    assert what in msg
+
+
+def test_unpaired_labels_in_csv_cells_are_text(tmp_path):
+    path = tmp_path / "u.csv"
+    path.write_text("prompt,completion,label\nq,a,true\nq,b,FALSE\nq,c,1\n")
+    rows = load_dataset_rows(path, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(JaxalignError) as e:
+        to_examples(rows, "auto", str(path))
+    assert str(e.value) == f"{path}: row 2 (0-based): field 'label': expected true or false, got str '1'"
+    examples, n = to_examples(rows, "auto", str(path), skip_invalid_rows=True)
+    assert n == 1 and [(x.completion, x.label) for x in examples] == [("a", True), ("b", False)]
+    assert F.normalize_format("unpaired-preference") == "unpaired"
 
 
 def test_integral_float_ranking_is_accepted():

@@ -25,7 +25,8 @@ from jaxalign.errors import JaxalignError
 from tests.fuzz_helpers import FUZZ, cli_error_line, one_error_line, tree_digest
 from tests.procenv import subprocess_env
 
-FIELDS = ["text", "messages", "prompt", "completion", "chosen", "rejected", "responses", "ranking", "margin"]
+FIELDS = ["text", "messages", "prompt", "completion", "chosen", "rejected", "responses", "ranking", "margin",
+          "label"]
 json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True),
                         st.text(max_size=6), st.sampled_from(["", " ", "\t\n", "\udce9x", "a" * 3000]))
 words = st.text(alphabet="abc XYZ!?\n<|>", min_size=1, max_size=8).filter(str.strip)
@@ -71,7 +72,8 @@ def text_value(draw, kind):
 
 
 REQUIRED = {"lm": ["text"], "prompt_completion": ["prompt", "completion"], "prompt_only": ["prompt"],
-            "preference": ["prompt", "chosen", "rejected"], "ranked": ["prompt", "responses", "ranking"]}
+            "preference": ["prompt", "chosen", "rejected"], "ranked": ["prompt", "responses", "ranking"],
+            "unpaired": ["prompt", "completion", "label"]}
 KIND = {"text": "text", "prompt": "prompt", "completion": "completion", "chosen": "completion",
         "rejected": "completion"}
 
@@ -88,6 +90,8 @@ def row(draw, fmt=None):
         if f == "responses":
             out[f] = draw(st.lists(text_value("completion"), min_size=draw(st.sampled_from([0, 2, 2, 2])),
                                    max_size=3))
+        elif f == "label":
+            out[f] = draw(st.one_of(st.booleans(), st.booleans(), json_scalar))
         elif f == "ranking":
             n = len(out.get("responses", []))
             out[f] = draw(st.one_of(st.permutations(list(range(n))), st.lists(json_scalar, max_size=3)))
