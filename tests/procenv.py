@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -123,6 +124,28 @@ def subprocess_env(devices: int = SUBPROCESS_DEVICES, **extra: str) -> dict[str,
     env = dict(os.environ)
     env["XLA_FLAGS"] = with_devices(env.get("XLA_FLAGS", ""), devices)
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"  # run() below asks a stuck child for its Python stacks
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     env.update(extra)
     return env
+
+
+def run(cmd, *, timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)``, except
+    that a child still running at ``timeout`` is first sent SIGABRT (with ``PYTHONFAULTHANDLER``
+    set, as :func:`subprocess_env` does, Python prints every thread's stack) and the test fails
+    with that stack and the child's output, instead of a bare ``TimeoutExpired``: a hang is
+    diagnosed from the CI log alone."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        raise AssertionError(f"{cmd[:4]} still running after {timeout} s; its stderr (stacks at the "
+                             f"timeout last):\n{err[-6000:]}\nstdout:\n{out[-2000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

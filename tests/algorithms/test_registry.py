@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from jaxalign.algorithms import registry
 from jaxalign.cli import build_parser
 from jaxalign.config import load_config
 from jaxalign.errors import JaxalignError
+from tests import procenv
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,7 +44,7 @@ for path in sorted(Path("configs").glob("*_tiny.yaml")):
     out[path.name] = [cfg.algorithm, type(cfg.algo).__module__, sorted(new)]
 print(json.dumps(out))
 """
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = procenv.run([sys.executable, "-c", code], cwd=ROOT, timeout=300, env=procenv.subprocess_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(out) >= len(registry.ALGORITHMS)

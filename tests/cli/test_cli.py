@@ -1,19 +1,19 @@
 """The CLI: info/export work, and bad input is one `error:` line with exit code 2."""
 
 import json
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 from tests.models.hf_fixtures import make_hf_model
+from tests import procenv
 from tests.procenv import subprocess_env
 
 
 def run_cli(*args):
-    proc = subprocess.run([sys.executable, "-m", "jaxalign.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300, env=subprocess_env())
+    proc = procenv.run([sys.executable, "-m", "jaxalign.cli", *map(str, args)], timeout=300,
+                       env=subprocess_env())
     return proc.returncode, proc.stdout, proc.stderr
 
 

@@ -23,6 +23,7 @@ from jaxalign.data.loading import load_dataset_rows
 from jaxalign.data.tokenize import tokenize_examples
 from jaxalign.errors import JaxalignError
 from tests.fuzz_helpers import FUZZ, cli_error_line, one_error_line, tree_digest
+from tests import procenv
 from tests.procenv import subprocess_env
 
 FIELDS = ["text", "messages", "prompt", "completion", "chosen", "rejected", "responses", "ranking", "margin",
@@ -210,7 +211,6 @@ def test_json_files_that_crash_pyarrow_are_read_line_by_line(tmp_path):
     """Found bugs: pyarrow's JSON reader (under ``datasets``) segfaults on a JSON Lines file whose
     first row (or the first row of a read block) is ``null``, and on nesting ~10,000 levels deep.
     Run in a child process, so that a regression fails this test instead of killing the session."""
-    import subprocess
     import sys
 
     files = {"null_first.jsonl": b'null\n{"prompt": "p", "completion": " c"}\n',
@@ -234,7 +234,7 @@ for name in {sorted(files)!r}:
     except JaxalignError as e:
         print(name, "error", str(e))
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+    out = procenv.run([sys.executable, "-c", script], timeout=300,
                          cwd=Path(__file__).resolve().parents[2], env=subprocess_env())
     assert out.returncode == 0, out.stderr[-2000:]
     lines = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())

@@ -1,6 +1,5 @@
 """jaxalign.io.tokenizer: the torch-free GGUF tokenizer equals transformers' own GGUF tokenizer."""
 
-import subprocess
 import sys
 import textwrap
 
@@ -13,6 +12,7 @@ gguf = pytest.importorskip("gguf")
 from jaxalign.errors import JaxalignError  # noqa: E402
 from jaxalign.io.gguf import resolve_model_path  # noqa: E402
 from jaxalign.io.tokenizer import apply_chat_template, eos_token_ids, load_tokenizer  # noqa: E402
+from tests import procenv
 from tests.procenv import subprocess_env  # noqa: E402
 
 ALIAS = "smollm2-135m-instruct"
@@ -117,8 +117,7 @@ def test_gguf_tokenizer_does_not_import_torch():
         assert gguf_config({ALIAS!r})["num_hidden_layers"] == 30
         assert "torch" not in sys.modules, "torch was imported"
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         env=subprocess_env())
+    out = procenv.run([sys.executable, "-c", code], timeout=300, env=subprocess_env())
     assert out.returncode == 0, out.stderr[-2000:]
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 import sys
 import textwrap
 
 import pytest
 
+from tests import procenv
 from tests.train.test_loop import ROOT, TIMEOUT, Run, argv, checkpoint_steps, env, snapshot, train_rows  # noqa: F401
 
 SHORT = ("train.steps=3", "train.save_every=1", "train.keep_checkpoints=5", "train.save_final=false")
@@ -89,7 +89,7 @@ _KILL_AT_COMMIT = textwrap.dedent("""
 def test_a_kill_during_a_save_resumes_from_the_last_complete_checkpoint(env, tmp_path, where):  # noqa: F811
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-c", _KILL_AT_COMMIT, "3", where, *argv(run_dir, *SHORT, "train.steps=4")]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    proc = procenv.run(cmd, cwd=ROOT, env=env, timeout=TIMEOUT)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert names[:2] == ["1", "2"] and len(names) == 3 and names[2].startswith("3.orbax-checkpoint-tmp"), names
