@@ -117,6 +117,26 @@ def cleanup_session() -> None:
         _owned_cache_dir = None
 
 
+def release_memory() -> None:
+    """Give back what a finished test module held: garbage, JAX's compiled-program and tracing
+    caches (a later module that needs a program again reads it from the session's persistent
+    compilation cache), and the C heap's free pages (glibc keeps freed memory otherwise).
+    Without it a pytest-xdist worker only grows, to ~5 GiB by the end of the suite, and three
+    suites side by side (6 workers) outgrow a 24 GiB machine."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    if "jax" in sys.modules:
+        sys.modules["jax"].clear_caches()
+        gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+            pass
+
+
 def subprocess_env(devices: int = SUBPROCESS_DEVICES, **extra: str) -> dict[str, str]:
     """The environment for a subprocess of a test: this session's (collective timeouts,
     compilation cache), ``devices`` simulated CPU devices, unbuffered output, this checkout first
