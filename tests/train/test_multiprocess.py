@@ -46,8 +46,9 @@ STEP_FUNCTIONS = ("accuracy", "rewards/accuracies")
 UNSUPPORTED = ("Multiprocess computations aren't implemented", "make_gloo_tcp_collectives",
                "gloo is not available", "collectives are not supported")
 
-GLOO_MESSAGE = re.compile(r"\[Gloo\] Rank \d+ is connected to \d+ peer ranks\. Expected number of connected "
-                          r"peer ranks is : \d+")
+# Words may be split by a newline: another thread's message can land inside one (then removed first).
+GLOO_MESSAGE = re.compile(r"\[Gloo\]\s+Rank\s+\d+\s+is\s+connected\s+to\s+\d+\s+peer\s+ranks\.\s+Expected\s+"
+                          r"number\s+of\s+connected\s+peer\s+ranks\s+is\s+:\s+\d+")
 
 pytestmark = pytest.mark.slow
 
@@ -88,9 +89,13 @@ class Processes:
 
     def _read(self, name: str) -> str:
         # gloo (CPU collectives) reports every connection it opens, from several threads at once:
-        # its messages can share a line ("...: 1[Gloo] Rank 1 ...: 1" then an empty line). Keep
-        # jaxalign's own output: every gloo message out, then the lines left blank by them.
-        text = GLOO_MESSAGE.sub("", (self.logs / name).read_text())
+        # its messages can share a line ("...: 1[Gloo] Rank 1 ...: 1" then an empty line), or one
+        # can land inside another ("[Gloo] Rank 6 is connected to [Gloo] Rank 7 ...: 7\n7 peer
+        # ranks. ...: 7"). Keep jaxalign's own output: gloo messages out until none is left (the
+        # inner one first, then the outer one it split), then the lines left blank by them.
+        text, before = (self.logs / name).read_text(), None
+        while text != before:
+            before, text = text, GLOO_MESSAGE.sub("", text)
         return "".join(line for line in text.splitlines(True) if line.strip())
 
     def stdout(self, i: int) -> str:
