@@ -248,6 +248,9 @@ class _WithPtx:
     def state_dict(self):
         return {"prompts": self.prompts.state_dict(), "ptx": self.ptx.state_dict()}
 
+    def fingerprint(self) -> str:
+        return f"{self.prompts.fingerprint()}+{self.ptx.fingerprint()}"
+
     def load_state_dict(self, state):
         self.prompts.load_state_dict(state["prompts"])
         self.ptx.load_state_dict(state["ptx"])

@@ -67,11 +67,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _end_progress_bars() -> None:
+    """Close open progress bars, so that an ``error:`` line starts on a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ()) or ()):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - cosmetic
+            pass
+
+
 def main(argv=None) -> int:
+    from jaxalign.train.signals import exit_on_signal
+
+    # From the first moment: a signal during imports, data loading or compiling ends the command
+    # with one line and 128 + the signal (the training loop handles its own first signal).
+    with exit_on_signal():
+        return _main(argv)
+
+
+def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
     except JaxalignError as e:
+        _end_progress_bars()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

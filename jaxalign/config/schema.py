@@ -64,6 +64,7 @@ class TrainConfig:
     max_nonfinite_steps: int = 10  # consecutive skipped (NaN/Inf) steps before the run stops
     preflight: bool = True  # compile the step first and refuse a run that cannot fit in memory
     device_memory_limit: int | str | None = None  # bytes or "16GiB"; default: the device's own limit
+    resume_cast: bool = False  # resume even when model.param_dtype differs from the checkpoint (casts it)
 
 
 @dataclasses.dataclass

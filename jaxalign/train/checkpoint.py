@@ -10,11 +10,20 @@ falls back to the newest checkpoint that restores completely. A checkpoint whose
 fit the current train state (another model size, optimizer or algorithm) is a different error,
 :class:`CheckpointMismatch`: no fallback, since every checkpoint of the run has the same layout.
 A state with a NaN or Inf is never saved.
+
+Every file of a checkpoint gets a SHA-256, written to ``<step>/jaxalign_checksums.json`` once
+Orbax has finalised the step (before the next save, or when the checkpointer closes) and checked
+on restore: a flipped bit in an array file, which Orbax would restore as a wrong weight, makes the
+checkpoint damaged. A checkpoint without the file (a kill between finalising and writing it, or
+one from an older jaxalign) is restored unchecked.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import os
 import re
 import shutil
 import sys
@@ -102,6 +111,43 @@ def _quiet_orphaned_reads() -> None:
     sys.unraisablehook = hook
 
 
+CHECKSUMS = "jaxalign_checksums.json"
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(step_dir: Path) -> None:
+    """Write the SHA-256 of every file under ``step_dir`` (atomically: temporary name, rename)."""
+    sums = {str(p.relative_to(step_dir)): _digest(p) for p in sorted(step_dir.rglob("*"))
+            if p.is_file() and p.name != CHECKSUMS and not p.name.startswith(f".{CHECKSUMS}")}
+    tmp = step_dir / f".{CHECKSUMS}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(sums, indent=0))
+    tmp.replace(step_dir / CHECKSUMS)
+
+
+def verify_checksums(step_dir: Path) -> str | None:
+    """None when ``step_dir``'s files match its checksums (or it has none), else what differs."""
+    try:
+        sums = json.loads((step_dir / CHECKSUMS).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        return f"unreadable {CHECKSUMS} ({type(e).__name__})"
+    for rel, want in sums.items():
+        p = step_dir / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        if _digest(p) != want:
+            return f"checksum mismatch in {rel}"
+    return None
+
+
 class Checkpointer:
     """Save/restore ``(state, meta)`` where meta is a JSON-able dict (iterator state, config)."""
 
@@ -109,6 +155,7 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         self.keep = max(1, keep)
         self.manager = self._open()
+        self._unsealed: list[int] = []  # saved here, checksums not yet written
 
     def _open(self):
         return ocp.CheckpointManager(self.directory,
@@ -126,11 +173,39 @@ class Checkpointer:
         if bad is not None:
             raise JaxalignError(f"step {step}: the train state holds a NaN or Inf ({bad}); not saving a "
                                 f"checkpoint (the last good one in {self.directory} is kept)")
+        self.wait()  # the previous save is final (Orbax would wait too): seal it first
         self.manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
             force=force,
         )
+        self._unsealed.append(step)
+
+    def _seal(self) -> None:
+        """Write the checksums of the finished saves (process 0: the files are shared)."""
+        steps, self._unsealed = self._unsealed, []
+        if jax.process_index() != 0:
+            return
+        for step in steps:
+            step_dir = self.directory / str(step)
+            if step_dir.is_dir():  # not already rotated away
+                try:
+                    write_checksums(step_dir)
+                except OSError:  # e.g. a full disk: the step stays valid, restored unchecked
+                    for tmp in step_dir.glob(f".{CHECKSUMS}.tmp-*"):
+                        tmp.unlink(missing_ok=True)
+
+    def newest_meta(self) -> dict:
+        """The meta of the newest checkpoint whose meta file reads as a JSON object, else {}
+        (read directly, without restoring anything)."""
+        for step in reversed(self.all_steps()):
+            try:
+                meta = json.loads((self.directory / str(step) / "meta" / "metadata").read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(meta, dict):
+                return meta
+        return {}
 
     def restore(self, state_like, step: int | None = None):
         """Restore onto the shapes, dtypes and shardings of ``state_like``; returns (state, meta)."""
@@ -178,6 +253,10 @@ class Checkpointer:
         bad = nonfinite_leaf(state)
         if bad is not None:
             raise CheckpointDamaged(f"NaN or Inf in {bad}")
+        # After the restore, so that a truncated or missing file keeps Orbax's own reason.
+        bad = verify_checksums(self.directory / str(step))
+        if bad is not None:
+            raise CheckpointDamaged(bad)
         return state, meta
 
     def restore_latest_good(self, state_like, log: Callable[[str], None] = print,
@@ -242,8 +321,10 @@ class Checkpointer:
             raise
 
     def wait(self) -> None:
+        """Wait for the pending save, then write its checksums."""
         self.manager.wait_until_finished()
+        self._seal()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()

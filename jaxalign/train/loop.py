@@ -6,7 +6,7 @@ does everything else, identically for every algorithm.
 
 from __future__ import annotations
 
-import signal
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,7 +20,9 @@ from jaxalign.parallel.batch import global_batch
 from jaxalign.parallel.rules import axis_rules
 from jaxalign.train.checkpoint import Checkpointer
 from jaxalign.train.compile import compile_step, init_state
+from jaxalign.train import signals
 from jaxalign.train.guard import SkipCounter
+from jaxalign.train.identity import check_resume, run_identity
 from jaxalign.train.job import Job
 from jaxalign.train.metrics import MetricsWriter, write_plots
 from jaxalign.train.preflight import MemoryCheck, longest_batch
@@ -35,33 +37,6 @@ class _NoWriter:
 
     def close(self):
         pass
-
-
-class _StopFlag:
-    """SIGTERM / SIGINT ask the loop to checkpoint and stop after the current step; a second
-    signal raises KeyboardInterrupt at once. ``signum`` is the first signal received."""
-
-    def __init__(self):
-        self.stop = False
-        self.signum: int | None = None
-        self._old = {}
-
-    def __enter__(self):
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        if self.stop:  # second signal: stop now
-            raise KeyboardInterrupt
-        self.stop, self.signum = True, signum
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 def _warn(msg: str) -> None:
@@ -85,9 +60,29 @@ def run(cfg: RunConfig, job: Job, run_dir: str | Path | None = None) -> dict:
 
 def _run(cfg: RunConfig, job: Job, run_dir: str | Path | None) -> dict:
     from jaxalign.io.outputs import check_output_keys, check_run_dir
+    from jaxalign.io.run_lock import RunLock
 
     run_dir = check_run_dir(run_dir or default_run_dir(cfg))  # nothing written yet
     check_output_keys(cfg, run_dir)
+    # One run per run directory: process 0 holds the lock for all processes; all stop together
+    # when another run holds it.
+    lock, refused = RunLock(run_dir), None
+    if distributed.is_main():
+        try:
+            lock.acquire()
+        except JaxalignError as e:
+            refused = e
+    if distributed.any_process(refused is not None):
+        raise refused or JaxalignError(f"run directory {run_dir} is in use by another jaxalign run (process 0 "
+                                       "could not lock it)")
+    try:
+        with signals.cleanup(lock.release):
+            return _run_locked(cfg, job, run_dir)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: RunConfig, job: Job, run_dir: Path) -> dict:
     tcfg = cfg.train
     main = distributed.is_main()  # several processes: only process 0 logs and writes files
     quiet = cfg.quiet or not main
@@ -103,19 +98,32 @@ def _run(cfg: RunConfig, job: Job, run_dir: str | Path | None) -> dict:
     check_memory = MemoryCheck(cfg, job, jit_step)
     if job.experience is None:
         check_memory(state, longest_batch(job.train_batches), job.frozen)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    identity = run_identity(cfg, job.train_batches)
     ckpt = Checkpointer(run_dir / "checkpoints", keep=tcfg.keep_checkpoints)
-    try:  # damaged checkpoints fall back to the newest good one; a mismatch is an error
+    try:  # another run's checkpoints are refused; damaged ones fall back to the newest good one
+        changed = check_resume(ckpt.newest_meta().get("identity"), identity, run_dir, tcfg.resume_cast,
+                               _warn if main else log)
         start, state, meta = ckpt.restore_latest_good(state, _warn if main else log, needs=("data",))
     except JaxalignError:
         ckpt.close()
         raise
+    if main:  # an export a kill interrupted (we hold the lock: no other run is writing one)
+        for tmp in run_dir.glob(".final.tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
     if start is not None:
         job.train_batches.load_state_dict(meta["data"])
-        log(f"resumed from {run_dir / 'checkpoints'} at step {start}")
-    # Written only once a resume has succeeded: a failed resume leaves the run dir as it was.
-    if main:
-        save_config(cfg, run_dir / "config.yaml")
+        log(f"resumed from {run_dir / 'checkpoints'} at step {start}"
+            + (f" (changed: {'; '.join(changed)})" if changed else ""))
+
+    def save_config_once():
+        # Only once a step succeeded (or there was none to run): a run that fails at its first
+        # step (a bad reward, out of memory) leaves the previous config.yaml as it was.
+        nonlocal config_saved
+        if main and not config_saved:
+            save_config(cfg, run_dir / "config.yaml")
+        config_saved = True
+
+    config_saved = False
     writer = MetricsWriter(run_dir, resume_step=start) if main else _NoWriter()
 
     jit_eval = jax.jit(make_eval_step(job.eval_loss_fn or job.loss_fn, 1)) if job.eval_batches else None
@@ -163,7 +171,7 @@ def _run(cfg: RunConfig, job: Job, run_dir: str | Path | None) -> dict:
         ev = evaluate(0)
         if pbar is not None and ev:
             pbar.write("step 0: " + ", ".join(f"eval/{k}={v:.4f}" for k, v in ev.items()))
-    with _StopFlag() as flag, ckpt.finish_on_error():
+    with signals.StopFlag() as flag, ckpt.finish_on_error():
         step = first
         for step in range(first, job.total_steps):
             try:
@@ -180,6 +188,7 @@ def _run(cfg: RunConfig, job: Job, run_dir: str | Path | None) -> dict:
                 check_memory(state, batch, job.frozen)  # once: the first experience batch
             state, metrics = jit_step(state, batch, job.frozen)
             skips.add(step + 1, metrics.get("skipped"))
+            save_config_once()
             if (step + 1) % max(tcfg.log_every, 1) == 0 or step + 1 == job.total_steps:
                 metrics = jax.device_get(metrics)  # waits for the step: timings below are real
                 tokens_since = distributed.sum_over_processes(tokens_since)  # each counted its rows
@@ -206,7 +215,8 @@ def _run(cfg: RunConfig, job: Job, run_dir: str | Path | None) -> dict:
             stop = distributed.any_process(flag.stop)
             if (tcfg.save_every and (step + 1) % tcfg.save_every == 0) or stop:
                 skips.flush()
-                ckpt.save(step + 1, state, {"data": job.train_batches.state_dict(), "step": step + 1})
+                ckpt.save(step + 1, state, {"data": job.train_batches.state_dict(), "step": step + 1,
+                                            "identity": identity})
             if stop:
                 stopped = True
                 log(f"\nstopped by signal at step {step + 1}; checkpoint saved, rerun to resume")
@@ -215,7 +225,9 @@ def _run(cfg: RunConfig, job: Job, run_dir: str | Path | None) -> dict:
         skips.flush()
         # Still under the signal handler: SIGTERM during this save cannot lose the run's progress.
         if not stopped and ckpt.latest_step() != final_step:
-            ckpt.save(final_step, state, {"data": job.train_batches.state_dict(), "step": final_step})
+            ckpt.save(final_step, state, {"data": job.train_batches.state_dict(), "step": final_step,
+                                          "identity": identity})
+        save_config_once()
         # A signal during the final save (on any process): skip eval and export.
         if not stopped and distributed.any_process(flag.stop):
             stopped = True
