@@ -78,12 +78,22 @@ def _normalise_names(names: Iterable[str]) -> dict[str, str]:
 
 
 def check_weight(arr: np.ndarray, name: str, where: str) -> np.ndarray:
-    """``arr`` if it is a floating-point array, else a one-line error naming the tensor and its
-    file: ``astype`` would turn integers (a quantised export, a mislabelled tensor) into
-    plausible-looking float weights without a word."""
+    """``arr`` if it is a floating-point array of finite values, else a one-line error naming the
+    tensor and its file.
+
+    ``astype`` would turn integers (a quantised export, a mislabelled tensor) into
+    plausible-looking float weights without a word, and a NaN/Inf would surface only as a NaN
+    loss or at the first checkpoint save; one ``isfinite`` pass over the host array as it is
+    read is cheap next to reading it.
+    """
     if not jax.numpy.issubdtype(arr.dtype, jax.numpy.floating):
         raise JaxalignError(f"{where}: tensor {name!r} has dtype {arr.dtype}, expected floating-point weights "
                             "(jaxalign does not cast integer or boolean tensors to float)")
+    if not np.isfinite(arr).all():
+        has_nan, has_inf = bool(np.isnan(arr).any()), bool(np.isinf(arr).any())
+        what = " and ".join(k for k, v in (("NaN", has_nan), ("Inf", has_inf)) if v)
+        raise JaxalignError(f"{where}: tensor {name!r} holds {what} values; refusing non-finite weights "
+                            "(a damaged or badly converted file)")
     return arr
 
 

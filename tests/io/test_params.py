@@ -1,5 +1,6 @@
 """jaxalign.io.params: loading a model refuses weights that are not floating point (instead of
-casting them) with one line naming the file and the tensor."""
+casting them) or not finite (instead of finding them at the first checkpoint save), with one
+line naming the file and the tensor."""
 
 from __future__ import annotations
 
@@ -67,3 +68,45 @@ def test_float_weights_of_any_width_still_load(model_dir, tmp_path):
     got = load_model(tmp_path / "m")
     want = load_file(model_dir / "model.safetensors")[name].astype(np.float16).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(got.norm.weight[...]), want)
+
+
+def _poison(value):
+    def f(w):
+        w = w.copy()
+        w.reshape(-1)[w.size // 2] = value
+        return w
+    return f
+
+
+@pytest.mark.parametrize("name", ["model.embed_tokens.weight", "model.layers.1.self_attn.o_proj.weight"])
+@pytest.mark.parametrize("value, what", [(np.nan, "NaN"), (np.inf, "Inf"), (-np.inf, "Inf")])
+def test_a_non_finite_weight_is_refused_at_load(model_dir, tmp_path, name, value, what):
+    f = _replace(model_dir, tmp_path / "m", name, _poison(value))
+    with pytest.raises(JaxalignError) as e:
+        load_model(tmp_path / "m")
+    assert one_error_line(e.value) == (f"{f}: tensor {name!r} holds {what} values; refusing non-finite weights "
+                                       "(a damaged or badly converted file)")
+
+
+def test_a_non_finite_weight_is_refused_on_a_mesh_and_in_bfloat16(model_dir, tmp_path):
+    from jaxalign.parallel import make_mesh
+
+    name = "model.layers.0.mlp.down_proj.weight"
+    f = _replace(model_dir, tmp_path / "m", name, _poison(np.nan))
+    for kw in ({"mesh": make_mesh()}, {"dtype": "bfloat16"}):
+        with pytest.raises(JaxalignError) as e:
+            load_model(tmp_path / "m", **kw)
+        one_error_line(e.value, f"{f}: tensor {name!r} holds NaN values")
+
+
+def test_a_non_finite_gguf_weight_is_refused_at_load(tmp_path):
+    pytest.importorskip("gguf")
+    from tests.io.test_gguf import tiny_hf_tensors, write_gguf
+
+    hf = tiny_hf_tensors()
+    name = "model.layers.0.post_attention_layernorm.weight"
+    hf[name] = _poison(np.inf)(hf[name])
+    path = write_gguf(tmp_path / "inf.gguf", hf)
+    with pytest.raises(JaxalignError) as e:
+        load_model(path)
+    one_error_line(e.value, f"{path}: tensor {name!r} holds Inf values")
