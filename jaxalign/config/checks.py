@@ -137,6 +137,12 @@ def check_values(cfg) -> None:
         value = _get(cfg, key)
         if value not in choices:
             raise JaxalignError(f"config key {key!r}: {short(value)} is not one of {', '.join(choices)}")
+    if cfg.model.init == "random" and cfg.model.path is not None:
+        # A random model never reads model.path: the run would train from scratch, exit 0, and
+        # look like a fine-tune of the model named there.
+        raise JaxalignError(f"config key 'model.path': {short(cfg.model.path)} is set but 'model.init' is 'random', "
+                            "which ignores it; set model.init=pretrained to load it, or remove model.path "
+                            "(model.tokenizer names a tokenizer)")
     for key, (lo, hi, lo_inc, hi_inc) in _RANGES.items():
         value = _get(cfg, key)
         if value is not None:

@@ -9,7 +9,9 @@ columns), or a column mixing strings and lists (plain and conversational rows), 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -27,10 +29,12 @@ def _first_line(e: BaseException) -> str:
 
 def _read_jsonl(path: Path) -> list:
     """JSON Lines read line by line: a bad line becomes an :class:`Unreadable` row, and bytes that
-    are not UTF-8 survive as lone surrogates, so the row check can name the row and field."""
+    are not UTF-8 survive as lone surrogates, so the row check can name the row and field. A bad
+    last line without a newline is reported as a truncated file (an interrupted write or copy)."""
     rows: list = []
     data = path.read_bytes()
-    for raw in (data[len(_BOM):] if data.startswith(_BOM) else data).split(b"\n"):
+    lines = (data[len(_BOM):] if data.startswith(_BOM) else data).split(b"\n")
+    for i, raw in enumerate(lines):
         if not raw.strip():
             continue
         text = raw.decode("utf-8", errors="surrogateescape")
@@ -38,8 +42,24 @@ def _read_jsonl(path: Path) -> list:
             rows.append(json.loads(text))
         except (ValueError, RecursionError) as e:
             reason = "not valid UTF-8" if not _utf8_ok(text) else "not valid JSON"
+            if i == len(lines) - 1:
+                reason += "; the file ends inside this row (truncated?)"
             rows.append(Unreadable(f"{reason} ({_first_line(e)})"))
     return rows
+
+
+@contextlib.contextmanager
+def _quiet_datasets_readers():
+    """Silence ``datasets``' file readers while they run: on a file pyarrow cannot parse they log
+    the parser's error (two lines on stderr) before raising it, and that failure is either
+    reported here in one line or answered by the line reader, which names the row."""
+    logger = logging.getLogger("datasets.packaged_modules")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _read_json(path: Path) -> list:
@@ -172,7 +192,8 @@ def load_dataset_rows(source, split: str = "train", cache_dir: str | None = None
             if kind == "csv":
                 kw.update(features=_csv_features(p), keep_default_na=False, na_filter=False)
             try:
-                ds = datasets.load_dataset(kind, data_files=str(p), split="train", **kw)
+                with _quiet_datasets_readers():
+                    ds = datasets.load_dataset(kind, data_files=str(p), split="train", **kw)
             except Exception as e:  # noqa: BLE001 - any failure of the table reader
                 if kind != "json":
                     raise JaxalignError(f"{source}: cannot read this {kind} file ({_first_line(e)})") from None
@@ -181,8 +202,9 @@ def load_dataset_rows(source, split: str = "train", cache_dir: str | None = None
                     and len(ds.column_names) == 1 and isinstance(ds[0][ds.column_names[0]], list)):
                 # {"data": [rows...]}: the rows are in the one list field
                 try:
-                    ds = datasets.load_dataset(kind, data_files=str(p), split="train",
-                                               field=ds.column_names[0], **kw)
+                    with _quiet_datasets_readers():
+                        ds = datasets.load_dataset(kind, data_files=str(p), split="train",
+                                                   field=ds.column_names[0], **kw)
                 except Exception:  # noqa: BLE001
                     ds = None
             if ds is not None and not _valid_table(ds):

@@ -54,6 +54,9 @@ _BLOCK_NAMES = {
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 # Tensors that describe the model rather than parametrise it (read into the config instead).
 _CONFIG_TENSORS = ("rope_freqs.weight",)
+# Plain integer tensors: not quantised blocks (which dequantise to floats) but integers, which
+# would pass for weights once cast; no Llama-family weight is stored this way.
+_INTEGER_TYPES = ("I8", "I16", "I32", "I64")
 
 
 def unpermute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -214,6 +217,10 @@ class GGUFFile:
         from gguf.quants import dequantize
 
         info = self._infos[name]
+        kind = getattr(info.tensor_type, "name", str(info.tensor_type))
+        if kind in _INTEGER_TYPES:
+            raise JaxalignError(f"{self.path}: tensor {info.name!r} has dtype {kind}, expected floating-point "
+                                "or quantised weights (jaxalign does not cast integer tensors to float)")
         try:
             w = dequantize(info.data, info.tensor_type).reshape(self.shape(name))
         except (ValueError, NotImplementedError) as e:

@@ -73,6 +73,10 @@ class SafetensorsSource:
     def shape(self, name):
         return tuple(self._handles[self._where[name]].get_slice(name).get_shape())
 
+    def file_of(self, name) -> str:
+        """The safetensors file holding tensor ``name`` (for error messages)."""
+        return str(self.model_dir / self._where[name])
+
     def read(self, name, index=()):
         sl = self._handles[self._where[name]].get_slice(name)
         try:

@@ -77,6 +77,26 @@ def _normalise_names(names: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def check_weight(arr: np.ndarray, name: str, where: str) -> np.ndarray:
+    """``arr`` if it is a floating-point array of finite values, else a one-line error naming the
+    tensor and its file.
+
+    ``astype`` would turn integers (a quantised export, a mislabelled tensor) into
+    plausible-looking float weights without a word, and a NaN/Inf would surface only as a NaN
+    loss or at the first checkpoint save; one ``isfinite`` pass over the host array as it is
+    read is cheap next to reading it.
+    """
+    if not jax.numpy.issubdtype(arr.dtype, jax.numpy.floating):
+        raise JaxalignError(f"{where}: tensor {name!r} has dtype {arr.dtype}, expected floating-point weights "
+                            "(jaxalign does not cast integer or boolean tensors to float)")
+    if not np.isfinite(arr).all():
+        has_nan, has_inf = bool(np.isnan(arr).any()), bool(np.isinf(arr).any())
+        what = " and ".join(k for k, v in (("NaN", has_nan), ("Inf", has_inf)) if v)
+        raise JaxalignError(f"{where}: tensor {name!r} holds {what} values; refusing non-finite weights "
+                            "(a damaged or badly converted file)")
+    return arr
+
+
 def _param_paths(state) -> list[tuple[tuple[str, ...], jax.ShapeDtypeStruct]]:
     return [
         (shd.path_names(p), leaf)
@@ -89,10 +109,13 @@ def build_state(abstract_state, num_layers: int, source: TensorSource, source_na
     """Fill an abstract ``nnx.State`` from ``source``, placing each array on its sharding.
 
     Every device receives only its own slice (``jax.make_array_from_callback``), so a sharded
-    load never holds the whole model on one device.
+    load never holds the whole model on one device. Each slice read is checked
+    (:func:`check_weight`); a source with ``file_of(name)`` names the file in those errors.
     """
     stored = _normalise_names(source.names())
     used = set()
+    # The file a tensor is in (a sharded HF dir has several), for errors about its values.
+    where = getattr(source, "file_of", lambda _name: source_name)
 
     def place(path, leaf):
         shape, dtype = leaf.shape, leaf.dtype
@@ -110,12 +133,16 @@ def build_state(abstract_state, num_layers: int, source: TensorSource, source_na
             used.add(n)
         np_dtype = np.dtype(dtype)
 
+        def one(i, index):
+            n = stored[names[i]]
+            return check_weight(source.read(n, index), names[i], where(n))
+
         def read(index):
             index = tuple(index) + (slice(None),) * (len(shape) - len(index))
             if not stacked:
-                return source.read(stored[names[0]], index).astype(np_dtype)
+                return one(0, index).astype(np_dtype)
             layers = range(num_layers)[index[0]]
-            return np.stack([source.read(stored[names[i]], index[1:]) for i in layers]).astype(np_dtype)
+            return np.stack([one(i, index[1:]) for i in layers]).astype(np_dtype)
 
         if mesh is None:
             return jax.device_put(read(()))

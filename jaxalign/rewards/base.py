@@ -44,6 +44,8 @@ class RewardConfig:
     missing_eos_penalty: subtracted from the score of a completion that hit ``max_new_tokens``
       without an EOS (null: no penalty).
     scale: multiplies every score (after the penalty).
+    timeout_s: seconds one call of this reward may take (a reward model's first call includes
+      its compilation); longer stops the run with an error naming the reward. null: no limit.
     """
 
     # jaxalign.config.coerce: `reward:` may also be a list of these mappings.
@@ -61,6 +63,7 @@ class RewardConfig:
     weight: float = 1.0
     missing_eos_penalty: float | None = None
     scale: float = 1.0
+    timeout_s: float | None = None
 
     def validate(self, section: str = "reward") -> None:
         if self.kind not in KINDS:
@@ -85,6 +88,8 @@ class RewardConfig:
         check_number(self.target_length, f"{section}.target_length", 0, None, False)
         if self.missing_eos_penalty is not None:
             check_number(self.missing_eos_penalty, f"{section}.missing_eos_penalty")
+        if self.timeout_s is not None:
+            check_number(self.timeout_s, f"{section}.timeout_s", 0, None, False)
 
     def metric_name(self) -> str:
         """``name``, else the kind (a callable: its function's name)."""
@@ -170,14 +175,18 @@ class Reward:
                    attention_mask=None, finished=None, columns: dict | None = None) -> np.ndarray:
         """This reward's score of each completion: after ``missing_eos_penalty`` and ``scale``,
         before ``weight``."""
+        timeout = self.cfg.timeout_s
         if self.model_fn is not None:
             if tokens is None:
                 raise JaxalignError("a reward model needs the token arrays of the completions")
-            scores = fn.check_scores(self.model_fn(tokens, attention_mask), len(tokens), self.name)
+            raw = fn.call_within(lambda: self.model_fn(tokens, attention_mask), timeout, self.name)
+            scores = fn.check_scores(raw, len(tokens), self.name)
         else:
             kwargs = self._select(columns or {})
-            scores = fn.check_scores(fn.call_reward(self.text_fn, self.name, list(prompts), list(completions),
-                                                    **kwargs), len(completions), self.name)
+            prompts, completions = list(prompts), list(completions)
+            raw = fn.call_within(lambda: fn.call_reward(self.text_fn, self.name, prompts, completions, **kwargs),
+                                 timeout, self.name)
+            scores = fn.check_scores(raw, len(completions), self.name)
         with np.errstate(over="ignore", invalid="ignore"):
             if self.cfg.missing_eos_penalty is not None and finished is not None:
                 scores = scores - np.float32(self.cfg.missing_eos_penalty) * (1.0 - np.asarray(finished, np.float32))

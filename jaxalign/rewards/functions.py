@@ -7,6 +7,7 @@ import importlib.util
 import numbers
 import re
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -111,6 +112,35 @@ def call_reward(fn: Callable, name: str, *args, **kwargs):
         raise
     except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's code: report it in one line
         raise JaxalignError(f"reward {name}: raised {_describe(e)}") from None
+
+
+def call_within(call: Callable[[], object], timeout_s: float | None, name: str):
+    """``call()``, or a one-line error naming the reward when it has not returned after
+    ``timeout_s`` seconds (None: no limit, called on this thread).
+
+    A reward that never returns (a dead server, a deadlock) would otherwise hang the run with no
+    message. Python cannot stop a thread, so the call runs on a daemon thread that is abandoned
+    on a timeout: the run stops with the error, and the process still exits.
+    """
+    if timeout_s is None:
+        return call()
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = call()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread below
+            out["error"] = e
+
+    worker = threading.Thread(target=run, name=f"reward {name}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise JaxalignError(f"reward {name}: no result after {timeout_s:g} s (reward.timeout_s); the run stops "
+                            "(the call is abandoned)")
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def check_scores(scores, n: int, name: str) -> np.ndarray:

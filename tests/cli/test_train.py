@@ -129,6 +129,8 @@ def test_bad_row_is_one_line_naming_file_row_and_field(tmp_path, capsys, bad, fi
      "error: config key 'model.path': {tmp}/no-such-model: no such file or directory"),
     (["model.init=pretrained", "model.path={tmp}/no-such-model", "model.tokenizer=tiny"],
      "error: config key 'model.path': {tmp}/no-such-model: no such file or directory"),
+    (["model.path={tmp}/model", "model.init=random"],
+     "error: config key 'model.path': '{tmp}/model' is set but 'model.init' is 'random', which ignores it"),
     (["train.micro_batch_size=3"], "error: config key 'train.micro_batch_size': 3 does not divide "
                                    "train.batch_size=8"),
     (["train.micro_batch_size=0"], "error: config key 'train.micro_batch_size': must be > 0"),
@@ -136,7 +138,7 @@ def test_bad_row_is_one_line_naming_file_row_and_field(tmp_path, capsys, bad, fi
     (["train.steps=0"], "error: config key 'train.steps': must be > 0, got 0"),
     (["train.steps=-3"], "error: config key 'train.steps': must be > 0, got -3"),
     (["train.steps=ten"], "error: config key 'train.steps': expected int or NoneType, got 'ten'"),
-], ids=["typo-did-you-mean", "unknown-key", "model-path", "model-path-tiny-tokenizer",
+], ids=["typo-did-you-mean", "unknown-key", "model-path", "model-path-tiny-tokenizer", "model-path-random-init",
         "micro-batch-not-dividing", "micro-batch-zero", "batch-zero", "steps-zero", "steps-negative",
         "steps-not-int"])
 def test_bad_config_is_one_line_naming_the_key(tmp_path, capsys, overrides, expected):

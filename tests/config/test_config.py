@@ -51,6 +51,19 @@ def test_model_config_floats_written_without_a_dot_are_floats(tmp_path):
     assert cfg.model.config["rms_norm_eps"] == 1e-6 and isinstance(cfg.model.config["rms_norm_eps"], float)
 
 
+def test_model_path_with_random_init_is_refused(tmp_path):
+    """model.init: random never reads model.path; together they trained a random model, exit 0."""
+    p = _write(tmp_path, "algorithm: _test\nmodel:\n  path: smollm2-135m-instruct\n")
+    expected = ("config key 'model.path': 'smollm2-135m-instruct' is set but 'model.init' is 'random', which "
+                "ignores it; set model.init=pretrained to load it, or remove model.path (model.tokenizer names "
+                "a tokenizer)")
+    with pytest.raises(JaxalignError) as e:
+        load_config(p, ["model.init=random"])
+    assert str(e.value) == expected
+    assert load_config(p, []).model.path == "smollm2-135m-instruct"  # pretrained (the default) reads it
+    assert load_config(p, ["model.init=random", "model.path=null"]).model.path is None
+
+
 def test_unknown_key_suggests_nearest(tmp_path):
     p = _write(tmp_path, "algorithm: _test\noptim:\n  learning_rat: 1.0\n")
     with pytest.raises(JaxalignError, match="optim.learning_rat"):

@@ -183,6 +183,22 @@ def test_quantised_tensors_dequantise_and_unpermute(tmp_path):
         np.testing.assert_allclose(tensors[k], v, atol=0.05, err_msg=k)
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64])
+def test_an_integer_tensor_is_refused_not_cast(tmp_path, dtype):
+    """Plain integer tensors (GGUF I8..I64) are not weights; quantised blocks (above) still load."""
+    from jaxalign.io.load import load_model
+
+    hf = tiny_hf_tensors()
+    hf["model.layers.1.mlp.up_proj.weight"] = np.ones_like(hf["model.layers.1.mlp.up_proj.weight"], dtype)
+    path = write_gguf(tmp_path / "int.gguf", hf)
+    kind = {np.int8: "I8", np.int32: "I32", np.int64: "I64"}[dtype]
+    for load in (read_gguf, load_model):
+        with pytest.raises(JaxalignError) as e:
+            load(path)
+        assert one_line(e) == (f"{path}: tensor 'blk.1.ffn_up.weight' has dtype {kind}, expected floating-point "
+                               "or quantised weights (jaxalign does not cast integer tensors to float)")
+
+
 def test_iterator_source_and_dtype(tmp_path):
     hf = tiny_hf_tensors()
     path = write_gguf(tmp_path / "t.gguf", hf)

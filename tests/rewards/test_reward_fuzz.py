@@ -156,7 +156,8 @@ def test_any_reward_function_spec_loads_or_is_one_error_line(tmp_path_factory, k
 
 
 @pytest.mark.parametrize("key, value", [("scale", math.nan), ("scale", math.inf), ("target_length", 0),
-                                        ("missing_eos_penalty", math.nan)])
+                                        ("missing_eos_penalty", math.nan), ("timeout_s", math.nan),
+                                        ("timeout_s", -1.0)])
 def test_reward_config_values_are_checked(key, value):
     cfg = RewardConfig(kind="length", **{key: value})
     with pytest.raises(JaxalignError, match=rf"^config key 'reward\.{key}': "):

@@ -67,3 +67,73 @@ def test_user_callable_errors(tmp_path):
 def test_config_errors_name_the_key(cfg, key):
     with pytest.raises(JaxalignError, match=key.replace(".", r"\.")):
         build_reward(cfg)
+
+
+SLOW = '''import time
+
+def slow(prompts, completions):
+    time.sleep(30)
+    return [0.0] * len(completions)
+
+def fast(prompts, completions):
+    return [1.0] * len(completions)
+
+def boom(prompts, completions):
+    raise ValueError("no scores today")
+'''
+
+
+def test_a_reward_that_does_not_return_stops_after_timeout_s(tmp_path):
+    import time
+
+    f = tmp_path / "slow_reward.py"
+    f.write_text(SLOW)
+    r = build_reward(RewardConfig(kind="callable", function=f"{f}:slow", timeout_s=0.5))
+    start = time.monotonic()
+    with pytest.raises(JaxalignError) as e:
+        r(["a"], ["b"])
+    assert time.monotonic() - start < 10  # not the 30 s of the sleep
+    assert str(e.value) == (f"reward {f}:slow: no result after 0.5 s (reward.timeout_s); the run stops "
+                            "(the call is abandoned)")
+
+
+def test_timeout_s_keeps_scores_and_errors_of_a_prompt_reward(tmp_path):
+    f = tmp_path / "quick_reward.py"
+    f.write_text(SLOW)
+    r = build_reward(RewardConfig(kind="callable", function=f"{f}:fast", timeout_s=5))
+    np.testing.assert_array_equal(r(["a", "b"], ["c", "d"]), [1.0, 1.0])
+    with pytest.raises(JaxalignError, match=r"^reward .*:boom: raised ValueError: no scores today"):
+        build_reward(RewardConfig(kind="callable", function=f"{f}:boom", timeout_s=5))(["a"], ["c"])
+    with pytest.raises(JaxalignError, match=r"^config key 'reward\.timeout_s': must be > 0"):
+        build_reward(RewardConfig(kind="callable", function=f"{f}:fast", timeout_s=0))
+
+
+@pytest.mark.slow
+def test_cli_stops_on_a_hung_reward_and_the_process_exits(tmp_path):
+    """End to end through ``jaxalign grpo`` in a subprocess: exit 2 with one line, no checkpoint,
+    and the process ends although the reward's thread still sleeps (a daemon thread)."""
+    import sys
+    import time
+
+    from tests import procenv
+
+    f, started = tmp_path / "hung_reward.py", tmp_path / "started"
+    f.write_text(f"import time\n\ndef score(prompts, completions):\n"
+                 f"    open({str(started)!r}, 'w').write(repr(time.time()))\n"
+                 f"    time.sleep(3600)\n")
+    run = tmp_path / "run"
+    proc = procenv.run([sys.executable, "-m", "jaxalign.cli", "grpo", "--config", "configs/grpo_tiny.yaml",
+                        "--run-dir", str(run), "--quiet", "grpo.reward.kind=callable",
+                        f"grpo.reward.function={f}:score", "grpo.reward.timeout_s=0.5", "train.steps=1",
+                        "train.batch_size=2", "grpo.num_generations=2", "grpo.sampling.max_new_tokens=2",
+                        "train.eval_at_start=false", "data.eval_fraction=0", "data.buckets=[64]",
+                        "model.config={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, "
+                        "num_attention_heads: 2, num_key_value_heads: 1, max_position_embeddings: 512}"],
+                       timeout=300, cwd=procenv.ROOT, env=procenv.subprocess_env())
+    ended = time.time()
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0] == (f"error: reward {f}:score: no result after 0.5 s (reward.timeout_s); the run stops "
+                        "(the call is abandoned)"), lines[0]
+    assert ended - float(started.read_text()) < 60  # the process did not wait for the sleep
+    assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())
