@@ -2,7 +2,9 @@
 ``train``: every algorithm and ``plan``, ``generate``, ``demo``); this module builds the parser.
 
 Every user-input problem is a :class:`~jaxalign.errors.JaxalignError`: printed as one
-``error: ...`` line on stderr with exit code 2, never a traceback.
+``error: ...`` line on stderr with exit code 2, never a traceback. A full disk is one
+``error: no space left on device while writing PATH (...)`` line and exit code 28
+(:data:`~jaxalign.errors.NO_SPACE_EXIT`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 
 from jaxalign.cli import demo as demo_cli
 from jaxalign.cli import generate, model, train
-from jaxalign.errors import JaxalignError
+from jaxalign.errors import NO_SPACE_EXIT, JaxalignError, NoSpaceLeft, is_no_space, written_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,10 +96,20 @@ def _main(argv=None) -> int:
         _end_progress_bars()
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NoSpaceLeft as e:
+        _end_progress_bars()
+        print(f"error: {e}", file=sys.stderr)
+        return NO_SPACE_EXIT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - out of memory: sizes in the config, reported in one line
+    except Exception as e:  # noqa: BLE001 - a full disk or out of memory, each reported in one line
+        _end_progress_bars()
+        if is_no_space(e):  # a write without its own NoSpaceLeft (config.yaml, plots, export --out)
+            where = written_path(e) or getattr(args, "out", None) or getattr(args, "run_dir", None) or "a file"
+            print(f"error: {NoSpaceLeft(where, 'free space and rerun')}", file=sys.stderr)
+            return NO_SPACE_EXIT
+        # TensorStore also says RESOURCE_EXHAUSTED for a full disk, so that is ruled out first.
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         first = " ".join(str(e).split())[:300]

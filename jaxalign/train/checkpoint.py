@@ -16,6 +16,10 @@ Orbax has finalised the step (before the next save, or when the checkpointer clo
 on restore: a flipped bit in an array file, which Orbax would restore as a wrong weight, makes the
 checkpoint damaged. A checkpoint without the file (a kill between finalising and writing it, or
 one from an older jaxalign) is restored unchecked.
+
+A save that fills the disk raises :class:`~jaxalign.errors.NoSpaceLeft` naming the step; its
+temporary directory is removed (it only takes space: Orbax never restores from one), so the
+newest complete checkpoint stays the one a rerun resumes from.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -36,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxalign.errors import JaxalignError
+from jaxalign.errors import JaxalignError, NoSpaceLeft, is_no_space
+from jaxalign.train.quiet import quiet_no_space_logs, quiet_orphaned_callbacks
 
 
 class CheckpointMismatch(Exception):
@@ -93,22 +97,9 @@ def nonfinite_leaf(tree) -> str | None:
     return "/".join(_path_names(flat[bad[0]][0])) if bad.size else None
 
 
-def _quiet_orphaned_reads() -> None:
-    """Silence one known echo of a failed read: TensorStore completes the other reads of an
-    aborted restore after Orbax closed its event loop, and each completion reports
-    ``RuntimeError('Event loop is closed')`` through ``sys.unraisablehook`` as a traceback.
-    Every other unraisable exception still reaches the previous hook."""
-    previous = sys.unraisablehook
-    if getattr(previous, "_jaxalign_quiet", False):
-        return
-
-    def hook(u):
-        if isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed":
-            return
-        previous(u)
-
-    hook._jaxalign_quiet = True
-    sys.unraisablehook = hook
+# Orbax writes step N into "N.orbax-checkpoint-tmp" (with a suffix in some versions), renamed
+# to "N" when complete.
+_TMP = re.compile(r"(\d+)\.orbax-checkpoint-tmp")
 
 
 CHECKSUMS = "jaxalign_checksums.json"
@@ -154,6 +145,10 @@ class Checkpointer:
     def __init__(self, directory: str | Path, keep: int = 2):
         self.directory = Path(directory).absolute()
         self.keep = max(1, keep)
+        self._saving: int | None = None  # the step of the newest save() (it may still be writing)
+        self._no_space: NoSpaceLeft | None = None
+        quiet_orphaned_callbacks()
+        quiet_no_space_logs()
         self.manager = self._open()
         self._unsealed: list[int] = []  # saved here, checksums not yet written
 
@@ -173,12 +168,14 @@ class Checkpointer:
         if bad is not None:
             raise JaxalignError(f"step {step}: the train state holds a NaN or Inf ({bad}); not saving a "
                                 f"checkpoint (the last good one in {self.directory} is kept)")
-        self.wait()  # the previous save is final (Orbax would wait too): seal it first
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-            force=force,
-        )
+        self.wait()  # the previous save is final (and its failure surfaces here): seal it first
+        with self._reporting_no_space():
+            self._saving = step
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                force=force,
+            )
         self._unsealed.append(step)
 
     def _seal(self) -> None:
@@ -221,7 +218,6 @@ class Checkpointer:
         """Raise :class:`CheckpointMismatch` when ``step``'s array paths or shapes differ from
         ``state_like``'s, :class:`CheckpointDamaged` when its metadata cannot be read."""
         path = self.directory / str(step) / "state"
-        _quiet_orphaned_reads()
         try:
             meta = ocp.StandardCheckpointHandler().metadata(path)
             saved = _shapes(meta)
@@ -322,9 +318,57 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Wait for the pending save, then write its checksums."""
-        self.manager.wait_until_finished()
+        with self._reporting_no_space():
+            self.manager.wait_until_finished()
         self._seal()
 
     def close(self) -> None:
-        self.wait()
-        self.manager.close()
+        with self._reporting_no_space():
+            try:
+                self.manager.wait_until_finished()
+            finally:
+                self.manager.close()
+        self._seal()
+
+    def _complete_steps(self) -> list[int]:
+        """Committed checkpoints, from the directory itself (after a failed save Orbax's own
+        list may still name the step that never completed)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+
+    def rerun_hint(self, before: int | None = None) -> str:
+        """What a rerun does, for error messages: "rerun to resume from step N" (the newest
+        complete checkpoint, older than ``before`` if given) or "rerun to start again from step 0"."""
+        done = [s for s in self._complete_steps() if before is None or s < before]
+        return f"rerun to resume from step {done[-1]}" if done else "rerun to start again from step 0"
+
+    @contextlib.contextmanager
+    def _reporting_no_space(self):
+        """Turn a full disk during a save into :class:`NoSpaceLeft` (raised once and then again
+        as the same error: the loop closes the manager after a failed save, and Orbax reports
+        the failure a second time there), after removing the failed save's temporary files."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - only a full disk is translated, the rest re-raised
+            if not is_no_space(e):
+                raise
+            if self._no_space is None:
+                failed = self._remove_partial_saves()
+                step = min(failed) if failed else self._saving
+                self._no_space = NoSpaceLeft(self.directory / str(step),
+                                             f"checkpoint of step {step} not saved; free space and "
+                                             f"{self.rerun_hint(before=step)}")
+            raise self._no_space from None
+
+    def _remove_partial_saves(self) -> list[int]:
+        """Delete the temporary directories of unfinished saves; their steps."""
+        steps = []
+        if self.directory.is_dir():
+            for p in self.directory.iterdir():
+                m = _TMP.match(p.name)
+                if m and p.is_dir():
+                    steps.append(int(m.group(1)))
+                    if jax.process_index() == 0:
+                        shutil.rmtree(p, ignore_errors=True)
+        return steps

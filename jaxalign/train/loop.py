@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 
 from jaxalign.config import RunConfig, save_config
-from jaxalign.errors import JaxalignError
+from jaxalign.errors import JaxalignError, NoSpaceLeft, is_no_space
 from jaxalign.parallel import distributed
 from jaxalign.parallel.batch import global_batch
 from jaxalign.parallel.rules import axis_rules
@@ -41,6 +41,30 @@ class _NoWriter:
 
 def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)  # even with --quiet
+
+
+def _export(job: Job, params, run_dir: Path, step: int) -> None:
+    """``job.export`` into ``run_dir/final``, whole or not at all: written into a temporary
+    sibling and swapped in when complete, so a full disk (or a crash) never leaves a final/ with,
+    say, the new weights and no tokenizer. A full disk is :class:`NoSpaceLeft`."""
+    final = run_dir / "final"
+    if final.is_symlink():  # one that stays inside the run dir (check_run_dir): export where it leads
+        final = final.resolve()
+    tmp, old = final.parent / f".{final.name}.tmp", final.parent / f".{final.name}.old"
+    for d in (tmp, old):  # left by a crash in an earlier run
+        shutil.rmtree(d, ignore_errors=True)
+    try:
+        job.export(params, tmp)
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # frees what the failed export took
+        if is_no_space(e):
+            raise NoSpaceLeft(final, f"final model not written; the checkpoint of step {step} is saved: "
+                                     "free space and rerun to export it") from None
+        raise
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -108,8 +132,9 @@ def _run_locked(cfg: RunConfig, job: Job, run_dir: Path) -> dict:
         ckpt.close()
         raise
     if main:  # an export a kill interrupted (we hold the lock: no other run is writing one)
-        for tmp in run_dir.glob(".final.tmp-*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        for pattern in (".final.tmp*", "..final.tmp*", ".final.old"):
+            for tmp in run_dir.glob(pattern):
+                shutil.rmtree(tmp, ignore_errors=True)
     if start is not None:
         job.train_batches.load_state_dict(meta["data"])
         log(f"resumed from {run_dir / 'checkpoints'} at step {start}"
@@ -124,7 +149,7 @@ def _run_locked(cfg: RunConfig, job: Job, run_dir: Path) -> dict:
         config_saved = True
 
     config_saved = False
-    writer = MetricsWriter(run_dir, resume_step=start) if main else _NoWriter()
+    writer = MetricsWriter(run_dir, resume_step=start, rerun=ckpt.rerun_hint) if main else _NoWriter()
 
     jit_eval = jax.jit(make_eval_step(job.eval_loss_fn or job.loss_fn, 1)) if job.eval_batches else None
     if job.evaluate is not None:
@@ -244,7 +269,7 @@ def _run_locked(cfg: RunConfig, job: Job, run_dir: Path) -> dict:
     if not stopped and tcfg.save_final and job.export is not None:
         params = distributed.to_host(state.params) if jax.process_count() > 1 else state.params
         if main:
-            job.export(params, run_dir / "final")
+            _export(job, params, run_dir, final_step)
         log(f"final model (Hugging Face format): {run_dir / 'final'}")
     if plot is not None:
         log(f"plots: {plot}")

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
+from typing import Callable
+
+from jaxalign.errors import NoSpaceLeft, is_no_space
 
 
 def _parse(line: str) -> dict | None:
@@ -26,21 +30,36 @@ def _kind(row: dict) -> str:
 class MetricsWriter:
     """Append-only JSONL log. On resume, rows past the restored step (and lines a crash cut
     short) are dropped first, and a row already kept for a (step, prefix) is not written twice
-    (e.g. the final eval when a finished run is run again)."""
+    (e.g. the final eval when a finished run is run again).
 
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True):
+    Each row is one ``write`` of the whole line; a row the disk has no room for is cut off
+    again (the file keeps whole rows only) and :class:`~jaxalign.errors.NoSpaceLeft` is raised,
+    its advice ending with ``rerun()`` (e.g. "rerun to resume from step 4"). So the file never
+    ends in a torn row that a later row would continue on the same line.
+    """
+
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True,
+                 rerun: Callable[[], str] = lambda: "rerun"):
         self.path = Path(run_dir) / "metrics.jsonl"
+        self._rerun = rerun
         self._seen: set = set()
         if resume_step is not None and self.path.exists():
             rows = [r for r in map(_parse, self.path.read_text().splitlines()) if r is not None]
             kept = [r for r in rows if isinstance(r.get("step"), int) and r["step"] <= resume_step]
             self._seen = {(r["step"], _kind(r)) for r in kept}
             tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            try:
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            except OSError as e:
+                tmp.unlink(missing_ok=True)  # the old file is still whole
+                if is_no_space(e):
+                    raise NoSpaceLeft(tmp, f"rows up to step {resume_step} not rewritten; free space and "
+                                           f"{self._rerun()}") from None
+                raise
             tmp.replace(self.path)  # atomic: a crash here keeps the old file, never half of it
         elif resume_step is None and self.path.exists():
             self.path.unlink()
-        self._f = self.path.open("a")
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         self._tb = None
         if tensorboard:
             try:
@@ -54,20 +73,37 @@ class MetricsWriter:
         """Append one row ``{"step": step, prefix + name: value, ...}`` (non-finite values as text)."""
         if not metrics or (int(step), prefix) in self._seen:
             return
-        self._seen.add((int(step), prefix))
         row = {"step": int(step)}
         for k, v in metrics.items():
             v = float(v)
             row[prefix + k] = v if math.isfinite(v) else str(v)
-        self._f.write(json.dumps(row) + "\n")
-        self._f.flush()
+        self._append((json.dumps(row) + "\n").encode(), int(step))
+        self._seen.add((int(step), prefix))
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, float):
                     self._tb.add_scalar(k, v, step)
 
+    def _append(self, line: bytes, step: int) -> None:
+        # Unbuffered, one write per row: a buffered file would keep a failed row and try it again
+        # at close, after the error was reported. A short write (the disk filled up mid-row) is
+        # continued; if the rest does not fit either, the row is cut off again.
+        start = os.fstat(self._fd).st_size
+        try:
+            done = os.write(self._fd, line)
+            while done < len(line):
+                done += os.write(self._fd, line[done:])
+        except OSError as e:
+            os.ftruncate(self._fd, start)
+            if is_no_space(e):
+                raise NoSpaceLeft(self.path, f"the row of step {step} not written; free space and "
+                                             f"{self._rerun()}") from None
+            raise
+
     def close(self) -> None:
-        self._f.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
         if self._tb is not None:
             self._tb.close()
 

@@ -103,3 +103,28 @@ def test_unsupported_gguf_architecture(tmp_path):
     w.close()
     rc, _, err = run_cli("info", "--model", path)
     assert_one_line_error(rc, err, "gpt2")
+
+
+_FULL_DISK = ('RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local file "/r/checkpoints/2.orbax-'
+              'checkpoint-tmp/state/": Failed to write 52 bytes to file 15: No space left on device')
+
+
+@pytest.mark.parametrize("exc, code, line", [
+    (ValueError(_FULL_DISK), 28, 'error: no space left on device while writing /r/checkpoints/2.orbax-checkpoint-'
+                                 'tmp/state/ (free space and rerun)'),
+    (OSError(28, "No space left on device", "/r/plots/training.png"), 28,
+     "error: no space left on device while writing /r/plots/training.png (free space and rerun)"),
+    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4.0GiB"), 2,
+     "error: out of memory (RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4.0GiB); lower "
+     "train.micro_batch_size / train.batch_size, the sequence lengths or the model size"),
+], ids=["tensorstore-disk-full", "oserror-disk-full", "out-of-memory"])
+def test_a_full_disk_is_not_reported_as_out_of_memory(monkeypatch, capsys, exc, code, line):
+    """Both say RESOURCE_EXHAUSTED in TensorStore's words; a full disk has its own exit code."""
+    from jaxalign import cli
+
+    def fail(args):
+        raise exc
+
+    monkeypatch.setattr(cli.model, "cmd_info", fail)
+    assert cli.main(["info", "--model", "unused"]) == code
+    assert capsys.readouterr().err == line + "\n"
