@@ -32,6 +32,10 @@ DEVICE_FLAG = "--xla_force_host_platform_device_count"
 SESSION_DEVICES = 8
 # Simulated devices of a subprocess whose test is not about the device count.
 SUBPROCESS_DEVICES = 2
+# How long a test waits for a training subprocess before calling it hung. A hang guard, never a
+# speed check: a tiny run takes seconds alone and minutes on 2 cores shared with other suites
+# (three suites side by side, load ~12, took a PPO run past 300 s), so it is far above both.
+HANG_S = 900
 # XLA:CPU collective deadlines (defaults 20 s warning, 40 s abort): above every subprocess
 # timeout of the tests (<= 300 s), so a stuck collective is reported by the test, not by abort().
 # (xla_cpu_collective_timeout_seconds, the timeout of the collective operation itself, is 30 min

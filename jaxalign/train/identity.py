@@ -17,8 +17,10 @@ from typing import Callable
 
 from jaxalign.errors import JaxalignError
 
-# Config keys a resume must keep: the checkpoint and the data order were built from them.
-MUST_STAY = ("model.path", "model.init", "model.config", "model.tokenizer", "seed", "train.batch_size")
+# Config keys a resume must keep: the checkpoint and the data order were built from them. (A
+# random model's ``model.config`` is checked as the checkpoint's layout, which names the array
+# whose shape differs.)
+MUST_STAY = ("model.path", "model.init", "model.tokenizer", "seed", "train.batch_size")
 # Config keys that name nothing about the run itself.
 _NOT_SETTINGS = ("run_dir", "quiet")
 

@@ -24,7 +24,7 @@ from jaxalign.algorithms import ppo_experience as px
 from jaxalign.config import load_config, save_config
 from jaxalign.errors import JaxalignError
 from tests.algorithms.conftest import ROOT, TINY, metric_rows, run_cli, tiny_cfg
-from tests.procenv import subprocess_env
+from tests.procenv import HANG_S, subprocess_env
 # One device: on the 2-core test machine 8 simulated devices only add overhead.
 FAST = ["mesh.fsdp=1", "train.plots=false"]
 
@@ -387,19 +387,19 @@ def test_sigkill_mid_run_then_rerun_is_bit_exact(tmp_path):
     env = subprocess_env()  # the session's compilation cache: the runs below reuse the first one's programs
     ref, run = tmp_path / "ref", tmp_path / "run"
     proc = _start(ref, env)  # uninterrupted; it also fills the compilation cache
-    assert proc.wait(timeout=300) == 0
+    assert proc.wait(timeout=HANG_S) == 0
     proc = _start(run, env, "train.save_every=1")
     t0 = time.monotonic()
     while len(_checkpoints(run)) < 3:  # past the critic warm-up, mid-run
         assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() - t0 < 300
+        assert time.monotonic() - t0 < HANG_S
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     done = _checkpoints(run)
     assert done[-1] < STEPS and not (run / "final").exists(), done
     proc = _start(run, env, "train.save_every=1")
-    assert proc.wait(timeout=300) == 0
+    assert proc.wait(timeout=HANG_S) == 0
     _, rows = _rows(run)
     _, want = _rows(ref)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))

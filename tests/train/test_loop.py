@@ -29,7 +29,7 @@ import pytest
 
 from jaxalign.cli import main
 from jaxalign.train.metrics import MetricsWriter, read_metrics
-from tests.procenv import subprocess_env
+from tests.procenv import HANG_S, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 16
@@ -42,7 +42,7 @@ def argv(run_dir, *extra: str, quiet: bool = True) -> list[str]:
     """``jaxalign sft`` arguments (options first: argparse takes the key=value list last)."""
     return (["sft", "--config", "configs/sft_tiny.yaml", "--run-dir", str(run_dir)]
             + (["--quiet"] if quiet else []) + OVERRIDES + list(extra))
-TIMEOUT = 240
+TIMEOUT = HANG_S
 
 
 @pytest.fixture(scope="module")

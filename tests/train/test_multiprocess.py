@@ -27,7 +27,7 @@ from safetensors.numpy import load_file
 
 from jaxalign.cli import main
 from jaxalign.train.metrics import read_metrics
-from tests.procenv import subprocess_env
+from tests.procenv import HANG_S, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "dpo_tiny.yaml"
@@ -37,7 +37,7 @@ STEPS = 4
 # split over 8 devices, so it is replicated (each process gathers the other's rows).
 OVERRIDES = [f"train.steps={STEPS}", "train.log_every=1", "train.save_every=2", "data.buckets=[128]",
              "train.plots=false", "data.eval_fraction=0.0625", "train.eval_every=2"]
-TIMEOUT = 240
+TIMEOUT = HANG_S
 NOT_COMPARED = ("step_time", "tokens_per_s")  # timings (tokens are compared, see below)
 # Step functions of the reward margins (compared themselves): a margin within float noise of 0
 # (all of them at step 1, where the policy is the reference) may flip them.
