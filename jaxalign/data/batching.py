@@ -26,11 +26,11 @@ Batch dicts (numpy; ids and masks int32):
 
 from __future__ import annotations
 
-import hashlib
 from typing import Sequence
 
 import numpy as np
 
+from jaxalign.data.fingerprint import examples_fingerprint
 from jaxalign.data.tokenize import sequence_length
 from jaxalign.errors import JaxalignError
 
@@ -244,30 +244,6 @@ def full_batches(examples: Sequence[dict], batch_size: int, pad_id: int, buckets
         yield start, collate(chunk, pad_id, buckets, length=length, max_length=max_length), real
 
 
-def _feed(h, x) -> None:
-    """Feed ``x`` (nested dicts, sequences, arrays, scalars) into hash ``h``, structure included."""
-    if isinstance(x, dict):
-        h.update(b"{")
-        for k in sorted(x, key=str):
-            h.update(repr(k).encode() + b":")
-            _feed(h, x[k])
-        h.update(b"}")
-    elif isinstance(x, np.ndarray):
-        h.update(f"a{x.dtype.str}{x.shape}".encode())
-        h.update(np.ascontiguousarray(x).tobytes())
-    elif isinstance(x, (list, tuple)):
-        if x and all(type(v) is int for v in x):  # token ids: one array, not one repr per token
-            h.update(f"i{len(x)}".encode())
-            h.update(np.asarray(x, np.int64).tobytes())
-            return
-        h.update(b"[")
-        for v in x:
-            _feed(h, v)
-        h.update(b"]")
-    else:
-        h.update(f"{type(x).__name__}:{x!r};".encode())
-
-
 class BatchIterator:
     """Deterministic, resumable iterator of padded numpy batches.
 
@@ -381,10 +357,7 @@ class BatchIterator:
         """A digest of the examples' content (every field, in order; cached): two iterators over
         the same tokenized data agree, a swapped field or one changed token does not."""
         if getattr(self, "_fingerprint", None) is None:
-            h = hashlib.sha256()
-            for e in self.examples:
-                _feed(h, e)
-            self._fingerprint = h.hexdigest()[:16]
+            self._fingerprint = examples_fingerprint(self.examples)
         return self._fingerprint
 
     def state_dict(self) -> dict:
