@@ -43,16 +43,27 @@ def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)  # even with --quiet
 
 
+def _final_dir(run_dir: Path) -> Path:
+    final = run_dir / "final"
+    # A symlink that stays inside the run dir (check_run_dir): the export goes where it leads.
+    return final.resolve() if final.is_symlink() else final
+
+
+def _remove_partial_exports(final: Path) -> None:
+    """Remove what an interrupted export of ``final`` left: ``.final.tmp`` (ours),
+    ``..final.tmp.tmp-PID`` (``io.hf.save_hf``'s own sibling of it) and ``.final.old``."""
+    for pattern in (f".{final.name}.tmp*", f"..{final.name}.tmp*", f".{final.name}.old"):
+        for d in final.parent.glob(pattern):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def _export(job: Job, params, run_dir: Path, step: int) -> None:
     """``job.export`` into ``run_dir/final``, whole or not at all: written into a temporary
     sibling and swapped in when complete, so a full disk (or a crash) never leaves a final/ with,
     say, the new weights and no tokenizer. A full disk is :class:`NoSpaceLeft`."""
-    final = run_dir / "final"
-    if final.is_symlink():  # one that stays inside the run dir (check_run_dir): export where it leads
-        final = final.resolve()
+    final = _final_dir(run_dir)
     tmp, old = final.parent / f".{final.name}.tmp", final.parent / f".{final.name}.old"
-    for d in (tmp, old):  # left by a crash in an earlier run
-        shutil.rmtree(d, ignore_errors=True)
+    _remove_partial_exports(final)
     try:
         job.export(params, tmp)
     except Exception as e:
@@ -131,10 +142,8 @@ def _run_locked(cfg: RunConfig, job: Job, run_dir: Path) -> dict:
     except JaxalignError:
         ckpt.close()
         raise
-    if main:  # an export a kill interrupted (we hold the lock: no other run is writing one)
-        for pattern in (".final.tmp*", "..final.tmp*", ".final.old"):
-            for tmp in run_dir.glob(pattern):
-                shutil.rmtree(tmp, ignore_errors=True)
+    if main:  # an export a kill interrupted frees its space now (we hold the lock: none is being written)
+        _remove_partial_exports(_final_dir(run_dir))
     if start is not None:
         job.train_batches.load_state_dict(meta["data"])
         log(f"resumed from {run_dir / 'checkpoints'} at step {start}"
