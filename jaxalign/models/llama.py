@@ -10,7 +10,6 @@ safetensors file. The decoder layers are one ``DecoderLayer`` whose parameters c
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import flax.nnx as nnx
 import jax
@@ -18,56 +17,10 @@ import jax.numpy as jnp
 
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.kv_cache import TRANSPOSE_MIN_ROWS, KVCache  # noqa: F401  (KVCache re-exported)
+from jaxalign.models.matmul import mm
+from jaxalign.models.rope import apply_rope, rope_cos_sin, rope_inv_freq  # noqa: F401  (re-exported)
 
 _INIT_STD = 0.02  # transformers' initializer_range default for these families
-
-
-def mm(spec: str, a, b, dtype, out_dtype=None):
-    """``einsum(spec, a, b)`` with operands in ``dtype`` and float32 accumulation, cast to
-    ``out_dtype`` (default ``dtype``).
-
-    Float32 accumulation is what makes low-precision matmuls fast on CPU: XLA:CPU runs a
-    bfloat16 x bfloat16 -> float32 dot on the AVX-512 BF16 units (2-3.5x its float32 rate at
-    SmolLM2's decode shapes), but a bfloat16 -> bfloat16 dot 2-5x *slower* than float32 (see
-    benchmarks/README.md, "bfloat16 matmuls"). It is also how GPUs and TPUs accumulate bfloat16.
-    The backward pass keeps the same form (see :func:`_mm_low`). For float32 it is a plain einsum.
-    """
-    out_dtype = jnp.dtype(out_dtype or dtype)
-    if jnp.dtype(dtype) == jnp.float32:
-        return jnp.einsum(spec, a.astype(dtype), b.astype(dtype)).astype(out_dtype)
-    return _mm_low(spec, out_dtype, a.astype(dtype), b.astype(dtype))
-
-
-def _transpose_specs(spec: str):
-    """For ``"A,B->C"`` the specs of the two gradients, ``"C,B->A"`` and ``"C,A->B"``."""
-    ins, out = spec.split("->")
-    a, b = ins.split(",")
-    return f"{out},{b}->{a}", f"{out},{a}->{b}"
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _mm_low(spec, out_dtype, a, b):
-    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(out_dtype)
-
-
-def _mm_low_fwd(spec, out_dtype, a, b):
-    return _mm_low(spec, out_dtype, a, b), (a, b)
-
-
-def _mm_low_bwd(spec, out_dtype, res, g):
-    # JAX's own transpose of a dot with preferred_element_type=float32 feeds the float32 cotangent
-    # into float32 dots (the bfloat16 operand is upcast): the backward would run at float32 speed
-    # on CPU and, on a TPU, as a multi-pass float32 matmul. Here both gradient dots are again
-    # low-precision x low-precision -> float32.
-    a, b = res
-    spec_a, spec_b = _transpose_specs(spec)
-    g = g.astype(a.dtype)
-    da = jnp.einsum(spec_a, g, b, preferred_element_type=jnp.float32).astype(a.dtype)
-    db = jnp.einsum(spec_b, g, a, preferred_element_type=jnp.float32).astype(b.dtype)
-    return da, db
-
-
-_mm_low.defvjp(_mm_low_fwd, _mm_low_bwd)
 
 
 def _normal(rngs: nnx.Rngs, shape, dtype):
@@ -103,42 +56,6 @@ class RMSNorm(nnx.Module):
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return self.weight[...].astype(dtype) * x32.astype(dtype)
 
-
-def rope_inv_freq(config: ModelConfig) -> jax.Array:
-    """Inverse RoPE frequencies, including linear and Llama-3 scaling (as in transformers)."""
-    dim = config.head_dim
-    inv = 1.0 / (config.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
-    rs = config.rope_scaling_dict
-    kind = rs.get("rope_type", "default")
-    if kind == "linear":
-        inv = inv / rs["factor"]
-    elif kind == "llama3":
-        factor = rs["factor"]
-        low, high = rs.get("low_freq_factor", 1.0), rs.get("high_freq_factor", 4.0)
-        old_len = rs.get("original_max_position_embeddings", 8192)
-        low_wavelen, high_wavelen = old_len / low, old_len / high
-        wavelen = 2 * math.pi / inv
-        scaled = jnp.where(wavelen > low_wavelen, inv / factor, inv)
-        smooth = (old_len / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-        inv = jnp.where(medium, smoothed, scaled)
-    return inv
-
-
-def rope_cos_sin(positions: jax.Array, inv_freq: jax.Array):
-    """cos/sin tables ``[batch, seq, head_dim]`` for integer ``positions [batch, seq]``."""
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
-    emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(emb), jnp.sin(emb)
-
-
-def apply_rope(x, cos, sin):
-    """Rotate ``x [b, s, heads, hd]`` by the half-split convention of transformers' Llama."""
-    half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
-    return x * cos + rotated * sin
 
 
 class Attention(nnx.Module):
