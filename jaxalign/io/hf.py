@@ -154,7 +154,9 @@ def save_hf(model, out_dir: str | Path, *, max_shard_bytes: int = DEFAULT_MAX_SH
         is_head = hasattr(model, "score") and hasattr(model, "backbone")
         if is_head:
             architecture = architecture or model.config.architecture.replace(
-                "ForCausalLM", "ForSequenceClassification")
+                "ForCausalLM", "ForSequenceClassification").replace(
+                # transformers' Gemma3ForSequenceClassification is the multimodal model's head
+                "Gemma3For", "Gemma3TextFor")
             extra_config = {"num_labels": 1, **(extra_config or {})}
         tensors = list(iter_hf_tensors(model, skip=("lm_head",) if is_head else ())) + list(extra_tensors)
         for name, arr in tensors:

@@ -1,4 +1,5 @@
-"""ModelConfig: the Llama family (Llama 2/3, SmolLM, Qwen2, Mistral) as one dataclass.
+"""ModelConfig: the supported decoder families (Llama 2/3, SmolLM, Qwen2, Mistral, Qwen3, Gemma 2,
+Gemma 3 text) as one dataclass.
 
 Read from a Hugging Face ``config.json`` (transformers 4 or 5 spelling of the RoPE keys) and
 written back in transformers 5's spelling, so an exported model loads with ``from_pretrained``.
@@ -15,14 +16,12 @@ from typing import Any
 import jax.numpy as jnp
 
 from jaxalign.errors import JaxalignError
+from jaxalign.models import families
+from jaxalign.models.families import ACTIVATIONS, FAMILIES, FULL, SLIDING
 
-# architecture name -> (model_type, has q/k/v bias by default)
-ARCHITECTURES = {
-    "LlamaForCausalLM": ("llama", False),
-    "MistralForCausalLM": ("mistral", False),
-    "Qwen2ForCausalLM": ("qwen2", True),
-}
-_MODEL_TYPE_TO_ARCH = {v[0]: k for k, v in ARCHITECTURES.items()}
+# architecture name -> its Family (model_type and the optional decoder pieces it uses)
+ARCHITECTURES = FAMILIES
+_MODEL_TYPE_TO_ARCH = {v.model_type: k for k, v in ARCHITECTURES.items()}
 # Sequence-classification heads of the same backbones (reward models) load as their backbone.
 _HEAD_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "Model")
 
@@ -30,7 +29,8 @@ SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 # Sizes and constants a config.json must give as positive numbers.
 _POSITIVE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                     "num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window",
-                    "rms_norm_eps", "rope_theta")
+                    "rms_norm_eps", "rope_theta", "rope_local_theta", "query_pre_attn_scalar",
+                    "final_logit_softcapping", "attn_logit_softcapping")
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -59,10 +59,16 @@ def dtype_overrides(dtype: str | None, compute_dtype: str | None = None) -> dict
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Hyper-parameters of a Llama-family causal LM.
+    """Hyper-parameters of a decoder-only causal LM of one of the supported families.
 
     ``param_dtype`` is the storage dtype of the weights; ``dtype`` the compute dtype of matmuls
     (norms, softmax and logits' log-softmax are always float32).
+
+    ``layer_types``: per layer ``"sliding_attention"`` or ``"full_attention"`` (Qwen3, Gemma);
+    ``None`` means every layer uses ``sliding_window`` when it is set (Mistral, Qwen2).
+    ``rope_local_theta``: the RoPE base of the sliding layers (Gemma 3), else ``rope_theta``.
+    ``query_pre_attn_scalar``: attention scores are divided by its square root instead of
+    ``head_dim``'s (Gemma). The soft-capping values ``c`` map ``x -> c * tanh(x / c)``.
     """
 
     vocab_size: int
@@ -86,6 +92,12 @@ class ModelConfig:
     pad_token_id: int | None = None
     param_dtype: str = "float32"
     dtype: str = "float32"
+    hidden_act: str = "silu"
+    layer_types: tuple | None = None
+    rope_local_theta: float | None = None
+    query_pre_attn_scalar: float | None = None
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
 
     def __post_init__(self):
         # Frozen and hashable: the config is static data of the nnx graph (a jit cache key), so
@@ -94,6 +106,8 @@ class ModelConfig:
             object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
         if isinstance(self.eos_token_id, list):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        if isinstance(self.layer_types, list):
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
         if self.architecture not in ARCHITECTURES:
             raise JaxalignError(
                 f"unsupported architecture {self.architecture!r} "
@@ -114,6 +128,12 @@ class ModelConfig:
             )
         parse_dtype(self.param_dtype, "param_dtype")
         parse_dtype(self.dtype, "dtype")
+        if self.hidden_act not in ACTIVATIONS:
+            raise JaxalignError(f"hidden_act {self.hidden_act!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
+        if self.layer_types is not None and (len(self.layer_types) != self.num_hidden_layers
+                                             or not set(self.layer_types) <= {SLIDING, FULL}):
+            raise JaxalignError(f"layer_types must list {self.num_hidden_layers} entries of "
+                                f"{SLIDING!r}/{FULL!r}, got {self.layer_types!r}")
 
     @property
     def rope_scaling_dict(self) -> dict:
@@ -121,7 +141,19 @@ class ModelConfig:
 
     @property
     def model_type(self) -> str:
-        return ARCHITECTURES[self.architecture][0]
+        return ARCHITECTURES[self.architecture].model_type
+
+    @property
+    def family(self) -> families.Family:
+        return ARCHITECTURES[self.architecture]
+
+    @property
+    def sliding_layers(self) -> tuple[bool, ...]:
+        """Per layer: whether it is a sliding layer (it attends the last ``sliding_window``
+        positions when that is set; on Gemma 3 it also uses the local RoPE base)."""
+        if self.layer_types is None:
+            return (self.sliding_window is not None,) * self.num_hidden_layers
+        return tuple(t == SLIDING for t in self.layer_types)
 
     @property
     def jnp_dtype(self):
@@ -139,8 +171,10 @@ class ModelConfig:
         q = self.num_attention_heads * self.head_dim
         kv = self.num_key_value_heads * self.head_dim
         attn = d * q * 2 + d * kv * 2 + (q + 2 * kv if self.attention_bias else 0)
+        attn += (d if self.attention_bias and self.family.o_bias else 0)
+        attn += 2 * self.head_dim if self.family.qk_norm else 0
         mlp = 3 * d * i
-        per_layer = attn + mlp + 2 * d
+        per_layer = attn + mlp + (4 if self.family.gemma else 2) * d
         head = 0 if self.tie_word_embeddings else v * d
         return v * d + L * per_layer + d + head
 
@@ -150,12 +184,14 @@ class ModelConfig:
     def from_hf_dict(cls, cfg: dict, source: str = "config.json", **overrides) -> "ModelConfig":
         """Build from a transformers config dict (``config.json`` contents)."""
         arch = _architecture_of(cfg, source)
+        fam = ARCHITECTURES[arch]
         try:
+            cfg, rope_local_theta = families.normalise_rope(arch, cfg, source)
             n_heads = int(cfg["num_attention_heads"])
             hidden = int(cfg["hidden_size"])
             rope_params = dict(cfg.get("rope_parameters") or {})
             rope_scaling = cfg.get("rope_scaling") or None
-            rope_theta = rope_params.pop("rope_theta", cfg.get("rope_theta", 10000.0))
+            rope_theta = rope_params.pop("rope_theta", cfg.get("rope_theta", fam.default("rope_theta", 10000.0)))
             if rope_scaling is None and rope_params:
                 rope_scaling = rope_params
             if rope_scaling is not None:
@@ -165,10 +201,11 @@ class ModelConfig:
                 rope_scaling.pop("rope_theta", None)
                 if rope_scaling["rope_type"] == "default" and len(rope_scaling) == 1:
                     rope_scaling = None
-            bias_default = ARCHITECTURES[arch][1]
-            sliding = cfg.get("sliding_window")
-            if arch == "Qwen2ForCausalLM" and not cfg.get("use_sliding_window", False):
+            bias_default = fam.qkv_bias
+            sliding = cfg.get("sliding_window", fam.default("sliding_window"))
+            if arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM") and not cfg.get("use_sliding_window", False):
                 sliding = None
+            n_layers = int(cfg["num_hidden_layers"])
             kw = dict(
                 vocab_size=int(cfg["vocab_size"]),
                 hidden_size=hidden,
@@ -177,11 +214,11 @@ class ModelConfig:
                 num_attention_heads=n_heads,
                 num_key_value_heads=int(cfg.get("num_key_value_heads") or n_heads),
                 head_dim=int(cfg.get("head_dim") or hidden // n_heads),
-                rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+                rms_norm_eps=float(cfg.get("rms_norm_eps", fam.default("rms_norm_eps", 1e-5))),
                 rope_theta=float(rope_theta),
                 rope_scaling=rope_scaling,
                 max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
-                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", fam.default("tie_word_embeddings", False))),
                 attention_bias=bool(cfg.get("attention_bias", bias_default)),
                 mlp_bias=bool(cfg.get("mlp_bias", False)),
                 sliding_window=int(sliding) if sliding else None,
@@ -189,13 +226,15 @@ class ModelConfig:
                 bos_token_id=cfg.get("bos_token_id"),
                 eos_token_id=cfg.get("eos_token_id"),
                 pad_token_id=cfg.get("pad_token_id"),
+                rope_local_theta=rope_local_theta,
+                **families.family_fields(arch, cfg, source, n_layers, sliding),
             )
         except KeyError as e:
             raise JaxalignError(f"{source}: missing field {e.args[0]!r}") from None
         except (TypeError, ValueError, AttributeError, ZeroDivisionError, OverflowError) as e:
             raise JaxalignError(f"{source}: bad value ({e})") from None
         for name in _POSITIVE_FIELDS:
-            v = kw[name]
+            v = kw.get(name)
             if v is not None and not (math.isfinite(v) and v > 0):
                 raise JaxalignError(f"{source}: {name} must be > 0, got {v}")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -233,7 +272,7 @@ class ModelConfig:
             "num_attention_heads": self.num_attention_heads,
             "num_key_value_heads": self.num_key_value_heads,
             "head_dim": self.head_dim,
-            "hidden_act": "silu",
+            "hidden_act": self.hidden_act,
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
             "rope_parameters": rope,
@@ -252,6 +291,9 @@ class ModelConfig:
         if self.model_type == "qwen2":
             out["use_sliding_window"] = self.sliding_window is not None
             out["sliding_window"] = self.sliding_window
+        out.update(families.family_hf_fields(self))
+        if self.architecture == "Gemma3ForCausalLM":
+            del out["rope_theta"]  # per layer type, inside rope_parameters
         return out
 
 
@@ -263,12 +305,16 @@ def _architecture_of(cfg: dict, source: str) -> str:
         archs = [archs]
     if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
         raise JaxalignError(f"{source}: 'architectures' must be a list of class names, got {archs!r}")
+    # model_type "gemma3" is the multimodal Gemma 3 (vision tower + text): its Gemma3Model /
+    # Gemma3ForSequenceClassification must not pass for the text-only Gemma3ForCausalLM.
+    multimodal = cfg.get("model_type") == "gemma3"
     for a in archs:
-        if a in ARCHITECTURES:
+        if a in ARCHITECTURES and not multimodal:
             return a
         for suffix in _HEAD_SUFFIXES:
-            base = a[: -len(suffix)] + "ForCausalLM" if a.endswith(suffix) else None
-            if base in ARCHITECTURES:
+            # transformers names the text-only Gemma 3 heads Gemma3Text*
+            base = a.replace("Gemma3Text", "Gemma3")[: -len(suffix)] + "ForCausalLM" if a.endswith(suffix) else None
+            if base in ARCHITECTURES and not multimodal:
                 return base
     mt = cfg.get("model_type")
     if not archs and isinstance(mt, str) and mt in _MODEL_TYPE_TO_ARCH:

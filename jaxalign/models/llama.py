@@ -1,4 +1,5 @@
-"""Llama-family causal LM in flax.nnx (Llama 2/3, SmolLM, Qwen2, Mistral).
+"""Decoder-only causal LM in flax.nnx: Llama 2/3, SmolLM, Qwen2, Mistral, and on the same
+decoder Qwen3 (q/k norms) and Gemma 2/3 (see :mod:`jaxalign.models.families` for what differs).
 
 Weights are stored in Hugging Face layout and naming (``Linear.weight`` is ``[out, in]``,
 parameter paths equal HF names minus the ``model.`` prefix), so loading and exporting are
@@ -44,17 +45,33 @@ class Linear(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-    """RMSNorm computed in float32, scaled after casting back (as transformers does)."""
+    """RMSNorm computed in float32, scaled after casting back (as transformers does).
 
-    def __init__(self, dim: int, *, eps: float, param_dtype):
-        self.weight = nnx.Param(jnp.ones((dim,), param_dtype))
+    ``plus_one`` (Gemma): the scale is ``1 + weight`` (weights initialised to 0), applied in
+    float32 before the cast back, as transformers' ``Gemma*RMSNorm`` does.
+    """
+
+    def __init__(self, dim: int, *, eps: float, param_dtype, plus_one: bool = False):
+        self.weight = nnx.Param((jnp.zeros if plus_one else jnp.ones)((dim,), param_dtype))
         self.eps = eps
+        self.plus_one = plus_one
 
     def __call__(self, x):
         dtype = x.dtype
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.plus_one:
+            return (x32 * (1.0 + self.weight[...].astype(jnp.float32))).astype(dtype)
         return self.weight[...].astype(dtype) * x32.astype(dtype)
+
+
+def _norm(config: ModelConfig, dim: int) -> RMSNorm:
+    return RMSNorm(dim, eps=config.rms_norm_eps, param_dtype=config.jnp_param_dtype, plus_one=config.family.gemma)
+
+
+def softcap(x, cap: float | None):
+    """``cap * tanh(x / cap)`` (Gemma's soft-capping of attention scores and logits); ``x`` if no cap."""
+    return x if cap is None else cap * jnp.tanh(x / cap)
 
 
 
@@ -68,9 +85,14 @@ class Attention(nnx.Module):
         self.q_proj = Linear(c.hidden_size, q, bias=c.attention_bias, **kw)
         self.k_proj = Linear(c.hidden_size, kv, bias=c.attention_bias, **kw)
         self.v_proj = Linear(c.hidden_size, kv, bias=c.attention_bias, **kw)
-        self.o_proj = Linear(q, c.hidden_size, bias=False, **kw)
+        self.o_proj = Linear(q, c.hidden_size, bias=c.attention_bias and c.family.o_bias, **kw)
         self.n_heads, self.n_kv, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        self.sliding_window = c.sliding_window
+        # Qwen3 / Gemma 3 normalise each head's queries and keys (over head_dim) before RoPE.
+        self.q_norm = _norm(c, c.head_dim) if c.family.qk_norm else None
+        self.k_norm = _norm(c, c.head_dim) if c.family.qk_norm else None
+        # Scores are divided by sqrt(head_dim), or by sqrt(query_pre_attn_scalar) (Gemma).
+        self.score_div = math.sqrt(c.query_pre_attn_scalar or c.head_dim)
+        self.softcap = c.attn_logit_softcapping
 
     def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None):
         """x ``[b, s, d]``; mask ``[b, s, t]`` bool (query may see key); returns (out, (k, v))."""
@@ -78,6 +100,8 @@ class Attention(nnx.Module):
         q = self.q_proj(x).reshape(b, s, self.n_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, s, self.n_kv, self.head_dim)
         v = self.v_proj(x).reshape(b, s, self.n_kv, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         g = self.n_heads // self.n_kv
         q = q.reshape(b, s, self.n_kv, g, self.head_dim)
@@ -90,7 +114,7 @@ class Attention(nnx.Module):
             v = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3).astype(cv.dtype), (0, 0, cache_index, 0))
             new_kv = (k, v)
             scores = mm("bkgsh,bkht->bkgst", q.transpose(0, 2, 3, 1, 4), k, k.dtype, out_dtype=jnp.float32)
-        scores = scores / math.sqrt(self.head_dim)
+        scores = softcap(scores / self.score_div, self.softcap)
         # A finite fill keeps fully-masked rows (left padding) NaN-free; their outputs are unused.
         scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1)
@@ -105,7 +129,8 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+    """Gated MLP ``down(act(gate(x)) * up(x))``: SwiGLU (silu), or GeGLU with tanh-approximated
+    gelu (Gemma's ``gelu_pytorch_tanh``)."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         c = config
@@ -113,23 +138,37 @@ class MLP(nnx.Module):
         self.gate_proj = Linear(c.hidden_size, c.intermediate_size, **kw)
         self.up_proj = Linear(c.hidden_size, c.intermediate_size, **kw)
         self.down_proj = Linear(c.intermediate_size, c.hidden_size, **kw)
+        self.gelu = c.hidden_act == "gelu_pytorch_tanh"
 
     def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        g = self.gate_proj(x)
+        g = jax.nn.gelu(g, approximate=True) if self.gelu else jax.nn.silu(g)
+        return self.down_proj(g * self.up_proj(x))
 
 
 class DecoderLayer(nnx.Module):
-    """Pre-norm transformer block: attention and SwiGLU MLP, each with a residual."""
+    """Pre-norm transformer block: attention and gated MLP, each with a residual.
+
+    Gemma also normalises each branch's output before its residual add; there
+    ``post_attention_layernorm`` is that norm after attention (HF's names), and the MLP has its
+    own ``pre_feedforward_layernorm`` / ``post_feedforward_layernorm``.
+    """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        pd = config.jnp_param_dtype
-        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=pd)
+        d = config.hidden_size
+        self.input_layernorm = _norm(config, d)
         self.self_attn = Attention(config, rngs=rngs)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=pd)
+        self.post_attention_layernorm = _norm(config, d)
         self.mlp = MLP(config, rngs=rngs)
+        gemma = config.family.gemma
+        self.pre_feedforward_layernorm = _norm(config, d) if gemma else None
+        self.post_feedforward_layernorm = _norm(config, d) if gemma else None
 
     def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None):
         h, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, cache_index)
+        if self.pre_feedforward_layernorm is not None:  # Gemma
+            x = x + self.post_attention_layernorm(h)
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), new_kv
         x = x + h
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, new_kv
@@ -162,7 +201,7 @@ def positions_from_mask(attention_mask: jax.Array, offset=None) -> jax.Array:
 
 
 class CausalLM(nnx.Module):
-    """Llama-family decoder-only LM.
+    """Decoder-only LM of any supported family (:mod:`jaxalign.models.families`).
 
     ``model(input_ids, attention_mask)`` returns logits ``[batch, seq, vocab]`` in the compute
     dtype. With ``cache=`` it returns ``(logits, new_cache)`` and appends the new tokens to the
@@ -174,7 +213,7 @@ class CausalLM(nnx.Module):
         pd = config.jnp_param_dtype
         self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, param_dtype=pd, rngs=rngs)
         self.layers = _stacked_layers(config, rngs)
-        self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, param_dtype=pd)
+        self.norm = _norm(config, config.hidden_size)
         self.lm_head = (
             None
             if config.tie_word_embeddings
@@ -182,7 +221,13 @@ class CausalLM(nnx.Module):
         )
 
     def embed(self, input_ids: jax.Array) -> jax.Array:
-        return self.embed_tokens(input_ids).astype(self.config.jnp_dtype)
+        """Input embeddings in the compute dtype, as the first layer sees them (what
+        ``inputs_embeds`` means): Gemma's are scaled by sqrt(hidden_size), the scale rounded to
+        the table's dtype first, as transformers' ``Gemma*TextScaledWordEmbedding`` does."""
+        x = self.embed_tokens(input_ids)
+        if self.config.family.gemma:
+            x = x * jnp.asarray(math.sqrt(self.config.hidden_size), x.dtype)
+        return x.astype(self.config.jnp_dtype)
 
     def output_embedding(self) -> jax.Array:
         """The ``[vocab, hidden]`` matrix that maps final hidden states to logits."""
@@ -192,7 +237,8 @@ class CausalLM(nnx.Module):
     def logits_from_hidden(self, hidden: jax.Array, table: jax.Array | None = None) -> jax.Array:
         """Logits ``[b, s, vocab]``; ``table``: the output embedding already cast (decode loops)."""
         dtype = self.config.jnp_dtype
-        return mm("bsd,vd->bsv", hidden, self.output_embedding() if table is None else table, dtype)
+        logits = mm("bsd,vd->bsv", hidden, self.output_embedding() if table is None else table, dtype)
+        return softcap(logits, self.config.final_logit_softcapping)
 
     def hidden_states(
         self,
@@ -228,11 +274,18 @@ class CausalLM(nnx.Module):
             key_mask = jax.lax.dynamic_update_slice(cache.mask, am, (0, index))
             q_slot = index + jnp.arange(s)
             k_slot = jnp.arange(cache.mask.shape[1])
-        allowed = k_slot[None, :] <= q_slot[:, None]
-        if cfg.sliding_window is not None:
-            allowed &= q_slot[:, None] - k_slot[None, :] < cfg.sliding_window
-        mask = allowed[None] & key_mask[:, None, :]
-        cos, sin = rope_cos_sin(positions, rope_inv_freq(cfg))
+        causal = k_slot[None, :] <= q_slot[:, None]
+        # Per layer kind (sliding or not): its (cos, sin, mask). The window counts cache slots,
+        # as transformers' masks count cache positions (left padding included).
+        kinds = cfg.sliding_layers
+        ctx = {}
+        for sliding in sorted(set(kinds)):
+            allowed = causal
+            if sliding and cfg.sliding_window is not None:
+                allowed = causal & (q_slot[:, None] - k_slot[None, :] < cfg.sliding_window)
+            local = sliding and cfg.rope_local_theta is not None
+            cos, sin = rope_cos_sin(positions, rope_inv_freq(cfg, local=local))
+            ctx[sliding] = (cos, sin, allowed[None] & key_mask[:, None, :])
 
         if cache is not None:
             # Decoding: the layers run one after another, each with its own weights (sliced and
@@ -241,21 +294,34 @@ class CausalLM(nnx.Module):
             # layer's weight slice and the stacked cache again (2x slower decode on CPU).
             layers = self.unstacked_layers(transpose=b >= TRANSPOSE_MIN_ROWS) if layers is None else layers
             ks, vs = [], []
-            for layer, ck, cv in zip(layers, cache.k, cache.v, strict=True):
-                x, (k, v) = layer(x, cos, sin, mask, (ck, cv), index)
+            for layer, kind, ck, cv in zip(layers, kinds, cache.k, cache.v, strict=True):
+                x, (k, v) = layer(x, *ctx[kind], (ck, cv), index)
                 ks.append(k)
                 vs.append(v)
             new_cache = KVCache(k=tuple(ks), v=tuple(vs), mask=key_mask, index=index + s)
             return self.norm(x), new_cache
 
         graphdef, layer_state = nnx.split(self.layers)
+        if len(ctx) == 1:
+            (layer_ctx,) = ctx.values()
 
-        def body(h, lstate):
-            return nnx.merge(graphdef, lstate)(h, cos, sin, mask)[0], None
+            def body(h, lstate):
+                return nnx.merge(graphdef, lstate)(h, *layer_ctx)[0], None
+
+            xs = layer_state
+        else:
+            # Mixed sliding / global layers (Gemma): one scanned body that selects its layer's
+            # mask and RoPE tables by a scanned flag, so compile time stays flat in depth.
+            def body(h, xs):
+                lstate, sliding = xs
+                layer_ctx = jax.tree.map(lambda a, b: jnp.where(sliding, a, b), ctx[True], ctx[False])
+                return nnx.merge(graphdef, lstate)(h, *layer_ctx)[0], None
+
+            xs = (layer_state, jnp.asarray(kinds))
 
         if remat:
             body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-        x, _ = jax.lax.scan(body, x, layer_state)
+        x, _ = jax.lax.scan(body, x, xs)
         return self.norm(x)
 
     def unstacked_layers(self, transpose: bool = True) -> list[DecoderLayer]:

@@ -11,11 +11,15 @@ import jax.numpy as jnp
 from jaxalign.models.config import ModelConfig
 
 
-def rope_inv_freq(config: ModelConfig) -> jax.Array:
-    """Inverse RoPE frequencies, including linear and Llama-3 scaling (as in transformers)."""
+def rope_inv_freq(config: ModelConfig, local: bool = False) -> jax.Array:
+    """Inverse RoPE frequencies, including linear and Llama-3 scaling (as in transformers).
+
+    ``local``: Gemma 3's sliding layers, unscaled RoPE with base ``rope_local_theta``.
+    """
     dim = config.head_dim
-    inv = 1.0 / (config.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
-    rs = config.rope_scaling_dict
+    theta = config.rope_local_theta if local else config.rope_theta
+    inv = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    rs = {} if local else config.rope_scaling_dict
     kind = rs.get("rope_type", "default")
     if kind == "linear":
         inv = inv / rs["factor"]

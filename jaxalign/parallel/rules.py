@@ -96,6 +96,11 @@ _PARAM_AXES = {
     ("norm", "weight"): ("norm",),
     ("input_layernorm", "weight"): ("norm",),
     ("post_attention_layernorm", "weight"): ("norm",),
+    ("pre_feedforward_layernorm", "weight"): ("norm",),  # Gemma
+    ("post_feedforward_layernorm", "weight"): ("norm",),  # Gemma
+    ("q_norm", "weight"): ("norm",),  # Qwen3, Gemma 3: over head_dim
+    ("k_norm", "weight"): ("norm",),
+    ("o_proj", "bias"): ("embed",),  # Qwen3, Gemma with attention_bias
     ("q_proj", "weight"): ("heads", "embed"),
     ("q_proj", "bias"): ("heads",),
     ("k_proj", "weight"): ("kv_heads", "embed"),

@@ -20,13 +20,34 @@ CASES = {
     "mistral_window": ("MistralConfig", "MistralForCausalLM", dict(sliding_window=5)),
 }
 
+_S, _F = "sliding_attention", "full_attention"
+# Qwen3 and Gemma 2/3 (tests/models/test_families.py). Windows of 5 against sequences of 11; Gemma
+# 2 with a query_pre_attn_scalar unlike head_dim and soft-caps small enough to bite at these sizes.
+FAMILY_CASES = {
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=16)),
+    "qwen3_window": ("Qwen3Config", "Qwen3ForCausalLM", dict(use_sliding_window=True, sliding_window=5,
+                                                             max_window_layers=1)),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
+        head_dim=8, sliding_window=5, query_pre_attn_scalar=4, attn_logit_softcapping=0.2,
+        final_logit_softcapping=0.3)),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        head_dim=8, sliding_window=5, layer_types=[_S, _F, _S],
+        rope_parameters={_F: {"rope_type": "default", "rope_theta": 100.0},
+                         _S: {"rope_type": "default", "rope_theta": 10.0}})),
+    # transformers' default 5:1 pattern over 7 layers, untied, global RoPE linearly scaled
+    "gemma3_pattern": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        head_dim=8, sliding_window=4, num_hidden_layers=7, tie_word_embeddings=False,
+        rope_parameters={_F: {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000.0},
+                         _S: {"rope_type": "default", "rope_theta": 10.0}})),
+}
+
 
 def make_hf_model(kind: str, out_dir, seed: int = 0):
     """Build, randomise (non-trivial norms and biases too) and save a tiny HF model; return it."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    cfg_cls, model_cls, extra = CASES[kind]
-    cfg = getattr(transformers, cfg_cls)(**TINY, **extra)
+    cfg_cls, model_cls, extra = CASES[kind] if kind in CASES else FAMILY_CASES[kind]
+    cfg = getattr(transformers, cfg_cls)(**{**TINY, **extra})
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(cfg).eval()
