@@ -25,7 +25,7 @@ _MODEL_TYPE_TO_ARCH = {v.model_type: k for k, v in ARCHITECTURES.items()}
 # Sequence-classification heads of the same backbones (reward models) load as their backbone.
 _HEAD_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "Model")
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn", "dynamic")
 # Sizes and constants a config.json must give as positive numbers.
 _POSITIVE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                     "num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window",

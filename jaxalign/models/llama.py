@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.kv_cache import TRANSPOSE_MIN_ROWS, KVCache  # noqa: F401  (KVCache re-exported)
 from jaxalign.models.matmul import mm
-from jaxalign.models.rope import apply_rope, rope_cos_sin, rope_inv_freq  # noqa: F401  (re-exported)
+from jaxalign.models.rope import apply_rope, rope_cos_sin, rope_inv_freq, rope_tables  # noqa: F401  (re-exported)
 
 _INIT_STD = 0.02  # transformers' initializer_range default for these families
 
@@ -284,7 +284,7 @@ class CausalLM(nnx.Module):
             if sliding and cfg.sliding_window is not None:
                 allowed = causal & (q_slot[:, None] - k_slot[None, :] < cfg.sliding_window)
             local = sliding and cfg.rope_local_theta is not None
-            cos, sin = rope_cos_sin(positions, rope_inv_freq(cfg, local=local))
+            cos, sin = rope_tables(cfg, positions, local=local)
             ctx[sliding] = (cos, sin, allowed[None] & key_mask[:, None, :])
 
         if cache is not None:

@@ -41,12 +41,24 @@ FAMILY_CASES = {
                          _S: {"rope_type": "default", "rope_theta": 10.0}})),
 }
 
+# RoPE scalings beyond llama3/linear (tests/models/test_rope.py). Dynamic NTK grows its base only
+# past max_position_embeddings: 8 here, against sequences of 11.
+ROPE_CASES = {
+    "llama_yarn": ("LlamaConfig", "LlamaForCausalLM", dict(rope_parameters={
+        "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16})),
+    "qwen3_yarn": ("Qwen3Config", "Qwen3ForCausalLM", dict(rope_parameters={
+        "rope_type": "yarn", "rope_theta": 1000.0, "factor": 8.0, "original_max_position_embeddings": 32,
+        "beta_fast": 16.0, "beta_slow": 2.0})),
+    "llama_dynamic": ("LlamaConfig", "LlamaForCausalLM", dict(max_position_embeddings=8, rope_parameters={
+        "rope_type": "dynamic", "rope_theta": 100.0, "factor": 2.0})),
+}
+
 
 def make_hf_model(kind: str, out_dir, seed: int = 0):
     """Build, randomise (non-trivial norms and biases too) and save a tiny HF model; return it."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    cfg_cls, model_cls, extra = CASES[kind] if kind in CASES else FAMILY_CASES[kind]
+    cfg_cls, model_cls, extra = {**CASES, **FAMILY_CASES, **ROPE_CASES}[kind]
     cfg = getattr(transformers, cfg_cls)(**{**TINY, **extra})
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)

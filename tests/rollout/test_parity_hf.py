@@ -31,7 +31,7 @@ def hf_greedy(model, ids, mask, *, max_new_tokens, eos, pad):
 
 
 @pytest.mark.parametrize("kind", ["llama", "llama_tied", "qwen2", "mistral_window", "qwen3", "qwen3_window",
-                                  "gemma2", "gemma3", "gemma3_pattern"])
+                                  "gemma2", "gemma3", "gemma3_pattern", "llama_yarn", "llama_dynamic"])
 def test_greedy_equals_transformers_tiny(kind, tmp_path):
     hf = make_hf_model(kind, tmp_path, seed=1)
     model = load_hf(tmp_path)
