@@ -53,7 +53,8 @@ _RANGES = {
 # model.config (init: random): the ModelConfig fields that are sizes or ids.
 _MODEL_POSITIVE = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                    "num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window",
-                   "rms_norm_eps", "rope_theta")
+                   "rms_norm_eps", "rope_theta", "rope_local_theta", "query_pre_attn_scalar",
+                   "attn_logit_softcapping", "final_logit_softcapping")
 _MODEL_IDS = ("bos_token_id", "pad_token_id")
 
 
