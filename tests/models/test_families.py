@@ -170,3 +170,27 @@ def test_bad_layer_types_and_bidirectional_are_one_line_errors():
         ModelConfig.from_hf_dict({**cfg, "use_bidirectional_attention": True})
     with pytest.raises(JaxalignError, match="hidden_act 'relu' is not supported"):
         ModelConfig.from_hf_dict({**cfg, "hidden_activation": "relu"})
+
+
+@pytest.mark.parametrize("kind,cls", [("gemma2", "Gemma2ForSequenceClassification"),
+                                      ("gemma3", "Gemma3TextForSequenceClassification"),
+                                      ("qwen3", "Qwen3ForSequenceClassification")])
+def test_reward_head_exports_as_the_family_classifier(kind, cls, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from jaxalign.io.hf import load_hf
+    from jaxalign.models.heads import scalar_head_from_lm
+
+    make_hf_model(kind, tmp_path / "lm")
+    rm = scalar_head_from_lm(load_model(tmp_path / "lm"), seed=1)
+    save_model(rm, tmp_path / "rm", extra_config={"pad_token_id": 0})
+    ref = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    assert type(ref).__name__ == cls
+    ids = np.array([[5, 6, 7, 8, 0, 0], [9, 10, 11, 12, 13, 14]])
+    mask = (ids != 0).astype(np.int64)
+    with torch.no_grad():
+        want = ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits[:, 0].numpy()
+    got = np.asarray(rm(jnp.asarray(ids), jnp.asarray(mask)))
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    back = load_hf(tmp_path / "rm", scalar_head=True)
+    assert back.config.architecture == load_model(tmp_path / "lm").config.architecture
+    np.testing.assert_allclose(np.asarray(back(jnp.asarray(ids), jnp.asarray(mask))), got, atol=1e-6)
