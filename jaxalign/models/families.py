@@ -48,7 +48,7 @@ FAMILIES = {
 
 def _default_layer_types(arch: str, cfg: dict, n: int, sliding) -> list[str] | None:
     # transformers' own defaults when config.json has no layer_types (configs written by 4.x).
-    if arch == "Qwen3ForCausalLM":
+    if arch in ("Qwen2ForCausalLM", "Qwen3ForCausalLM"):
         first = int(cfg.get("max_window_layers", 28))
         return [SLIDING if sliding and i >= first else FULL for i in range(n)]
     if arch == "Gemma2ForCausalLM":
@@ -111,10 +111,13 @@ def family_hf_fields(config) -> dict:
     if config.layer_types is not None:
         out["layer_types"] = list(config.layer_types)
     if config.model_type == "qwen3":
-        out.update(attention_bias=config.attention_bias, use_sliding_window=config.sliding_window is not None,
+        out["attention_bias"] = config.attention_bias
+    if config.model_type in ("qwen2", "qwen3"):
+        slides = config.sliding_layers
+        out.update(use_sliding_window=config.sliding_window is not None,
                    sliding_window=config.sliding_window,
-                   # every layer from 0 may slide; layer_types (written above) is what transformers 5 reads
-                   max_window_layers=0)
+                   # the first sliding layer, for readers of the older key (transformers 5 reads layer_types)
+                   max_window_layers=slides.index(True) if True in slides else config.num_hidden_layers)
     if fam.gemma:
         q = config.query_pre_attn_scalar
         out.update(hidden_activation=config.hidden_act, attention_bias=config.attention_bias,

@@ -24,6 +24,9 @@ _S, _F = "sliding_attention", "full_attention"
 # Qwen3 and Gemma 2/3 (tests/models/test_families.py). Windows of 5 against sequences of 11; Gemma
 # 2 with a query_pre_attn_scalar unlike head_dim and soft-caps small enough to bite at these sizes.
 FAMILY_CASES = {
+    # transformers' Qwen2 slides only from layer max_window_layers on, like Qwen3
+    "qwen2_window": ("Qwen2Config", "Qwen2ForCausalLM", dict(use_sliding_window=True, sliding_window=5,
+                                                             max_window_layers=1)),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(head_dim=16)),
     "qwen3_window": ("Qwen3Config", "Qwen3ForCausalLM", dict(use_sliding_window=True, sliding_window=5,
                                                              max_window_layers=1)),

@@ -30,7 +30,7 @@ def hf_greedy(model, ids, mask, *, max_new_tokens, eos, pad):
     return full
 
 
-@pytest.mark.parametrize("kind", ["llama", "llama_tied", "qwen2", "mistral_window", "qwen3", "qwen3_window",
+@pytest.mark.parametrize("kind", ["llama", "llama_tied", "qwen2", "qwen2_window", "mistral_window", "qwen3", "qwen3_window",
                                   "gemma2", "gemma3", "gemma3_pattern", "llama_yarn", "llama_dynamic"])
 def test_greedy_equals_transformers_tiny(kind, tmp_path):
     hf = make_hf_model(kind, tmp_path, seed=1)
