@@ -129,7 +129,15 @@ class ModelConfig:
         parse_dtype(self.param_dtype, "param_dtype")
         parse_dtype(self.dtype, "dtype")
         if self.hidden_act not in ACTIVATIONS:
-            raise JaxalignError(f"hidden_act {self.hidden_act!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
+            raise JaxalignError(f"hidden_act {self.hidden_act!r} is not supported "
+                                f"(supported: {', '.join(ACTIVATIONS)})")
+        # Gemma-only numbers on another family would be dropped by an export: refuse them here.
+        gemma_only = [k for k in ("query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping")
+                      if getattr(self, k) is not None and not self.family.gemma]
+        if self.rope_local_theta is not None and self.architecture != "Gemma3ForCausalLM":
+            gemma_only.append("rope_local_theta")
+        if gemma_only:
+            raise JaxalignError(f"{gemma_only[0]} is a Gemma setting; {self.architecture} has no such field")
         if self.layer_types is not None and (len(self.layer_types) != self.num_hidden_layers
                                              or not set(self.layer_types) <= {SLIDING, FULL}):
             raise JaxalignError(f"layer_types must list {self.num_hidden_layers} entries of "
@@ -245,7 +253,12 @@ class ModelConfig:
         if kw["mlp_bias"]:
             raise JaxalignError(f"{source}: mlp_bias=true is not supported")
         kw.update(overrides)
-        return cls(**kw)
+        try:
+            return cls(**kw)
+        except JaxalignError as e:
+            if overrides:  # the bad value may be the caller's, not the file's
+                raise
+            raise JaxalignError(f"{source}: {e}") from None
 
     @classmethod
     def from_json(cls, path: str | Path, **overrides) -> "ModelConfig":

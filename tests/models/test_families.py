@@ -84,6 +84,18 @@ def test_export_loads_in_transformers_with_the_same_logits(hf_pair, tmp_path):
     assert read_config(out) == load_model(d).config
 
 
+@pytest.mark.parametrize("arch", ["Qwen3ForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM"])
+def test_num_params_counts_the_family_pieces(arch):
+    import flax.nnx as nnx
+    import jax
+
+    cfg = ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, architecture=arch,
+                      attention_bias=True)
+    state = nnx.state(nnx.eval_shape(lambda: init_model(cfg)), nnx.Param)
+    assert cfg.num_params() == sum(x.size for x in jax.tree.leaves(state))
+
+
 def test_family_features_change_the_output():
     """The parity tests can fail: each Gemma/Qwen3 piece really alters the logits."""
     base = ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
@@ -168,8 +180,16 @@ def test_bad_layer_types_and_bidirectional_are_one_line_errors():
         ModelConfig.from_hf_dict({**cfg, "layer_types": ["sliding_attention"]})
     with pytest.raises(JaxalignError, match="use_bidirectional_attention"):
         ModelConfig.from_hf_dict({**cfg, "use_bidirectional_attention": True})
-    with pytest.raises(JaxalignError, match="hidden_act 'relu' is not supported"):
+    with pytest.raises(JaxalignError, match="^attn_logit_softcapping is a Gemma setting; Qwen3ForCausalLM"):
+        ModelConfig(**{k: v for k, v in cfg.items() if k != "architectures"}, num_key_value_heads=4, head_dim=8,
+                    architecture="Qwen3ForCausalLM", attn_logit_softcapping=50.0)
+    with pytest.raises(JaxalignError, match="^config.json: hidden_act 'relu' is not supported"):
         ModelConfig.from_hf_dict({**cfg, "hidden_activation": "relu"})
+    with pytest.raises(JaxalignError, match="^config.json: rope_scaling type 'longrope' is not supported"):
+        ModelConfig.from_hf_dict({**cfg, "rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}})
+    with pytest.raises(JaxalignError, match="sliding_attention: rope_type 'linear' is not supported"):
+        ModelConfig.from_hf_dict({**cfg, "architectures": ["Gemma3ForCausalLM"], "rope_parameters": {
+            "full_attention": {"rope_type": "default"}, "sliding_attention": {"rope_type": "linear", "factor": 2.0}}})
 
 
 @pytest.mark.parametrize("kind,cls", [("gemma2", "Gemma2ForSequenceClassification"),

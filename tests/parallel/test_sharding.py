@@ -80,3 +80,21 @@ def test_mesh_config_errors():
     with pytest.raises(JaxalignError, match="unknown axis"):
         shd.make_mesh({"model": 8})
     assert shd.make_mesh({"tensor": 2}).shape == {"data": 1, "fsdp": 4, "tensor": 2}
+
+
+@pytest.mark.parametrize("arch", ["Qwen3ForCausalLM", "Gemma3ForCausalLM"])
+def test_sharded_family_forward_equals_single_device(arch, tmp_path):
+    """q/k norms, Gemma's extra norms, o_proj bias and mixed sliding/global layers shard too."""
+    cfg = CFG.replace(architecture=arch, sliding_window=4, layer_types=("sliding_attention", "full_attention"),
+                      rope_local_theta=10.0 if arch == "Gemma3ForCausalLM" else None)
+    model = init_model(cfg, seed=2)
+    save_model(model, tmp_path)
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, cfg.vocab_size, (8, 12))
+    mask = (np.arange(12)[None] < rng.integers(1, 13, 8)[:, None]).astype(np.int32)
+    ref = np.asarray(forward_logits(model, ids, mask))
+    mesh = shd.make_mesh((2, 2, 2))
+    sharded = load_model(tmp_path, mesh=mesh)
+    bs = shd.batch_sharding(mesh)
+    got = forward_logits(sharded, jax.device_put(ids, bs), jax.device_put(mask, bs))
+    np.testing.assert_allclose(np.asarray(got), ref, atol=1e-5)
