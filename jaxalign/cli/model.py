@@ -30,6 +30,9 @@ def _model_summary(model) -> dict:
         "rope_theta": cfg.rope_theta,
         "rope_scaling": cfg.rope_scaling_dict or None,
         "sliding_window": cfg.sliding_window,
+        # how many layers use the window (Gemma alternates sliding and global layers)
+        "sliding_layers": sum(cfg.sliding_layers) if cfg.sliding_window is not None else 0,
+        "hidden_act": cfg.hidden_act,
         "max_position_embeddings": cfg.max_position_embeddings,
         "param_dtype": cfg.param_dtype,
         "parameters": int(n),

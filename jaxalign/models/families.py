@@ -22,7 +22,7 @@ class Family:
 
     model_type: str
     qkv_bias: bool = False  # default of attention_bias when config.json does not say
-    o_bias: bool = False  # o_proj has a bias when attention_bias (transformers' Qwen3, Gemma)
+    o_bias: bool = False  # o_proj has a bias when attention_bias (transformers' Llama, Qwen3, Gemma)
     qk_norm: bool = False  # RMSNorm over head_dim on queries and keys before RoPE (Qwen3, Gemma 3)
     gemma: bool = False  # (1 + w) norms, norms after attention/MLP too, sqrt(hidden)-scaled embeddings
     defaults: tuple = ()  # this family's transformers config defaults for fields a config may omit
@@ -35,7 +35,7 @@ _GEMMA = (("tie_word_embeddings", True), ("rms_norm_eps", 1e-6), ("hidden_act", 
           ("query_pre_attn_scalar", 256), ("sliding_window", 4096))
 
 FAMILIES = {
-    "LlamaForCausalLM": Family("llama"),
+    "LlamaForCausalLM": Family("llama", o_bias=True),
     "MistralForCausalLM": Family("mistral"),
     "Qwen2ForCausalLM": Family("qwen2", qkv_bias=True),
     "Qwen3ForCausalLM": Family("qwen3", o_bias=True, qk_norm=True, defaults=(("rms_norm_eps", 1e-6),)),

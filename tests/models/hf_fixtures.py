@@ -11,6 +11,8 @@ TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_laye
 CASES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", dict(tie_word_embeddings=False)),
     "llama_tied": ("LlamaConfig", "LlamaForCausalLM", dict(tie_word_embeddings=True)),
+    # attention_bias gives Llama's o_proj a bias too (not Qwen2's or Mistral's)
+    "llama_bias": ("LlamaConfig", "LlamaForCausalLM", dict(attention_bias=True)),
     "llama3_rope": ("LlamaConfig", "LlamaForCausalLM", dict(
         rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
