@@ -192,12 +192,17 @@ def _load(cfg: RunConfig, tokenizer, source: str, key: str):
     say(cfg, f"{key}: {source}: {stats.examples} {stats.format} examples"
              + (f" ({', '.join(extra)})" if extra else ""))
     warning = length_warning(cfg, stats, key.split(".")[-1])
-    if warning and jax.process_index() == 0:
-        import logging
-
-        # Even with --quiet: a cut or dropped row changes what the model is trained on.
-        logging.getLogger("jaxalign.data").warning("warning: %s", warning)
+    if warning:
+        warn(warning)  # even with --quiet: a cut or dropped row changes what the model is trained on
     return tokenized
+
+
+def warn(msg: str) -> None:
+    """``warning: msg`` on stderr, also with ``--quiet`` (process 0 only), as the train loop's."""
+    if jax.process_index() == 0:
+        import sys
+
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
 def length_warning(cfg: RunConfig, stats, split: str) -> str | None:

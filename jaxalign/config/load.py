@@ -32,12 +32,12 @@ def _warn_steps_and_epochs(raw_train, cfg: RunConfig) -> None:
     since the epochs would be silently ignored."""
     if not isinstance(raw_train, dict) or raw_train.get("epochs") is None or cfg.train.steps is None:
         return
-    import logging
+    import sys
 
-    logging.getLogger("jaxalign.config").warning(
-        "warning: train.steps=%s and train.epochs=%s are both set; train.steps wins (the run makes %s "
-        "steps whatever the data size) and train.epochs is ignored", cfg.train.steps, cfg.train.epochs,
-        cfg.train.steps)
+    # On stderr as the train loop's warnings (also with --quiet), one line.
+    print(f"warning: train.steps={cfg.train.steps} and train.epochs={cfg.train.epochs} are both set; "
+          f"train.steps wins (the run makes {cfg.train.steps} steps whatever the data size) and "
+          "train.epochs is ignored", file=sys.stderr, flush=True)
 
 
 def load_config(path: str | Path | None, overrides=(), algorithm: str | None = None) -> RunConfig:

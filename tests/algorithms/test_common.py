@@ -4,7 +4,6 @@ data.max_prompt_length (per split), and data.max_length beyond the model's posit
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 
@@ -52,22 +51,22 @@ def _expected(max_length, max_prompt_length, drop):
     return truncated, prompt_cut, dropped
 
 
-def _load(caplog, *overrides):
+def _load(capsys, *overrides):
+    """The warning lines on stderr while loading the data of the tiny SFT config + ``overrides``."""
     from jaxalign.algorithms import common
 
     cfg = tiny_cfg("sft", *overrides)
     tok = common.tokenizer_from(cfg)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="jaxalign.data"):
-        common.datasets_from(cfg, tok, ("sft",))
-    return [r.getMessage() for r in caplog.records if r.name == "jaxalign.data"]
+    capsys.readouterr()
+    common.datasets_from(cfg, tok, ("sft",))
+    return [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
 
 
-def test_one_warning_line_per_split_with_the_counts(caplog):
+def test_one_warning_line_per_split_with_the_counts(capsys):
     n = len(_rows())
     t, pc, _ = _expected(24, 16, drop=False)
     assert t > 0 and pc > 0 and t < n
-    lines = _load(caplog, "data.max_length=24", "data.max_prompt_length=16", "data.eval=shipped:sft_tiny.jsonl")
+    lines = _load(capsys, "data.max_length=24", "data.max_prompt_length=16", "data.eval=shipped:sft_tiny.jsonl")
     assert len(lines) == 2, lines
     train, ev = lines
     assert train == (f"warning: data.max_length=24 truncated {t} of {n} train rows ({100 * t / n:.1f}%); "
@@ -76,20 +75,20 @@ def test_one_warning_line_per_split_with_the_counts(caplog):
     assert ev == train.replace(" train ", " eval ")
 
 
-def test_drop_is_counted(caplog):
+def test_drop_is_counted(capsys):
     n = len(_rows())
     t, _, d = _expected(40, 30, drop=True)
     assert 0 < d < n
-    (line,) = _load(caplog, "data.max_length=40", "data.max_prompt_length=30", "data.prompt_overflow=drop")
+    (line,) = _load(capsys, "data.max_length=40", "data.max_prompt_length=30", "data.prompt_overflow=drop")
     want = f"data.prompt_overflow=drop dropped {d} of {n} train rows (prompts over data.max_prompt_length=30)"
     if t:
         want = f"data.max_length=40 truncated {t} of {n} train rows ({100 * t / n:.1f}%); " + want
     assert line == "warning: " + want
 
 
-def test_no_warning_when_nothing_is_cut(caplog):
+def test_no_warning_when_nothing_is_cut(capsys):
     assert _expected(128, 96, drop=False) == (0, 0, 0)
-    assert _load(caplog) == []
+    assert _load(capsys) == []
 
 
 def test_max_length_beyond_the_random_models_positions_is_an_error():
