@@ -20,7 +20,8 @@ def mesh_from(cfg: RunConfig):
 
 
 def tokenizer_from(cfg: RunConfig):
-    """The tokenizer named by ``model.tokenizer`` (default: ``model.path``)."""
+    """The tokenizer named by ``model.tokenizer`` (default: ``model.path``), with the chat template
+    of ``data.chat_template`` when set (so every algorithm renders chat with it)."""
     from jaxalign.io.load import load_tokenizer
 
     src = cfg.model.tokenizer or cfg.model.path
@@ -35,6 +36,10 @@ def tokenizer_from(cfg: RunConfig):
         tok = load_tokenizer(src)
     except JaxalignError as e:
         raise JaxalignError(f"config key {key!r}: {e}") from None
+    if cfg.data.chat_template:
+        from jaxalign.io.tokenizer import set_chat_template
+
+        set_chat_template(tok, cfg.data.chat_template, "data.chat_template")
     if tok.pad_token_id is None:
         # Masks come from lengths, so reusing EOS as the pad id is safe here.
         tok.pad_token = tok.eos_token
@@ -57,6 +62,7 @@ def model_from(cfg: RunConfig, mesh, tokenizer=None, seed_offset: int = 0):
             model = load_model(spec.path, dtype=spec.param_dtype, compute_dtype=spec.dtype, mesh=mesh)
         except JaxalignError as e:
             raise JaxalignError(f"config key 'model.path': {e}") from None
+        check_positions(cfg, model.config, "model.path")
         if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
             raise JaxalignError(f"config key 'model.tokenizer': the tokenizer has {len(tokenizer)} tokens but the "
                                 f"model's vocabulary only {model.config.vocab_size}; use the model's own tokenizer")
@@ -88,6 +94,7 @@ def model_from(cfg: RunConfig, mesh, tokenizer=None, seed_offset: int = 0):
         mc = ModelConfig(**fields, dtype=spec.dtype, param_dtype=spec.param_dtype)
     except TypeError as e:
         raise JaxalignError(f"config key 'model.config': {e}") from None
+    check_positions(cfg, mc, "model.config.max_position_embeddings")
     abstract = nnx.eval_shape(lambda: CausalLM(mc, rngs=nnx.Rngs(0)))
     graphdef, abstract_state = nnx.split(abstract)
     shardings = shd.state_shardings(abstract_state, mesh)
@@ -95,6 +102,15 @@ def model_from(cfg: RunConfig, mesh, tokenizer=None, seed_offset: int = 0):
     state = jax.jit(lambda: nnx.state(CausalLM(mc, rngs=nnx.Rngs(cfg.seed + seed_offset))),
                     out_shardings=shardings)()
     return nnx.merge(graphdef, state)
+
+
+def check_positions(cfg: RunConfig, mc: ModelConfig, where: str) -> None:
+    """``data.max_length`` must fit the model's ``max_position_embeddings``: RoPE computes any
+    position, so a longer sequence would run, but on positions the model was never trained on."""
+    limit = getattr(mc, "max_position_embeddings", None)
+    if limit is not None and cfg.data.max_length > limit:
+        raise JaxalignError(f"config key 'data.max_length': {cfg.data.max_length} is more than the model's "
+                            f"max_position_embeddings={limit} ({where}); lower data.max_length to {limit} or less")
 
 
 def num_steps(cfg: RunConfig, n_examples: int) -> int:
@@ -166,13 +182,46 @@ def _load(cfg: RunConfig, tokenizer, source: str, key: str):
     d = cfg.data
     tokenized, stats = prepare_dataset(
         source, tokenizer, fmt=d.format, max_length=d.max_length, max_prompt_length=d.max_prompt_length,
-        prompt_overflow=d.prompt_overflow, skip_invalid_rows=d.skip_invalid_rows)
+        prompt_overflow=d.prompt_overflow, skip_invalid_rows=d.skip_invalid_rows,
+        # Only SFT has the switches; other algorithms that train on such rows (IFT) keep TRL's defaults.
+        assistant_only_loss=getattr(cfg.algo, "assistant_only_loss", True),
+        completion_only_loss=getattr(cfg.algo, "completion_only_loss", True))
     extra = [f"{n} {what}" for n, what in ((stats.skipped, "invalid rows skipped"),
                                           (stats.dropped, "over-long prompts dropped"),
                                           (getattr(stats, "identical", 0), "identical pairs dropped")) if n]
     say(cfg, f"{key}: {source}: {stats.examples} {stats.format} examples"
              + (f" ({', '.join(extra)})" if extra else ""))
+    warning = length_warning(cfg, stats, key.split(".")[-1])
+    if warning:
+        warn(warning)  # even with --quiet: a cut or dropped row changes what the model is trained on
     return tokenized
+
+
+def warn(msg: str) -> None:
+    """``warning: msg`` on stderr, also with ``--quiet`` (process 0 only), as the train loop's."""
+    if jax.process_index() == 0:
+        import sys
+
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def length_warning(cfg: RunConfig, stats, split: str) -> str | None:
+    """One line saying how many of ``split``'s rows ``data.max_length`` / ``data.max_prompt_length``
+    cut and ``prompt_overflow: drop`` dropped (``stats``: a :class:`jaxalign.data.DataStats`), or
+    None when none were."""
+    d, n = cfg.data, stats.rows
+    parts = []
+    if stats.truncated:
+        parts.append(f"data.max_length={d.max_length} truncated {stats.truncated} of {n} {split} rows "
+                     f"({100.0 * stats.truncated / max(n, 1):.1f}%)")
+    if stats.prompt_truncated:
+        parts.append(f"data.max_prompt_length={d.max_prompt_length} cut the start of {stats.prompt_truncated} "
+                     f"of {n} {split} prompts ({100.0 * stats.prompt_truncated / max(n, 1):.1f}%; "
+                     f"data.prompt_overflow={d.prompt_overflow})")
+    if stats.dropped:
+        parts.append(f"data.prompt_overflow={d.prompt_overflow} dropped {stats.dropped} of {n} {split} rows "
+                     f"(prompts over data.max_prompt_length={d.max_prompt_length})")
+    return "; ".join(parts) or None
 
 
 def datasets_from(cfg: RunConfig, tokenizer, kinds: tuple[str, ...], convert=None) -> tuple[list, list]:

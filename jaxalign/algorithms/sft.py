@@ -30,11 +30,18 @@ class Config:
       ``sequence_mean`` (each sequence's mean NLL, then the mean over sequences).
     chunk_size: compute log-probs over the vocabulary in chunks of this many positions
       (lower peak memory for large vocabularies); null: all at once.
+    assistant_only_loss: conversational data (``messages`` rows) is trained on the assistant
+      turns only, their end-of-turn token included (TRL's ``assistant_only_loss``), and so is a
+      message completion holding a tool's result; false: on every token, system and user too.
+    completion_only_loss: prompt/completion data is trained on the completion only; false: on
+      the prompt too (a message prompt: its assistant turns, when ``assistant_only_loss``).
     """
 
     neftune_alpha: float | None = None
     aggregation: str = "token_mean"
     chunk_size: int | None = None
+    assistant_only_loss: bool = True
+    completion_only_loss: bool = True
 
     def validate(self, cfg: RunConfig) -> None:
         if self.aggregation not in AGGREGATIONS:

@@ -26,6 +26,20 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def _warn_steps_and_epochs(raw_train, cfg: RunConfig) -> None:
+    """``train.steps`` wins over ``train.epochs``; say so when the user set both (in the file or
+    an override: ``raw_train`` is the section as written; the default epochs=1 says nothing),
+    since the epochs would be silently ignored."""
+    if not isinstance(raw_train, dict) or raw_train.get("epochs") is None or cfg.train.steps is None:
+        return
+    import sys
+
+    # On stderr as the train loop's warnings (also with --quiet), one line.
+    print(f"warning: train.steps={cfg.train.steps} and train.epochs={cfg.train.epochs} are both set; "
+          f"train.steps wins (the run makes {cfg.train.steps} steps whatever the data size) and "
+          "train.epochs is ignored", file=sys.stderr, flush=True)
+
+
 def load_config(path: str | Path | None, overrides=(), algorithm: str | None = None) -> RunConfig:
     """Load a YAML run config, apply ``key=value`` overrides, and validate everything."""
     raw: dict = {}
@@ -75,6 +89,7 @@ def load_config(path: str | Path | None, overrides=(), algorithm: str | None = N
     check = getattr(cfg.algo, "validate", None)
     if check is not None:
         check(cfg)
+    _warn_steps_and_epochs(raw.get("train"), cfg)
     return cfg
 
 

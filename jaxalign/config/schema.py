@@ -32,6 +32,7 @@ class DataConfig:
     skip_invalid_rows: bool = False
     buckets: str | list | None = "pow2"
     eval_fraction: float = 0.0  # held out from train when no eval file is given
+    chat_template: str | None = None  # Jinja chat template file (or tokenizer dir) replacing the tokenizer's
 
 
 @dataclasses.dataclass
