@@ -163,7 +163,12 @@ def score(graphdef, params, input_ids, attention_mask):
 
 
 def _is_reward_dir(path: str) -> bool:
-    cfg = Path(path) / "config.json"
+    from jaxalign.io.paths import resolve_model_path
+
+    try:
+        cfg = resolve_model_path(path) / "config.json"
+    except JaxalignError:
+        return False  # the policy loader reports it, naming model.path
     if not cfg.is_file():
         return False
     try:
