@@ -258,11 +258,12 @@ def build_job(cfg: RunConfig) -> Job:
     tok = common.tokenizer_from(cfg)
     train, ev = common.datasets_from(cfg, tok, ("preference", "ranked"))
     from jaxalign.data import batch_kind
+    from jaxalign.data.sources import describe
 
     kind = batch_kind(train[0])
     if algo.loss == "pairwise" and kind != "preference":
         raise JaxalignError(f"config key 'rm.loss': pairwise needs preference data (prompt, chosen, rejected) "
-                            f"but data.train ({cfg.data.train}) holds {kind} data; use rm.loss: kwise or listwise")
+                            f"but data.train ({describe(cfg.data.train)}) holds {kind} data; use rm.loss: kwise or listwise")
     if algo.loss != "pairwise" and kind == "preference":
         common.say(cfg, f"rm: {algo.loss} loss on preference data: each pair is a ranking of K=2"
                         + ("; the data's margins are not used" if any("margin" in e for e in train) else ""))

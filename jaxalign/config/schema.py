@@ -23,8 +23,13 @@ class ModelSpec:
 
 @dataclasses.dataclass
 class DataConfig:
-    train: str | None = None
-    eval: str | None = None
+    """``train``/``eval``: a file, a dataset directory or a Hub dataset (``org/name[:split]``), or a
+    list of such sources with optional weights (see :mod:`jaxalign.data.sources`)."""
+
+    train: str | list | dict | None = None
+    eval: str | list | dict | None = None
+    subset: str | None = None  # the dataset's config name (Hub datasets, dataset directories)
+    columns: dict | None = None  # {column in the data: format field, or null to drop it}
     format: str = "auto"
     max_length: int = 512
     max_prompt_length: int = 256
