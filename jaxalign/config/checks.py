@@ -128,7 +128,8 @@ def _check_model_config(fields: dict) -> None:
 
             near = difflib.get_close_matches(str(k), sorted(names), n=1, cutoff=0.6)
             hint = f"; did you mean 'model.config.{near[0]}'?" if near else ""
-            raise JaxalignError(f"unknown config key {key!r}{hint}")
+            # Always in single quotes (repr would switch to double quotes for a key holding one).
+            raise JaxalignError(f"unknown config key '{repr(key)[1:-1]}'{hint}")
         if k in ("dtype", "param_dtype"):
             raise JaxalignError(f"config key {key!r}: set model.{k} instead")
         v = fields[k] = _coerce(v, hints[k], key)

@@ -96,7 +96,8 @@ def _one(item, key: str, subset, columns) -> Source:
 
             near = difflib.get_close_matches(str(k), _SOURCE_KEYS, n=1, cutoff=0.5)
             hint = f"; did you mean '{key}.{near[0]}'?" if near else ""
-            raise JaxalignError(f"unknown config key '{key}.{k}'{hint} (valid here: {', '.join(_SOURCE_KEYS)})")
+            name = repr(f"{key}.{k}")[1:-1]  # escaped: a YAML key may hold a newline
+            raise JaxalignError(f"unknown config key '{name}'{hint} (valid here: {', '.join(_SOURCE_KEYS)})")
     path = item.get("path")
     if not isinstance(path, str) or not path.strip():
         raise JaxalignError(f"config key '{key}.path': expected a file, directory or Hub dataset name, "
