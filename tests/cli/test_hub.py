@@ -64,3 +64,26 @@ def test_a_missing_hub_id_is_one_error_line_within_seconds(tmp_path):
     assert "hf download HuggingFaceTB/NoSuchModel" in lines[0]
     # The process start (imports) is most of it; the failure itself is immediate.
     assert took < 60, took
+
+
+def test_sft_trains_a_hub_model_on_a_hub_dataset_split_from_the_cache(hub_cache, tiny, tmp_path, capsys):
+    """model.path, its tokenizer and data.train (with :split and data.columns) all from the cache."""
+    from tests.data.test_sources import QA_TEST, QA_TRAIN, README
+    from tests.data.conftest import write_rows
+
+    ds = tmp_path / "qa"
+    (ds / "qa").mkdir(parents=True)
+    write_rows(QA_TRAIN, ds / "qa" / "train-00000-of-00001.parquet", "parquet")
+    write_rows(QA_TEST, ds / "qa" / "test-00000-of-00001.parquet", "parquet")
+    (ds / "README.md").write_text(README.replace("- config_name: lm", "- config_name: unused"))
+    add_repo(hub_cache, "tiny-org/tiny-lm", tiny)
+    add_repo(hub_cache, "tiny-org/qa", ds, repo_type="dataset")
+    run_dir = tmp_path / "run"
+    code, out, err = run(capsys, "sft", "--config", procenv.ROOT / "configs" / "sft_tiny.yaml", "--run-dir", run_dir,
+                         "--quiet", "model.init=pretrained", "model.path=tiny-org/tiny-lm", "model.config=null",
+                         "model.tokenizer=null", "data.train=tiny-org/qa:test", "data.eval_fraction=0",
+                         "data.columns={question: prompt, response: completion, id: null}", "train.steps=1",
+                         "train.batch_size=2", "train.eval_every=0", "train.plots=false")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["steps"] == 1
+    assert (run_dir / "final" / "model.safetensors").is_file()
