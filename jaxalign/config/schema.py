@@ -10,12 +10,13 @@ from typing import Any
 
 @dataclasses.dataclass
 class ModelSpec:
-    """Which model to train. ``path``: HF dir, .gguf or alias; or ``init: random`` + ``config``."""
+    """Which model to train. ``path``: HF dir, .gguf, alias or Hub id (``org/name[@revision]``);
+    or ``init: random`` + ``config``."""
 
     path: str | None = None
     init: str = "pretrained"  # pretrained | random
     config: dict | None = None  # ModelConfig fields, for init=random
-    tokenizer: str | None = None  # default: the model path
+    tokenizer: str | None = None  # default: the model path (any form model.path takes, or 'tiny')
     dtype: str = "float32"  # compute dtype; parameters stay in param_dtype (master weights)
     param_dtype: str = "float32"
     remat: bool = False  # rematerialise each decoder block in the backward pass
