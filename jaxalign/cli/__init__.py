@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     info = sub.add_parser("info", help="architecture, sizes and parameter count of a model")
-    info.add_argument("--model", required=True, help="HF dir, .gguf file, alias (smollm2-135m-instruct) or Hub id (org/name[@revision])")
+    info.add_argument("--model", required=True,
+                      help="HF dir, .gguf file, alias (smollm2-135m-instruct) or Hub id (org/name[@revision])")
     info.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     info.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     info.set_defaults(func=model.cmd_info)
