@@ -163,7 +163,12 @@ def score(graphdef, params, input_ids, attention_mask):
 
 
 def _is_reward_dir(path: str) -> bool:
-    cfg = Path(path) / "config.json"
+    from jaxalign.io.paths import resolve_model_path
+
+    try:
+        cfg = resolve_model_path(path) / "config.json"
+    except JaxalignError:
+        return False  # the policy loader reports it, naming model.path
     if not cfg.is_file():
         return False
     try:
@@ -253,11 +258,12 @@ def build_job(cfg: RunConfig) -> Job:
     tok = common.tokenizer_from(cfg)
     train, ev = common.datasets_from(cfg, tok, ("preference", "ranked"))
     from jaxalign.data import batch_kind
+    from jaxalign.data.sources import describe
 
     kind = batch_kind(train[0])
     if algo.loss == "pairwise" and kind != "preference":
         raise JaxalignError(f"config key 'rm.loss': pairwise needs preference data (prompt, chosen, rejected) "
-                            f"but data.train ({cfg.data.train}) holds {kind} data; use rm.loss: kwise or listwise")
+                            f"but data.train ({describe(cfg.data.train)}) holds {kind} data; use rm.loss: kwise or listwise")
     if algo.loss != "pairwise" and kind == "preference":
         common.say(cfg, f"rm: {algo.loss} loss on preference data: each pair is a ranking of K=2"
                         + ("; the data's margins are not used" if any("margin" in e for e in train) else ""))

@@ -22,13 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     info = sub.add_parser("info", help="architecture, sizes and parameter count of a model")
-    info.add_argument("--model", required=True, help="HF dir, .gguf file or alias (smollm2-135m-instruct)")
+    info.add_argument("--model", required=True,
+                      help="HF dir, .gguf file, alias (smollm2-135m-instruct) or Hub id (org/name[@revision])")
     info.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     info.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     info.set_defaults(func=model.cmd_info)
 
     exp = sub.add_parser("export", help="write a model (HF dir or GGUF) as a Hugging Face directory")
-    exp.add_argument("--model", required=True, help="HF dir, .gguf file or alias")
+    exp.add_argument("--model", required=True, help="HF dir, .gguf file, alias or Hub id (org/name[@revision])")
     exp.add_argument("--out", required=True, help="output directory")
     exp.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     exp.set_defaults(func=model.cmd_export)

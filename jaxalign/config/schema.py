@@ -10,12 +10,13 @@ from typing import Any
 
 @dataclasses.dataclass
 class ModelSpec:
-    """Which model to train. ``path``: HF dir, .gguf or alias; or ``init: random`` + ``config``."""
+    """Which model to train. ``path``: HF dir, .gguf, alias or Hub id (``org/name[@revision]``);
+    or ``init: random`` + ``config``."""
 
     path: str | None = None
     init: str = "pretrained"  # pretrained | random
     config: dict | None = None  # ModelConfig fields, for init=random
-    tokenizer: str | None = None  # default: the model path
+    tokenizer: str | None = None  # default: the model path (any form model.path takes, or 'tiny')
     dtype: str = "float32"  # compute dtype; parameters stay in param_dtype (master weights)
     param_dtype: str = "float32"
     remat: bool = False  # rematerialise each decoder block in the backward pass
@@ -23,8 +24,13 @@ class ModelSpec:
 
 @dataclasses.dataclass
 class DataConfig:
-    train: str | None = None
-    eval: str | None = None
+    """``train``/``eval``: a file, a dataset directory or a Hub dataset (``org/name[:split]``), or a
+    list of such sources with optional weights (see :mod:`jaxalign.data.sources`)."""
+
+    train: str | list | dict | None = None
+    eval: str | list | dict | None = None
+    subset: str | None = None  # the dataset's config name (Hub datasets, dataset directories)
+    columns: dict | None = None  # {column in the data: format field, or null to drop it}
     format: str = "auto"
     max_length: int = 512
     max_prompt_length: int = 256

@@ -81,15 +81,17 @@ class DataStats:
     prompt_truncated: int = 0  # prompts cut on the left by max_prompt_length (truncate_left)
 
 
-def prepare_dataset(source, tokenizer, *, fmt: str = "auto", split: str = "train",
+def prepare_dataset(source, tokenizer, *, fmt: str = "auto", split: str | None = "train",
                     max_length: int | None = 512, max_prompt_length: int | None = 256,
                     prompt_overflow: str = "truncate_left", skip_invalid_rows: bool = False,
                     prompt_template: str | None = None, add_eos: bool = True, assistant_only_loss: bool = True,
-                    completion_only_loss: bool = True) -> tuple[list[dict], DataStats]:
+                    completion_only_loss: bool = True, subset: str | None = None, columns: dict | None = None,
+                    columns_key: str = "data.columns") -> tuple[list[dict], DataStats]:
     """Load, validate and tokenise a dataset: ``(tokenized_examples, stats)``.
 
-    Keyword arguments mirror the ``data:`` config section; see :func:`to_examples` and
-    :func:`tokenize_example`. ``stats.skipped`` counts invalid rows (``skip_invalid_rows``; rows
+    Keyword arguments mirror the ``data:`` config section; see :func:`load_dataset_rows`,
+    :func:`~jaxalign.data.sources.map_columns` (``columns``, named ``columns_key`` in errors),
+    :func:`to_examples` and :func:`tokenize_example`. ``stats.skipped`` counts invalid rows (``skip_invalid_rows``; rows
     the chat template cannot render count too),
     ``stats.dropped`` prompts over ``max_prompt_length`` (``prompt_overflow="drop"``),
     ``stats.identical`` preference rows dropped because ``rejected`` equals ``chosen``,
@@ -97,7 +99,9 @@ def prepare_dataset(source, tokenizer, *, fmt: str = "auto", split: str = "train
     ``completion_only_loss``: which tokens carry the loss, see :func:`tokenize_example`.
     """
     src = str(source)
-    rows = load_dataset_rows(source, split)
+    from jaxalign.data.sources import map_columns
+
+    rows = map_columns(load_dataset_rows(source, split, subset=subset), columns, src, columns_key)
     examples, reasons = check_rows(rows, fmt, src, skip_invalid_rows)
     identical = len(rows) - len(examples) - len(reasons)  # the only other rows check_rows leaves out
     unrenderable: list[str] = []

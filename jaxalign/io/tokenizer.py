@@ -37,8 +37,8 @@ def load_tokenizer(path):
 
     Args:
       path: a Hugging Face model/tokenizer directory (read with ``AutoTokenizer``, local files
-        only, no remote code), a ``.gguf`` file (built without torch), or an alias such as
-        ``"smollm2-135m-instruct"``.
+        only, no remote code), a ``.gguf`` file (built without torch), an alias such as
+        ``"smollm2-135m-instruct"``, or a Hub id ``org/name[@revision]`` (fetched into the HF cache).
     Raises:
       JaxalignError: the path does not exist, or holds no usable tokenizer.
     """
