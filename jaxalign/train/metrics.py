@@ -108,7 +108,7 @@ class MetricsWriter:
         from jaxalign.train.report import open_trackers
 
         run_dir = Path(run_dir)
-        self.path = run_dir / "metrics.jsonl"
+        self.path, self._rerun = run_dir / "metrics.jsonl", rerun
         self._samples = _Jsonl(run_dir / "samples.jsonl", resume_step, rerun, lambda r: "samples", lazy=True)
         self._log = _Jsonl(self.path, resume_step, rerun, _kind)
         if report_to is None:
@@ -135,7 +135,7 @@ class MetricsWriter:
         self._seen.add((int(step), prefix))
         scalars = {k: v for k, v in row.items() if k != "step" and isinstance(v, float)}
         for t in self._trackers:
-            t.log(int(step), scalars)
+            self._track(t.log, int(step), scalars, what=f"the {type(t).__name__} data")
 
     def samples(self, step: int, rows: list[dict]) -> None:
         """Log sample completions of ``step``: ``rows`` of ``{"prompt", "completion", "reward"}``
@@ -148,7 +148,18 @@ class MetricsWriter:
         self._samples.append(rows, int(step), "the samples")
         self._samples.seen.add((int(step), "samples"))
         for t in self._trackers:
-            t.samples(int(step), rows)
+            self._track(t.samples, int(step), rows, what=f"the {type(t).__name__} samples")
+
+    def _track(self, call, step: int, data, what: str) -> None:
+        # A tracker's file on a full disk stops the run like metrics.jsonl does: one line.
+        try:
+            call(step, data)
+        except OSError as e:
+            if is_no_space(e):
+                where = e.filename or getattr(getattr(call, "__self__", None), "path", "a tracker's file")
+                raise NoSpaceLeft(where, f"{what} of step {step} not written; free space and {self._rerun()}") \
+                    from None
+            raise
 
     def close(self) -> None:
         """Close the files and end the trackers' runs."""

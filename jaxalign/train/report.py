@@ -45,27 +45,57 @@ def _markdown(rows: list[dict]) -> str:
 
 
 class TensorBoard:
-    """tensorboardX event files in ``run_dir/tensorboard``. Events at or past ``purge_step`` in
-    earlier files are hidden (a resumed run logs those steps again; a fresh run all of them)."""
+    """TensorBoard event files in ``run_dir/tensorboard``, written with tensorboardX's protobufs
+    and record writer, synchronously: one event per logged row, flushed at once. (tensorboardX's
+    ``SummaryWriter`` writes from a thread through a bounded queue; when a write fails, e.g. on a
+    full disk, the thread dies and the next ``add_scalar`` blocks forever. Here a failed write is
+    an ``OSError`` in the caller, which stops the run with one line.) Events at or past
+    ``purge_step`` in earlier files are hidden, as ``SummaryWriter(purge_step=...)`` does (a resumed
+    run logs those steps again; a fresh run all of them)."""
 
     def __init__(self, run_dir: Path, purge_step: int):
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
 
-        # flush_secs: a live TensorBoard sees new points within seconds (tensorboardX's default: 2 min).
+        logdir = run_dir / "tensorboard"
+        logdir.mkdir(exist_ok=True)
         # The suffix: tensorboardX names a file by the second it opened it, so a rerun within that
         # second would overwrite the file before it.
-        self._w = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step, flush_secs=10,
-                                filename_suffix=f".{time.time_ns()}")
+        self._w = EventsWriter(str(logdir / "events"), filename_suffix=f".{time.time_ns()}")
+        self.path = Path(self._w._file_name)
+        self._event = Event
+        self._write(Event(wall_time=time.time(), step=purge_step, file_version="brain.Event:2"),
+                    Event(wall_time=time.time(), step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+
+    def _write(self, *events) -> None:
+        if self._w is None:  # closed after a failed write (which stopped the run)
+            return
+        try:
+            for e in events:
+                self._w.write_event(e)
+            self._w.flush()
+        except OSError:
+            self.close()  # closes the file: nothing is retried (and fails again) at exit
+            raise
 
     def log(self, step: int, scalars: dict) -> None:
-        for k, v in scalars.items():
-            self._w.add_scalar(k, v, step)
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()]
+        self._write(self._event(wall_time=time.time(), step=step, summary=Summary(value=values)))
 
     def samples(self, step: int, rows: list[dict]) -> None:
-        self._w.add_text("samples", _markdown(rows), step)
+        from tensorboardX.summary import text
+
+        self._write(self._event(wall_time=time.time(), step=step, summary=text("samples", _markdown(rows))))
 
     def close(self) -> None:
-        self._w.close()
+        w, self._w = self._w, None
+        if w is not None:
+            try:
+                w.close()
+            except OSError:
+                pass  # the write that failed was reported; the file is closed all the same
 
 
 class Wandb:

@@ -63,6 +63,30 @@ def test_tensorboard_hides_the_steps_a_resumed_run_logs_again(tmp_path):
     assert 2 in purges  # TensorBoard drops earlier events from step 2 on
 
 
+def test_a_full_disk_under_tensorboard_is_one_error_and_no_hang(tmp_path, monkeypatch):
+    import errno
+
+    from tensorboardX.event_file_writer import EventsWriter
+
+    from jaxalign.errors import NoSpaceLeft
+
+    w = MetricsWriter(tmp_path, report_to="tensorboard", rerun=lambda: "rerun to resume from step 1")
+    w.write(1, {"loss": 2.0})
+    events = w._trackers[0].path
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(EventsWriter, "flush", full)
+    with pytest.raises(NoSpaceLeft) as e:
+        w.write(2, {"loss": 1.5})
+    assert str(e.value) == (f"no space left on device while writing {events} (the TensorBoard data of step 2 "
+                            "not written; free space and rerun to resume from step 1)")
+    w.write(3, {"loss": 1.0})  # the tracker is closed: nothing more goes to it, nothing blocks
+    w.close()
+    assert [r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())] == [1, 2, 3]
+
+
 def test_wandb_offline(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
