@@ -48,6 +48,7 @@ _RANGES = {
     "train.save_every": (0, None, True, True),
     "train.keep_checkpoints": (0, None, False, True),
     "train.max_nonfinite_steps": (0, None, False, True),
+    "train.log_samples": (0, None, True, True),
 }
 
 # model.config (init: random): the ModelConfig fields that are sizes or ids.
@@ -190,3 +191,6 @@ def check_values(cfg) -> None:
         make_rules(cfg.mesh.logical_axis_rules)  # names every unknown axis
     if cfg.model.config is not None:
         _check_model_config(cfg.model.config)
+    from jaxalign.config.report_to import parse_report_to
+
+    parse_report_to(t.report_to)  # a backend that is not installed is refused here, before any loading

@@ -72,6 +72,8 @@ class TrainConfig:
     preflight: bool = True  # compile the step first and refuse a run that cannot fit in memory
     device_memory_limit: int | str | None = None  # bytes or "16GiB"; default: the device's own limit
     resume_cast: bool = False  # resume even when model.param_dtype differs from the checkpoint (casts it)
+    report_to: str | list = "tensorboard"  # tensorboard | wandb | trackio | mlflow | none, or a list of them
+    log_samples: int = 4  # online algorithms: sample completions (with rewards) logged at each eval; 0: none
 
 
 @dataclasses.dataclass
