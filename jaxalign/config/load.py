@@ -57,7 +57,9 @@ def _read(path: Path) -> dict:
 def _set(raw: dict, keys: list, value, what: str) -> None:
     node = raw
     for k in keys[:-1]:
-        node = node.setdefault(k, {})
+        if node.get(k) is None:  # absent, or an empty section (`optim:` in YAML)
+            node[k] = {}
+        node = node[k]
         if not isinstance(node, dict):
             raise JaxalignError(f"{what}: {k!r} is not a section")
     node[keys[-1]] = value

@@ -30,14 +30,25 @@ class TrlName:
 
 
 def _steps(v):
+    """-1 (TRL: use num_train_epochs) becomes null"""
     return None if v == -1 else v  # TRL's max_steps -1: "train for num_train_epochs"
 
 
+def _warmup(v):
+    """a fraction below 1 (transformers 5: a ratio) is refused"""
+    if isinstance(v, float) and 0 < v < 1:
+        raise JaxalignError(f"{v} is a fraction of the run (transformers' warm-up ratio); jaxalign counts "
+                            "optimizer steps: set optim.warmup_steps = ratio x train.steps")
+    return v
+
+
 def _clip(v):
+    """0 (HF: no clipping) becomes null"""
     return None if v == 0 else v  # HF Trainer skips clipping at max_grad_norm 0
 
 
 def _bf16(v):
+    """true: bfloat16 compute over float32 master weights; false: float32"""
     if not isinstance(v, bool):
         raise JaxalignError(f"expected true or false, got {v!r}")
     return "bfloat16" if v else "float32"
@@ -47,6 +58,7 @@ _SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant", "c
 
 
 def _schedule(v):
+    """linear, cosine, constant; constant_with_warmup is constant (every schedule warms up first)"""
     if v not in _SCHEDULES:
         raise JaxalignError(f"{v!r} has no jaxalign equivalent (optim.schedule: "
                             "constant | cosine | linear, after optim.warmup_steps of linear warm-up)")
@@ -54,6 +66,7 @@ def _schedule(v):
 
 
 def _scale_rewards(v):
+    """true is group, false is none"""
     return {True: "group", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
 
@@ -68,7 +81,7 @@ TRL_NAMES: dict[str, TrlName] = {
     "output_dir": TrlName("run_dir"),
     "seed": TrlName("seed"),
     "learning_rate": TrlName("optim.lr"),
-    "warmup_steps": TrlName("optim.warmup_steps"),
+    "warmup_steps": TrlName("optim.warmup_steps", convert=_warmup),
     "lr_scheduler_type": TrlName("optim.schedule", convert=_schedule),
     "max_grad_norm": TrlName("optim.grad_clip", convert=_clip),
     "adam_beta1": TrlName("optim.b1"),
@@ -96,9 +109,9 @@ TRL_NAMES: dict[str, TrlName] = {
     "temperature": TrlName("{section}.sampling.temperature"),
     "top_k": TrlName("{section}.sampling.top_k"),
     "top_p": TrlName("{section}.sampling.top_p"),
-    "epsilon": TrlName("{section}.clip_eps"),
-    "epsilon_high": TrlName("{section}.clip_eps_high"),
-    "scale_rewards": TrlName("{section}.scale_rewards", convert=_scale_rewards),
+    "epsilon": TrlName("grpo.clip_eps"),
+    "epsilon_high": TrlName("grpo.clip_eps_high"),
+    "scale_rewards": TrlName("grpo.scale_rewards", convert=_scale_rewards),
     # Refused: the same idea, another meaning.
     "per_device_train_batch_size": TrlName("train.batch_size", _PER_DEVICE),
     "gradient_accumulation_steps": TrlName(
@@ -225,3 +238,21 @@ def cli_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
         extra.append(f"{name}={value}")
         i += 1
     return rest, extra
+
+
+def markdown_table() -> str:
+    """The table as Markdown (README "TRL names" holds it verbatim; a test compares the two)."""
+    rows = ["| TRL | jaxalign | |", "|---|---|---|"]
+    for name, row in TRL_NAMES.items():
+        if isinstance(row.target, dict):
+            target = ", ".join(f"`{t.replace('{section}', '<algorithm>')}`" + ("" if a == "*" else f" ({a})")
+                               for a, t in sorted(row.target.items(), key=lambda kv: kv[0] == "*"))
+        else:
+            target = f"`{row.target.replace('{section}', '<algorithm>')}`"
+        if name == "output_dir":
+            target += " (`--run-dir`)"
+        what = f"refused: {row.differs}" if row.differs else "accepted"
+        if row.convert is not None and not row.differs:
+            what += f" ({(row.convert.__doc__ or '').strip() or 'value translated'})"
+        rows.append(f"| `{name}` | {target} | {what} |")
+    return "\n".join(rows)
