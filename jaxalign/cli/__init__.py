@@ -56,9 +56,9 @@ def version() -> str:
     try:
         return metadata.version("jaxalign")
     except metadata.PackageNotFoundError:
-        import jaxalign
-
-        return jaxalign.__version__
+        # The package is loaded before any of its modules, so this reads it rather than importing
+        # the users' façade (tests/test_layers.py).
+        return sys.modules["jaxalign"].__version__
 
 
 def _listing(algorithm: str):

@@ -138,7 +138,7 @@ def _hint(k, fields, prefix: str, algorithm: str | None) -> str | None:
     return hint
 
 
-def _dataclass_of(tp):
+def dataclass_in(tp):
     """The dataclass in annotation ``tp`` (``X``, ``X | None``), or None."""
     return next((a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)), None)
 
@@ -156,7 +156,7 @@ def unknown_keys(cls, data, prefix: str = "", algorithm: str | None = None) -> l
         if k not in fields:
             out.append((key, _hint(k, fields, prefix, algorithm), sorted(fields)))
             continue
-        sub = _dataclass_of(hints[k])
+        sub = dataclass_in(hints[k])
         if sub is None:
             continue
         if isinstance(v, list) and getattr(sub, "CONFIG_LIST", False):

@@ -14,6 +14,8 @@ import dataclasses
 import re
 import typing
 
+from jaxalign.config.coerce import dataclass_in
+
 _ENTRY = re.compile(r"(?:^[ \t]*|(?<=[.;]) +)(?P<names>[a-z_][a-z0-9_]*(?:\s*[/,]\s*[a-z_][a-z0-9_]*)*):\s",
                     re.M)
 _RST = re.compile(r":\w+:`~?([^`]+)`|``([^`]*)``")
@@ -35,7 +37,7 @@ def field_help(cls) -> dict[str, str]:
         found = [(m, names) for m, names in found if names]
         for i, (m, names) in enumerate(found):
             end = found[i + 1][0].start() if i + 1 < len(found) else len(doc)
-            text = _clean(doc[m.end():end])
+            text = _clean(doc[m.end():end]).rstrip(";,")
             for n in names:
                 out[n] = text
     return out
@@ -58,10 +60,6 @@ def _yaml_value(v) -> str:
     return str(v)
 
 
-def _dataclass_in(tp):
-    return next((a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)), None)
-
-
 def config_keys(cls, prefix: str = "") -> list[tuple[str, str, str]]:
     """``(dotted key, default as YAML, meaning)`` for every field of dataclass ``cls``; a field
     that is itself a section (a nested dataclass) is followed by its own keys."""
@@ -72,7 +70,7 @@ def config_keys(cls, prefix: str = "") -> list[tuple[str, str, str]]:
         if not f.init:
             continue
         key = f"{prefix}.{f.name}" if prefix else f.name
-        sub = _dataclass_in(hints[f.name])
+        sub = dataclass_in(hints[f.name])
         if f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]

@@ -11,6 +11,7 @@ target the algorithm's section does not have is refused. Nothing here imports JA
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any, Callable
 
 from jaxalign.errors import JaxalignError
@@ -144,8 +145,6 @@ def target_of(name: str, algorithm: str | None) -> str:
 
 def _has_key(key: str, algorithm: str | None) -> bool:
     """Whether the run config of ``algorithm`` has the dotted ``key`` (through nested dataclasses)."""
-    import typing
-
     from jaxalign.algorithms import registry
     from jaxalign.config.schema import RunConfig
 
@@ -164,8 +163,8 @@ def _has_key(key: str, algorithm: str | None) -> bool:
         fields = {f.name for f in dataclasses.fields(cls)}
         if part not in fields:
             return False
-        tp = typing.get_type_hints(cls)[part]
-        cls = next((a for a in (typing.get_args(tp) or (tp,)) if dataclasses.is_dataclass(a)), tp)
+        tp = typing.get_type_hints(cls)[part]  # (not coerce.dataclass_in: coerce imports this module)
+        cls = next((a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)), None)
     return True
 
 
