@@ -93,7 +93,8 @@ def help_listing(algorithm: str) -> str:
     from jaxalign.config.schema import RunConfig
 
     row = registry.get(algorithm)
-    rows = config_keys(RunConfig) + config_keys(row.config_class, row.section)
+    rows = [(k, algorithm if k == "algorithm" else d, m) for k, d, m in config_keys(RunConfig)]
+    rows += config_keys(row.config_class, row.section)
     width = min(max(len(f"{k} = {d}") for k, d, _ in rows) + 2, 40)
     lines = ["config keys (YAML, or key=value overrides; default, meaning; TRL's names: README, "
              "\"TRL names\"):"]

@@ -96,7 +96,7 @@ def load_config(path: str | Path | None, overrides=(), algorithm: str | None = N
     TRL's names of jaxalign keys (:mod:`jaxalign.config.trl`) are read as those keys, as the
     YAML's top-level keys or as overrides, each announced through ``note`` (default: a
     ``note:`` line on stderr). Every unknown key is reported in one error. Nothing here imports
-    JAX (until a check of the algorithm's own section needs a loss's names).
+    JAX, Flax or transformers: the sections come from ``jaxalign/algorithms/sections/``.
     """
     note = note or _note
     raw: dict = _read(Path(path)) if path is not None else {}

@@ -69,7 +69,7 @@ def test_short_keeps_the_first_sentence():
 def test_help_listing_has_every_section_with_defaults(algorithm):
     text = help_listing(algorithm)
     section = registry.get(algorithm).section
-    for key in ("seed = 0", "model.path = null", "data.max_length = 512", "optim.lr = 1e-05",
+    for key in (f"algorithm = {algorithm} ", "seed = 0", "model.path = null", "data.max_length = 512", "optim.lr = 1e-05",
                 "train.batch_size = 8", "mesh.fsdp = -1", f"{section}."):
         assert key in text, (algorithm, key)
     row = registry.get(algorithm)
