@@ -102,3 +102,20 @@ def test_a_training_command_help_lists_its_config_keys(capsys, argv, needle):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert needle in out and "config keys" in out and "--learning_rate 1e-4" in out
+
+
+def test_trl_options_reach_the_config_through_main(capsys):
+    """``--learning_rate 1e-4`` is read as optim.lr (a note); a TRL option with another meaning is
+    one error line, exit 2; neither gets as far as training (train.steps=0 stops the first)."""
+    from jaxalign.cli import main
+
+    rc = main(["sft", "--config", "configs/sft_tiny.yaml", "--learning_rate", "1e-4", "--quiet", "train.steps=0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["note: 'learning_rate' is TRL's name; read as optim.lr",
+                               "error: config key 'train.steps': must be > 0, got 0"], err
+    rc = main(["sft", "--config", "configs/sft_tiny.yaml", "--per_device_train_batch_size=4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(
+        "error: config key 'per_device_train_batch_size': TRL's name; not the same as jaxalign's train.batch_size"), err
+    rc = main(["sft", "--learning_rate"])
+    assert rc == 2 and capsys.readouterr().err.startswith("error: --learning_rate: expected a value")
