@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 
 import flax.nnx as nnx
-import jax
 import jax.numpy as jnp
 
 from jaxalign.algorithms import common
