@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import textwrap
 import typing
 
 from jaxalign.config.coerce import dataclass_in
@@ -98,8 +99,15 @@ def help_listing(algorithm: str) -> str:
     width = min(max(len(f"{k} = {d}") for k, d, _ in rows) + 2, 40)
     lines = ["config keys (YAML, or key=value overrides; default, meaning; TRL's names: README, "
              "\"TRL names\"):"]
+    # The whole first sentence, wrapped under its column (cut short, "a Hugging Face dir, a .gguf
+    # file, an alias (sm…" hides the very forms a user looks up).
+    indent = " " * (width + 3)
     for key, default, meaning in rows:
         left = f"  {key} = {default}"
-        lines.append(f"{left:<{width + 2}} {short(meaning)}".rstrip() if len(left) <= width + 1
-                     else f"{left}\n{'':<{width + 2}} {short(meaning)}".rstrip())
+        wrapped = textwrap.wrap(short(meaning, limit=10_000), width=max(100 - len(indent), 40)) or [""]
+        if len(left) <= width + 1:
+            lines.append(f"{left:<{width + 2}} {wrapped[0]}".rstrip())
+        else:
+            lines += [left, indent + wrapped[0]]
+        lines += [indent + w for w in wrapped[1:]]
     return "\n".join(lines)

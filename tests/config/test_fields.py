@@ -82,3 +82,12 @@ def test_nested_sections_list_their_keys():
     text = help_listing("grpo")
     assert "grpo.sampling.max_new_tokens = 32" in text and "grpo.reward.kind = sentiment" in text
     assert "grpo.overlong = null" in text and "grpo.overlong.buffer = 4" in text
+
+
+def test_help_listing_wraps_meanings_instead_of_cutting_them():
+    text = help_listing("sft")
+    from jaxalign.config.schema import ModelSpec
+
+    first = short(field_help(ModelSpec)["path"], limit=10_000)
+    assert "…" not in text
+    assert " ".join(text.split()).count(" ".join(first.split())) == 1, first
