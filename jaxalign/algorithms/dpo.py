@@ -282,7 +282,7 @@ def build_job(cfg: RunConfig) -> Job:
         else:
             ref_graphdef, frozen = graphdef, common.frozen_copy(params)
     batches, eval_batches = common.batch_iterators(cfg, train, ev, tok.pad_token_id)
-    total = common.num_steps(cfg, len(train))
+    total = common.num_steps(cfg, len(train), batches)
     tx, schedule = make_optimizer(cfg.optim, total)
     loss_fn = make_loss(graphdef, algo, ref_graphdef, cfg.model.remat)
     return Job(params=params, loss_fn=loss_fn, eval_loss_fn=make_loss(graphdef, algo, ref_graphdef),

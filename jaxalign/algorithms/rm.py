@@ -265,7 +265,7 @@ def build_job(cfg: RunConfig) -> Job:
     model = build_model(cfg, mesh, tok)
     graphdef, params = nnx.split(model)
     del model
-    total = common.num_steps(cfg, len(train))
+    total = common.num_steps(cfg, len(train), batches)
     tx, schedule = make_optimizer(cfg.optim, total)
     return Job(params=params, loss_fn=make_loss(graphdef, algo, cfg.model.remat),
                eval_loss_fn=make_loss(graphdef, algo), tx=tx, schedule=schedule, total_steps=total,

@@ -32,6 +32,7 @@ class DataConfig:
     skip_invalid_rows: bool = False
     buckets: str | list | None = "pow2"
     eval_fraction: float = 0.0  # held out from train when no eval file is given
+    packing: bool = False  # several examples per row of max_length tokens (sft, rm, dpo); batch_size counts rows
 
 
 @dataclasses.dataclass

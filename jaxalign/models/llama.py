@@ -244,6 +244,16 @@ def positions_from_mask(attention_mask: jax.Array, offset=None) -> jax.Array:
     return jnp.maximum(pos, 0)
 
 
+def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
+    """Positions of packed rows: each segment (a run of equal ids) counts 0, 1, 2, ... from its
+    first token, as the example would alone in an unpacked row."""
+    s = segment_ids.shape[-1]
+    idx = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), segment_ids.shape)
+    prev = jnp.concatenate([jnp.full_like(segment_ids[..., :1], -1), segment_ids[..., :-1]], axis=-1)
+    start = jax.lax.cummax(jnp.where(segment_ids != prev, idx, 0), axis=segment_ids.ndim - 1)
+    return idx - start
+
+
 class CausalLM(nnx.Module):
     """Llama-family decoder-only LM.
 
@@ -287,10 +297,14 @@ class CausalLM(nnx.Module):
         cache: KVCache | None = None,
         remat: bool = False,
         layers: list | None = None,
+        segment_ids=None,
     ):
         """Final-norm hidden states ``[b, s, d]``; and the updated cache when one is given.
 
         ``layers``: with a cache, the result of :meth:`unstacked_layers` to reuse across calls.
+        ``segment_ids``: ``[b, s]`` ids of the examples packed into each row
+        (:mod:`jaxalign.data.packing`): a token attends only to earlier tokens of its own
+        segment, and positions restart at each segment (unless ``positions`` are given).
         """
         cfg = self.config
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.jnp_dtype)
@@ -298,9 +312,11 @@ class CausalLM(nnx.Module):
         if attention_mask is None:
             attention_mask = jnp.ones((b, s), jnp.int32)
         am = attention_mask.astype(bool)
+        if segment_ids is not None and cache is not None:
+            raise ValueError("segment_ids (packed rows) are for training passes, not with a KV cache")
         if cache is None:
             if positions is None:
-                positions = positions_from_mask(am)
+                positions = positions_from_mask(am) if segment_ids is None else positions_from_segments(segment_ids)
             q_slot = k_slot = jnp.arange(s)
             key_mask = am
             index = None
@@ -315,6 +331,9 @@ class CausalLM(nnx.Module):
         if cfg.sliding_window is not None:
             allowed &= q_slot[:, None] - k_slot[None, :] < cfg.sliding_window
         mask = allowed[None] & key_mask[:, None, :]
+        if segment_ids is not None:
+            # Block-diagonal: the causal mask within each packed example, nothing across them.
+            mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
         cos, sin = rope_cos_sin(positions, rope_inv_freq(cfg))
 
         if cache is not None:
@@ -369,9 +388,9 @@ class CausalLM(nnx.Module):
         return layers
 
     def __call__(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, positions=None,
-                 cache: KVCache | None = None, remat: bool = False):
+                 cache: KVCache | None = None, remat: bool = False, segment_ids=None):
         out = self.hidden_states(input_ids, attention_mask, inputs_embeds=inputs_embeds,
-                                 positions=positions, cache=cache, remat=remat)
+                                 positions=positions, cache=cache, remat=remat, segment_ids=segment_ids)
         if cache is None:
             return self.logits_from_hidden(out)
         hidden, new_cache = out
