@@ -89,3 +89,42 @@ def test_packed_sft_run_lowers_the_loss(tmp_path):
     # Same random start: the first losses agree in scale; both fall by a similar margin.
     assert np.mean(packed[-3:]) < packed[0] - 0.5
     assert np.mean(plain[-3:]) < plain[0] - 0.5
+
+
+def test_packed_run_resumed_inside_an_epoch_is_bit_exact(tmp_path, monkeypatch):
+    """A packed SFT run stopped after a checkpoint in the middle of its first packed epoch and
+    rerun ends with the same bytes and the same logged numbers as an uninterrupted run."""
+    import shutil
+
+    from jaxalign.algorithms import common
+    from tests.algorithms.conftest import tiny_cfg
+
+    args = [*SMALL_MODEL, "train.steps=6", "train.save_every=3", "train.log_every=1", "train.eval_every=0",
+            "data.eval_fraction=0.0", "train.plots=false", "data.packing=true", "train.batch_size=2",
+            "optim.warmup_steps=0"]
+    cfg = tiny_cfg("sft", *args)
+    tok = common.tokenizer_from(cfg)
+    train, _ = common.datasets_from(cfg, tok, ("sft",))
+    it, _ = common.batch_iterators(cfg, train, [], tok.pad_token_id)
+    assert it.batches_per_epoch > 6  # step 3 is inside the first packed epoch
+    assert run_cli("sft", tmp_path / "ref", *args) == 0
+    assert run_cli("sft", tmp_path / "run", *args) == 0
+    # Back to the step-3 checkpoint, as if the run had been killed after it.
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "6")
+    (tmp_path / "run" / "final").unlink() if (tmp_path / "run" / "final").is_symlink() else \
+        shutil.rmtree(tmp_path / "run" / "final")
+    from jaxalign.data.packing import PackedBatchIterator
+
+    loaded = []
+    original = PackedBatchIterator.load_state_dict
+    monkeypatch.setattr(PackedBatchIterator, "load_state_dict",
+                        lambda self, state: (loaded.append(dict(state)), original(self, state))[1])
+    assert run_cli("sft", tmp_path / "run", *args) == 0
+    assert [(s["epoch"], s["position"], s["packing"]) for s in loaded] == [(0, 3, True)]  # it did resume
+    rows = [r for r in metric_rows(tmp_path / "run") if "loss" in r]
+    ref = [r for r in metric_rows(tmp_path / "ref") if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    for r, q in zip(rows, ref):
+        assert r["loss"] == q["loss"] and r["grad_norm"] == q["grad_norm"], r["step"]
+    final = lambda d: (tmp_path / d / "final").resolve() / "model.safetensors"  # noqa: E731
+    assert final("run").read_bytes() == final("ref").read_bytes()

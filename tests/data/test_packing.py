@@ -155,3 +155,23 @@ def test_errors_name_config_keys():
         plain.load_state_dict(it.state_dict())
     e = pref_examples(1)[0]
     assert unit_length(e) == len(e["chosen_ids"]) + len(e["rejected_ids"])
+
+
+@pytest.mark.parametrize("kind", ["sft", "preference"])
+def test_longest_batch_bounds_every_packed_batch(kind):
+    """The memory preflight's batch (train/preflight.py longest_batch) has the packed shape:
+    batch_size rows of the full row length and K pair slots, at least every batch's size."""
+    from jaxalign.train.preflight import longest_batch
+
+    ex = sft_examples(60, seed=8) if kind == "sft" else pref_examples(60, seed=8)
+    it = PackedBatchIterator(ex, 3, seed=2, pad_id=0, max_length=32, buckets="pow2", num_epochs=2)
+    big = longest_batch(it)
+    cap = 32 if kind == "sft" else 64
+    assert big["input_ids"].shape == (3, cap) and big["segment_ids"].shape == (3, cap)
+    if kind == "preference":
+        assert big["pair_valid"].shape == (3, it.max_units) and big["margin"].shape == (3, it.max_units)
+    for b in it:
+        assert b.keys() == big.keys()
+        for k in b:
+            assert all(x <= y for x, y in zip(b[k].shape, big[k].shape)), k
+    assert it.state_dict()["epoch"] == 2  # it walked two epochs; longest_batch did not move it
