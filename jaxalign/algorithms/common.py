@@ -20,7 +20,8 @@ def mesh_from(cfg: RunConfig):
 
 
 def tokenizer_from(cfg: RunConfig):
-    """The tokenizer named by ``model.tokenizer`` (default: ``model.path``)."""
+    """The tokenizer named by ``model.tokenizer`` (default: ``model.path``), with the chat template
+    of ``data.chat_template`` when set (so every algorithm renders chat with it)."""
     from jaxalign.io.load import load_tokenizer
 
     src = cfg.model.tokenizer or cfg.model.path
@@ -35,6 +36,10 @@ def tokenizer_from(cfg: RunConfig):
         tok = load_tokenizer(src)
     except JaxalignError as e:
         raise JaxalignError(f"config key {key!r}: {e}") from None
+    if cfg.data.chat_template:
+        from jaxalign.io.tokenizer import set_chat_template
+
+        set_chat_template(tok, cfg.data.chat_template, "data.chat_template")
     if tok.pad_token_id is None:
         # Masks come from lengths, so reusing EOS as the pad id is safe here.
         tok.pad_token = tok.eos_token
@@ -57,6 +62,7 @@ def model_from(cfg: RunConfig, mesh, tokenizer=None, seed_offset: int = 0):
             model = load_model(spec.path, dtype=spec.param_dtype, compute_dtype=spec.dtype, mesh=mesh)
         except JaxalignError as e:
             raise JaxalignError(f"config key 'model.path': {e}") from None
+        check_positions(cfg, model.config, "model.path")
         if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
             raise JaxalignError(f"config key 'model.tokenizer': the tokenizer has {len(tokenizer)} tokens but the "
                                 f"model's vocabulary only {model.config.vocab_size}; use the model's own tokenizer")
@@ -88,6 +94,7 @@ def model_from(cfg: RunConfig, mesh, tokenizer=None, seed_offset: int = 0):
         mc = ModelConfig(**fields, dtype=spec.dtype, param_dtype=spec.param_dtype)
     except TypeError as e:
         raise JaxalignError(f"config key 'model.config': {e}") from None
+    check_positions(cfg, mc, "model.config.max_position_embeddings")
     abstract = nnx.eval_shape(lambda: CausalLM(mc, rngs=nnx.Rngs(0)))
     graphdef, abstract_state = nnx.split(abstract)
     shardings = shd.state_shardings(abstract_state, mesh)
@@ -95,6 +102,15 @@ def model_from(cfg: RunConfig, mesh, tokenizer=None, seed_offset: int = 0):
     state = jax.jit(lambda: nnx.state(CausalLM(mc, rngs=nnx.Rngs(cfg.seed + seed_offset))),
                     out_shardings=shardings)()
     return nnx.merge(graphdef, state)
+
+
+def check_positions(cfg: RunConfig, mc: ModelConfig, where: str) -> None:
+    """``data.max_length`` must fit the model's ``max_position_embeddings``: RoPE computes any
+    position, so a longer sequence would run, but on positions the model was never trained on."""
+    limit = getattr(mc, "max_position_embeddings", None)
+    if limit is not None and cfg.data.max_length > limit:
+        raise JaxalignError(f"config key 'data.max_length': {cfg.data.max_length} is more than the model's "
+                            f"max_position_embeddings={limit} ({where}); lower data.max_length to {limit} or less")
 
 
 def num_steps(cfg: RunConfig, n_examples: int, batches=None) -> int:
@@ -163,20 +179,105 @@ def data_source(source: str) -> str:
     return source
 
 
-def _load(cfg: RunConfig, tokenizer, source: str, key: str):
+def _load_one(cfg: RunConfig, tokenizer, src) -> list:
+    """Tokenized examples of one :class:`~jaxalign.data.sources.Source`."""
     from jaxalign.data import prepare_dataset
 
-    source = data_source(source)
+    source = data_source(src.path)
     d = cfg.data
+    # data.subset names a config of the dataset sources; a single file in the same list has none.
+    subset = None if not src.own_subset and Path(source).expanduser().is_file() else src.subset
     tokenized, stats = prepare_dataset(
-        source, tokenizer, fmt=d.format, max_length=d.max_length, max_prompt_length=d.max_prompt_length,
-        prompt_overflow=d.prompt_overflow, skip_invalid_rows=d.skip_invalid_rows)
+        source, tokenizer, fmt=d.format, split=src.split, subset=subset, columns=src.columns,
+        columns_key=src.columns_key, max_length=d.max_length, max_prompt_length=d.max_prompt_length,
+        prompt_overflow=d.prompt_overflow, skip_invalid_rows=d.skip_invalid_rows,
+        # Only SFT has the switches; other algorithms that train on such rows (IFT) keep TRL's defaults.
+        assistant_only_loss=getattr(cfg.algo, "assistant_only_loss", True),
+        completion_only_loss=getattr(cfg.algo, "completion_only_loss", True))
     extra = [f"{n} {what}" for n, what in ((stats.skipped, "invalid rows skipped"),
                                           (stats.dropped, "over-long prompts dropped"),
                                           (getattr(stats, "identical", 0), "identical pairs dropped")) if n]
-    say(cfg, f"{key}: {source}: {stats.examples} {stats.format} examples"
+    shown = f"{source}:{src.split}" if src.split else source
+    say(cfg, f"{src.key}: {shown}: {stats.examples} {stats.format} examples"
              + (f" ({', '.join(extra)})" if extra else ""))
+    warning = length_warning(cfg, stats, src.key.split(".")[-1])
+    if warning:
+        warn(warning)  # even with --quiet: a cut or dropped row changes what the model is trained on
     return tokenized
+
+
+def warn(msg: str) -> None:
+    """``warning: msg`` on stderr, also with ``--quiet`` (process 0 only), as the train loop's."""
+    if jax.process_index() == 0:
+        import sys
+
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def length_warning(cfg: RunConfig, stats, split: str) -> str | None:
+    """One line saying how many of ``split``'s rows ``data.max_length`` / ``data.max_prompt_length``
+    cut and ``prompt_overflow: drop`` dropped (``stats``: a :class:`jaxalign.data.DataStats`), or
+    None when none were."""
+    d, n = cfg.data, stats.rows
+    parts = []
+    if stats.truncated:
+        parts.append(f"data.max_length={d.max_length} truncated {stats.truncated} of {n} {split} rows "
+                     f"({100.0 * stats.truncated / max(n, 1):.1f}%)")
+    if stats.prompt_truncated:
+        parts.append(f"data.max_prompt_length={d.max_prompt_length} cut the start of {stats.prompt_truncated} "
+                     f"of {n} {split} prompts ({100.0 * stats.prompt_truncated / max(n, 1):.1f}%; "
+                     f"data.prompt_overflow={d.prompt_overflow})")
+    if stats.dropped:
+        parts.append(f"data.prompt_overflow={d.prompt_overflow} dropped {stats.dropped} of {n} {split} rows "
+                     f"(prompts over data.max_prompt_length={d.max_prompt_length})")
+    return "; ".join(parts) or None
+
+
+def _load_groups(cfg: RunConfig, tokenizer, value, key: str) -> list[tuple[list, object]]:
+    """``[(tokenized examples, Source)]`` for each source of ``value`` (a path, a mapping or a list,
+    see :mod:`jaxalign.data.sources`), all of one batch kind."""
+    from jaxalign.data import batch_kind
+    from jaxalign.data.sources import parse_sources
+
+    # data.subset / data.columns describe the data.* sources, not other data sets (ppo.ptx_data).
+    inherit = key.startswith("data.")
+    sources = parse_sources(value, key, cfg.data.subset if inherit else None, cfg.data.columns if inherit else None)
+    groups = [(_load_one(cfg, tokenizer, src), src) for src in sources]
+    first_kind = batch_kind(groups[0][0][0])
+    for examples, src in groups[1:]:
+        if batch_kind(examples[0]) != first_kind:
+            raise JaxalignError(f"config key {src.key!r}: {src.path} holds {batch_kind(examples[0])!r} data, but "
+                                f"{sources[0].key} ({sources[0].path}) holds {first_kind!r}; the sources of "
+                                f"{key} must hold one kind of data")
+    return groups
+
+
+def _mix(cfg: RunConfig, groups: list[tuple[list, object]], key: str) -> list:
+    """The sources' examples, each repeated by its weight (:func:`jaxalign.data.sources.weighted`)."""
+    from jaxalign.data.sources import weighted
+
+    out = weighted([g for g, _ in groups], [src.weight for _, src in groups], cfg.seed)
+    if len(groups) > 1 or groups[0][1].weight != 1:
+        counts = [int(math.floor(src.weight)) * len(g) + int(round((src.weight % 1) * len(g))) for g, src in groups]
+        for n, (g, src) in zip(counts, groups):
+            if n == 0:
+                raise JaxalignError(f"config key '{src.key}.weight': {src.weight:g} of {len(g)} examples "
+                                    f"({src.path}) keeps none of them; raise the weight or remove the source")
+        say(cfg, f"{key}: {len(out)} examples from {len(groups)} source(s): "
+                 + ", ".join(f"{src.path} x{src.weight:g} = {n}" for n, (_, src) in zip(counts, groups)))
+        out = _renumber(out)
+    return out
+
+
+def _renumber(examples: list) -> list:
+    """Examples with ``row`` ids 0..n-1: a prompt's other columns are looked up by ``row``
+    (:func:`jaxalign.data.columns_by_row`), and in a mixture two sources both have a row 0."""
+    return [dict(e, row=i) if "row" in e else e for i, e in enumerate(examples)]
+
+
+def _load(cfg: RunConfig, tokenizer, value, key: str) -> list:
+    """Tokenized examples of ``value`` (one source or a weighted list of them), named ``key``."""
+    return _mix(cfg, _load_groups(cfg, tokenizer, value, key), key)
 
 
 def datasets_from(cfg: RunConfig, tokenizer, kinds: tuple[str, ...], convert=None) -> tuple[list, list]:
@@ -187,28 +288,39 @@ def datasets_from(cfg: RunConfig, tokenizer, kinds: tuple[str, ...], convert=Non
     ``eval_fraction`` split, so the rows of one source row stay on one side), turning every
     kind of ``kinds`` into the one the algorithm batches (KTO splits preference pairs into
     unpaired rows); with it, ``data.eval`` may hold any of ``kinds``, not only ``data.train``'s.
+    Weighted sources are held out before they are repeated, so no copy of an eval row trains.
     """
     from jaxalign.data import batch_kind, train_eval_split
+    from jaxalign.data.sources import describe
 
     if not cfg.data.train:
-        raise JaxalignError("config key 'data.train': required (a JSONL/JSON/Parquet/CSV file or a hub name)")
-    train = _load(cfg, tokenizer, cfg.data.train, "data.train")
-    kind = batch_kind(train[0])
+        raise JaxalignError("config key 'data.train': required (a JSONL/JSON/Parquet/CSV file, a dataset "
+                            "directory, a Hub dataset name, or a list of them)")
+    groups = _load_groups(cfg, tokenizer, cfg.data.train, "data.train")
+    kind = batch_kind(groups[0][0][0])
+    train_name = describe(cfg.data.train)
     if kind not in kinds:
-        raise JaxalignError(f"config key 'data.train': {cfg.data.train} holds {kind!r} data, but "
+        raise JaxalignError(f"config key 'data.train': {train_name} holds {kind!r} data, but "
                             f"{cfg.algorithm} trains on {' or '.join(repr(k) for k in kinds)} data")
     if cfg.data.eval:
         ev = _load(cfg, tokenizer, cfg.data.eval, "data.eval")
+        eval_name = describe(cfg.data.eval)
         if convert is not None and batch_kind(ev[0]) not in kinds:
-            raise JaxalignError(f"config key 'data.eval': {cfg.data.eval} holds {batch_kind(ev[0])!r} data, but "
+            raise JaxalignError(f"config key 'data.eval': {eval_name} holds {batch_kind(ev[0])!r} data, but "
                                 f"{cfg.algorithm} trains on {' or '.join(repr(k) for k in kinds)} data")
         if convert is None and batch_kind(ev[0]) != kind:
-            raise JaxalignError(f"config key 'data.eval': {cfg.data.eval} holds {batch_kind(ev[0])!r} "
+            raise JaxalignError(f"config key 'data.eval': {eval_name} holds {batch_kind(ev[0])!r} "
                                 f"data, but data.train holds {kind!r}")
+        train = _mix(cfg, groups, "data.train")
     elif cfg.data.eval_fraction:
-        train, ev = train_eval_split(train, cfg.data.eval_fraction, cfg.seed)
+        # Hold out from the sources' rows as loaded (tagged with their source), then weight the rest.
+        tagged = [(i, e) for i, (examples, _) in enumerate(groups) for e in examples]
+        rest, held = train_eval_split(tagged, cfg.data.eval_fraction, cfg.seed)
+        ev = [e for _, e in held]
+        ev = _renumber(ev) if len(groups) > 1 else ev
+        train = _mix(cfg, [([e for j, e in rest if j == i], src) for i, (_, src) in enumerate(groups)], "data.train")
     else:
-        ev = []
+        train, ev = _mix(cfg, groups, "data.train"), []
     if convert is not None:
         train, ev = convert(train), convert(ev)
     return train, ev

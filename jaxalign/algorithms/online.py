@@ -146,13 +146,26 @@ def sample_key(rng_data) -> jax.Array:
     return jax.random.fold_in(jax.random.wrap_key_data(rng_data), _SAMPLE_SALT)
 
 
+def first_samples(maker: ExperienceMaker, rows: dict, scores, num_samples: int, n: int) -> list[dict]:
+    """``[{"prompt", "completion", "reward"}]`` of the first sample of each of the first ``n``
+    prompts of ``rows`` (``input_ids`` / ``attention_mask`` / ``completion_mask``, ``num_samples``
+    rows per prompt), decoded here: only these few rows are decoded."""
+    idx = np.arange(n) * num_samples
+    prompts, comps = maker.decode_rows({k: np.asarray(rows[k])[idx]
+                                        for k in ("input_ids", "attention_mask", "completion_mask")})
+    scores = np.asarray(scores)
+    return [{"prompt": p, "completion": c, "reward": float(scores[i])} for p, c, i in zip(prompts, comps, idx)]
+
+
 def make_evaluate(cfg: RunConfig, s: Setup, num_samples: int | None = None) -> Callable | None:
     """``evaluate(params) -> {"reward": mean, "response_length": mean}`` on the held-out prompts
     (and ``reward/<name>``: each component's mean, for a reward list):
     one sample per (plain) prompt, raw reward (no prompt transform, no filter), a fixed key
     (comparable across steps). The sampler draws ``num_samples`` per prompt (default the
     maker's, the training shape, so it reuses the compiled sampler) and the first is scored;
-    the last batch is padded with repeats that are not counted."""
+    the last batch is padded with repeats that are not counted. ``evaluate.samples``: the first
+    ``train.log_samples`` held-out prompts of the latest call, each with its (first) completion
+    and reward."""
     if not s.eval_prompts:
         return None
     from jaxalign.data import full_batches
@@ -164,7 +177,7 @@ def make_evaluate(cfg: RunConfig, s: Setup, num_samples: int | None = None) -> C
                                                         max_length=cfg.data.max_length)]
 
     def evaluate(params):
-        rewards, lengths, parts = [], [], {}
+        rewards, lengths, parts, samples = [], [], {}, []
         for i, (b, real) in enumerate(batches):
             key = jax.random.fold_in(jax.random.key(cfg.seed), i)
             roll = maker.sample(params, b["prompt_ids"], b["prompt_mask"], key, num_samples=g)
@@ -172,6 +185,10 @@ def make_evaluate(cfg: RunConfig, s: Setup, num_samples: int | None = None) -> C
             scores, own = maker.reward.parts(*texts, tokens=roll.tokens, attention_mask=roll.attention_mask,
                                              finished=np.asarray(roll.finished),
                                              columns=maker.columns_of(b, g, s.eval_columns or {}))
+            if len(samples) < cfg.train.log_samples:  # only the rows shown are decoded
+                rows = {"input_ids": roll.tokens, "attention_mask": roll.attention_mask,
+                        "completion_mask": roll.completion_mask}
+                samples += first_samples(maker, rows, scores, g, min(cfg.train.log_samples - len(samples), real))
             rewards.append(scores.reshape(-1, g)[:real, 0])
             lengths.append(np.asarray(roll.lengths).reshape(-1, g)[:real, 0])
             for name, v in own.items():
@@ -179,8 +196,10 @@ def make_evaluate(cfg: RunConfig, s: Setup, num_samples: int | None = None) -> C
         out = {"reward": float(np.concatenate(rewards).mean()),
                "response_length": float(np.concatenate(lengths).mean())}
         out.update({f"reward/{name}": float(np.concatenate(v).mean()) for name, v in parts.items()})
+        evaluate.samples = samples
         return out
 
+    evaluate.samples = []
     return evaluate
 
 
@@ -222,6 +241,9 @@ def job(cfg: RunConfig, spec: OnlineSpec) -> Job:
         except StopIteration:
             return None
 
+    evaluate = make_evaluate(cfg, s, spec.eval_samples_per_prompt)
+    last_exp: dict = {}  # without held-out prompts, the samples come from the latest experience
+
     def experience(state, batch):
         policy, key = spec.policy(state.params), sample_key(state.rng)
         if spec.dynamic_sampling is None:
@@ -229,12 +251,22 @@ def job(cfg: RunConfig, spec: OnlineSpec) -> Job:
         else:
             exp, metrics = spec.dynamic_sampling(lambda prompts, k: s.maker(policy, prompts, k),
                                                  spec.prompts_of(batch), key, draw)
+        if evaluate is None and cfg.train.log_samples:
+            last_exp.update(exp=exp)  # references only: decoded when the loop asks for samples
         return spec.to_batch(exp, metrics, batch) if spec.to_batch is not None else (exp, metrics)
 
-    evaluate = make_evaluate(cfg, s, spec.eval_samples_per_prompt)
+    def samples() -> list[dict]:
+        if evaluate is not None:
+            return list(evaluate.samples)
+        if not last_exp:
+            return []
+        exp, g = last_exp["exp"], s.maker.num_samples
+        scores = exp.get("raw_scores", exp["scores"])  # the reward's own score, as evaluation reports
+        return first_samples(s.maker, exp, scores, g, min(cfg.train.log_samples, len(scores) // g))
+
     export = common.lm_exporter(s.graphdef, s.tokenizer)
     return Job(params=params, loss_fn=loss_fn, tx=tx, schedule=schedule, total_steps=total,
                train_batches=batches, mesh=s.mesh, frozen=frozen, extras=spec.extras,
                count_tokens=common.real_tokens, export=lambda p, d: export(spec.policy(p), d),
-               n_micro=n_micro, experience=experience, step_fn=step_fn,
+               n_micro=n_micro, experience=experience, step_fn=step_fn, samples=samples,
                evaluate=(lambda p: evaluate(spec.policy(p))) if evaluate is not None else None)

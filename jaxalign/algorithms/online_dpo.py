@@ -12,56 +12,14 @@ loss is :func:`jaxalign.losses.dpo_loss` through offline DPO's loss function
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.algorithms import dpo, online
-from jaxalign.algorithms.experience import SamplingConfig
 from jaxalign.config import RunConfig
-from jaxalign.errors import JaxalignError
-from jaxalign.losses.dpo import _as_tuple
-from jaxalign.rewards import RewardConfig, validate_reward
-
-SECTION = "online_dpo"
-
-
-@dataclasses.dataclass
-class OnlineDPOSampling(SamplingConfig):
-    """``online_dpo.sampling``: as :class:`SamplingConfig`, temperature 0.9 by default."""
-
-    temperature: float = 0.9
-
-
-@dataclasses.dataclass
-class Config(dpo.LossConfig):
-    """The ``online_dpo:`` section: the DPO loss keys of :class:`jaxalign.algorithms.dpo.LossConfig`
-    (``beta``, TRL's online DPO default 0.1; ``loss_type`` / ``loss_weights`` /
-    ``label_smoothing`` as in the ``dpo:`` section: ``sigmoid`` = DPO, ``ipo``, ``hinge``, ...,
-    or a weighted list), and:
-
-    sampling: how the two completions are drawn (temperature 0.9 by default).
-    reward: how they are scored (``missing_eos_penalty``: subtracted when a completion has no EOS).
-    """
-
-    sampling: OnlineDPOSampling = dataclasses.field(default_factory=OnlineDPOSampling)
-    reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
-
-    def dpo_config(self) -> dpo.Config:
-        """The equivalent offline ``dpo:`` section (reference: the policy's starting copy)."""
-        return dpo.Config(**{f.name: getattr(self, f.name) for f in dataclasses.fields(dpo.LossConfig)})
-
-    def validate(self, cfg: RunConfig) -> None:
-        self.validate_loss(SECTION)
-        types = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
-        if set(_as_tuple(types)) <= set(dpo.REFERENCE_FREE_TYPES):
-            raise JaxalignError(f"config key '{SECTION}.loss_type': {'/'.join(types)} is reference-free; "
-                                "online DPO trains against its starting policy (use e.g. sigmoid or ipo)")
-        self.sampling.validate(f"{SECTION}.sampling")
-        validate_reward(self.reward, f"{SECTION}.reward")
-
+from jaxalign.algorithms.sections.online_dpo import Config, OnlineDPOSampling, SECTION  # noqa: F401 (re-exported)
 
 
 def choose(scores):

@@ -1,13 +1,16 @@
 """The one table of algorithms: CLI name -> config section, module, one-line help.
 
-An algorithm module defines ``Config`` (the dataclass of its section) and
-``build_job(cfg) -> Job``. This table names the module; nothing is imported until it is asked
-for, so :func:`jaxalign.config.load_config` reads its section's dataclass from here without
-importing every algorithm (and without depending on import order). This module imports nothing
-from jaxalign, which is why the config layer below the algorithms may read it.
+An algorithm module defines ``build_job(cfg) -> Job``; the dataclass of its section
+(``Config``) lives in ``jaxalign/algorithms/sections/<section>.py``, which imports no JAX, so the
+CLI lists a section's keys in ``--help`` and :func:`jaxalign.config.load_config` validates a
+config without importing JAX, Flax or transformers (the algorithm module re-exports ``Config``).
+This table names both modules; nothing is imported until it is asked for (and nothing depends
+on import order). This module imports nothing from jaxalign, which is why the config layer below
+the algorithms may read it.
 
 Adding an algorithm: its loss in ``jaxalign/losses/``, its module in ``jaxalign/algorithms/``,
-one row in :data:`ALGORITHMS`, a ``configs/<name>_tiny.yaml`` and its tests.
+its section in ``jaxalign/algorithms/sections/``, one row in :data:`ALGORITHMS`, a
+``configs/<name>_tiny.yaml`` and its tests.
 """
 
 from __future__ import annotations
@@ -19,15 +22,16 @@ from typing import Any, Callable
 
 @dataclasses.dataclass(frozen=True)
 class Algorithm:
-    """One row of the table. ``module`` holds ``Config`` and ``build_job``; an algorithm
-    registered from outside the package (:func:`register`) may give ``config`` and
-    ``build`` directly instead."""
+    """One row of the table. ``module`` holds ``build_job`` (and ``Config``, unless
+    ``settings`` names a lighter module that holds it); an algorithm registered from outside the
+    package (:func:`register`) may give ``config`` and ``build`` directly instead."""
 
     name: str
     module: str | None = None
     help: str = ""
     config: type | None = None
     build: Callable | None = None
+    settings: str | None = None
 
     @property
     def section(self) -> str:
@@ -41,7 +45,9 @@ class Algorithm:
     @property
     def config_class(self) -> type:
         """The dataclass of its config section."""
-        return self.config if self.config is not None else self.load().Config
+        if self.config is not None:
+            return self.config
+        return importlib.import_module(self.settings).Config if self.settings else self.load().Config
 
     def build_job(self, cfg) -> Any:
         """Its :class:`~jaxalign.train.loop.Job` for a loaded run config."""
@@ -49,24 +55,29 @@ class Algorithm:
         return build(cfg)
 
 
-ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
-    Algorithm("sft", "jaxalign.algorithms.sft", "supervised fine-tuning (completion-only loss, NEFTune)"),
-    Algorithm("rm", "jaxalign.algorithms.rm", "reward model: pairwise Bradley-Terry, K-wise or Plackett-Luce"),
-    Algorithm("dpo", "jaxalign.algorithms.dpo", "direct preference optimisation (every TRL loss type)"),
-    Algorithm("kto", "jaxalign.algorithms.kto", "KTO on unpaired desirable/undesirable completions"),
-    Algorithm("ift", "jaxalign.algorithms.ift", "intuitive fine-tuning (temporal residual connection)"),
-    Algorithm("grpo", "jaxalign.algorithms.grpo", "GRPO / RLOO: group-relative policy optimisation"),
-    Algorithm("ppo", "jaxalign.algorithms.ppo", "PPO with the PPO-max recipe (or vanilla)"),
-    Algorithm("raft", "jaxalign.algorithms.raft", "RAFT: reward-ranked fine-tuning"),
-    Algorithm("online-dpo", "jaxalign.algorithms.online_dpo", "online DPO on pairs sampled from the policy"),
-)}
-# The algorithms jaxalign ships (ALGORITHMS may grow through register()).
-BUILTIN: tuple[str, ...] = tuple(ALGORITHMS)
-
-
 def section_of(name: str) -> str:
     """The config section of algorithm ``name`` (``online-dpo`` -> ``online_dpo``)."""
     return name.replace("-", "_")
+
+
+def _builtin(name: str, help: str) -> Algorithm:
+    section = section_of(name)
+    return Algorithm(name, f"jaxalign.algorithms.{section}", help, settings=f"jaxalign.algorithms.sections.{section}")
+
+
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (
+    _builtin("sft", "supervised fine-tuning (completion-only loss, NEFTune)"),
+    _builtin("rm", "reward model: pairwise Bradley-Terry, K-wise or Plackett-Luce"),
+    _builtin("dpo", "direct preference optimisation (every TRL loss type)"),
+    _builtin("kto", "KTO on unpaired desirable/undesirable completions"),
+    _builtin("ift", "intuitive fine-tuning (temporal residual connection)"),
+    _builtin("grpo", "GRPO / RLOO: group-relative policy optimisation"),
+    _builtin("ppo", "PPO with the PPO-max recipe (or vanilla)"),
+    _builtin("raft", "RAFT: reward-ranked fine-tuning"),
+    _builtin("online-dpo", "online DPO on pairs sampled from the policy"),
+)}
+# The algorithms jaxalign ships (ALGORITHMS may grow through register()).
+BUILTIN: tuple[str, ...] = tuple(ALGORITHMS)
 
 
 def names() -> list[str]:

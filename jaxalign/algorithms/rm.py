@@ -22,7 +22,6 @@ gradient accumulation stays exact). The export is a ``*ForSequenceClassification
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 from pathlib import Path
 
@@ -40,46 +39,7 @@ from jaxalign.losses.segments import segment_counts, segment_ends, segment_start
 from jaxalign.models.heads import ScalarHeadModel, last_token_index, scalar_head_from_lm
 from jaxalign.train.job import Job
 from jaxalign.train.optim import make_optimizer
-
-LOSSES = ("pairwise", "kwise", "listwise")
-_FORMAT_KIND = {"preference": "preference", "pairwise": "preference", "ranked": "ranked", "ranking": "ranked"}
-
-
-@dataclasses.dataclass
-class Config:
-    """The ``rm:`` section.
-
-    loss: ``pairwise`` (Bradley–Terry; preference data), ``kwise`` (all pairs of a ranking,
-      InstructGPT) or ``listwise`` (Plackett–Luce / ListMLE). ``kwise`` / ``listwise`` train on
-      ranked data, or on preference data as rankings of K = 2.
-    use_margin: pairwise only: subtract the data's per-pair ``margin`` when it has one.
-    center_coef: pairwise only: weight ``c`` of ``c·mean((r_w + r_l)²)`` (≈ 0.01); 0 = off.
-    lm_coef: weight β_rm of an LM loss on the chosen (best) response, as in PPO-max; 0 = off.
-    chunk_size: compute the LM loss's log-probs in chunks of this many positions.
-    """
-
-    loss: str = "pairwise"
-    use_margin: bool = True
-    center_coef: float = 0.0
-    lm_coef: float = 0.0
-    chunk_size: int | None = None
-
-    def validate(self, cfg: RunConfig) -> None:
-        if self.loss not in LOSSES:
-            raise JaxalignError(f"config key 'rm.loss': {self.loss!r} is not one of {LOSSES}")
-        if self.center_coef < 0:
-            raise JaxalignError(f"config key 'rm.center_coef': must be >= 0, got {self.center_coef}")
-        if self.center_coef and self.loss != "pairwise":
-            raise JaxalignError(f"config key 'rm.center_coef': only the pairwise loss has a centring "
-                                f"term (rm.loss is {self.loss!r}); set it to 0")
-        if self.lm_coef < 0:
-            raise JaxalignError(f"config key 'rm.lm_coef': must be >= 0, got {self.lm_coef}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise JaxalignError(f"config key 'rm.chunk_size': must be >= 1, got {self.chunk_size}")
-        if _FORMAT_KIND.get(cfg.data.format) == "ranked" and self.loss == "pairwise":
-            raise JaxalignError("config key 'rm.loss': pairwise needs preference data (prompt, chosen, "
-                                "rejected) but data.format is ranked; use rm.loss: kwise or listwise")
-
+from jaxalign.algorithms.sections.rm import Config, LOSSES, _FORMAT_KIND  # noqa: F401 (re-exported)
 
 
 def _scores(model: ScalarHeadModel, ids, attn, *, remat: bool = False):
@@ -198,7 +158,12 @@ def score(graphdef, params, input_ids, attention_mask):
 
 
 def _is_reward_dir(path: str) -> bool:
-    cfg = Path(path) / "config.json"
+    from jaxalign.io.paths import resolve_model_path
+
+    try:
+        cfg = resolve_model_path(path) / "config.json"
+    except JaxalignError:
+        return False  # the policy loader reports it, naming model.path
     if not cfg.is_file():
         return False
     try:
@@ -288,11 +253,12 @@ def build_job(cfg: RunConfig) -> Job:
     tok = common.tokenizer_from(cfg)
     train, ev = common.datasets_from(cfg, tok, ("preference", "ranked"))
     from jaxalign.data import batch_kind
+    from jaxalign.data.sources import describe
 
     kind = batch_kind(train[0])
     if algo.loss == "pairwise" and kind != "preference":
         raise JaxalignError(f"config key 'rm.loss': pairwise needs preference data (prompt, chosen, rejected) "
-                            f"but data.train ({cfg.data.train}) holds {kind} data; use rm.loss: kwise or listwise")
+                            f"but data.train ({describe(cfg.data.train)}) holds {kind} data; use rm.loss: kwise or listwise")
     if algo.loss != "pairwise" and kind == "preference":
         common.say(cfg, f"rm: {algo.loss} loss on preference data: each pair is a ranking of K=2"
                         + ("; the data's margins are not used" if any("margin" in e for e in train) else ""))

@@ -8,43 +8,15 @@ from __future__ import annotations
 import dataclasses
 
 import flax.nnx as nnx
-import jax
 import jax.numpy as jnp
 
 from jaxalign.algorithms import common
 from jaxalign.config import RunConfig
-from jaxalign.errors import JaxalignError
 from jaxalign.losses import neftune_noise, nll_loss, shifted_token_logprobs
 from jaxalign.losses.segments import segment_counts, segment_starts, segment_sums
 from jaxalign.train.job import Job
 from jaxalign.train.optim import make_optimizer
-
-AGGREGATIONS = ("token_mean", "sequence_mean")
-
-
-@dataclasses.dataclass
-class Config:
-    """The ``sft:`` section.
-
-    neftune_alpha: NEFTune noise scale α (5, 10 or 15 in the paper); null turns it off.
-    aggregation: ``token_mean`` (every completion token of the global batch weighs the same) or
-      ``sequence_mean`` (each sequence's mean NLL, then the mean over sequences).
-    chunk_size: compute log-probs over the vocabulary in chunks of this many positions
-      (lower peak memory for large vocabularies); null: all at once.
-    """
-
-    neftune_alpha: float | None = None
-    aggregation: str = "token_mean"
-    chunk_size: int | None = None
-
-    def validate(self, cfg: RunConfig) -> None:
-        if self.aggregation not in AGGREGATIONS:
-            raise JaxalignError(f"config key 'sft.aggregation': {self.aggregation!r} is not one of {AGGREGATIONS}")
-        if self.neftune_alpha is not None and self.neftune_alpha < 0:
-            raise JaxalignError(f"config key 'sft.neftune_alpha': must be >= 0, got {self.neftune_alpha}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise JaxalignError(f"config key 'sft.chunk_size': must be >= 1, got {self.chunk_size}")
-
+from jaxalign.algorithms.sections.sft import AGGREGATIONS, Config  # noqa: F401 (re-exported)
 
 
 def completion_logps(model, batch: dict, *, prefix: str = "", embeds=None, remat: bool = False,

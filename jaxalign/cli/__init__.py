@@ -5,6 +5,12 @@ Every user-input problem is a :class:`~jaxalign.errors.JaxalignError`: printed a
 ``error: ...`` line on stderr with exit code 2, never a traceback. A full disk is one
 ``error: no space left on device while writing PATH (...)`` line and exit code 28
 (:data:`~jaxalign.errors.NO_SPACE_EXIT`).
+
+Start-up is kept light: building the parser, ``--help`` (with each training command's config
+keys, read from the jax-free config dataclasses), ``--version`` and loading and validating a
+config import no JAX, Flax or transformers; the commands import them when they need them.
+TRL's option names (``--learning_rate 1e-4``, ``--output_dir DIR``) become overrides through
+:mod:`jaxalign.config.trl`.
 """
 
 from __future__ import annotations
@@ -17,18 +23,68 @@ from jaxalign.cli import generate, model, train
 from jaxalign.errors import NO_SPACE_EXIT, JaxalignError, NoSpaceLeft, is_no_space, written_path
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser whose epilog may be computed when the help is shown (``epilog_fn``): a training
+    command's config keys are only read for its ``--help``."""
+
+    def __init__(self, *args, epilog_fn=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epilog_fn = epilog_fn
+
+    def format_help(self) -> str:
+        if self.epilog_fn is not None and self.epilog is None:
+            self.epilog = self.epilog_fn()
+        return super().format_help()
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed package's version (or the source tree's), then exit 0."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"jaxalign {version()}")
+        parser.exit()
+
+
+def version() -> str:
+    """The installed distribution's version; the source tree's ``jaxalign.__version__`` when
+    jaxalign runs uninstalled (from a checkout on ``PYTHONPATH``)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("jaxalign")
+    except metadata.PackageNotFoundError:
+        # The package is loaded before any of its modules, so this reads it rather than importing
+        # the users' façade (tests/test_layers.py).
+        return sys.modules["jaxalign"].__version__
+
+
+def _listing(algorithm: str):
+    def epilog() -> str:
+        from jaxalign.config.fields import help_listing
+
+        return help_listing(algorithm)
+
+    return epilog
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxalign", description="Align language models in JAX.")
+    """The ``jaxalign`` argument parser (every subcommand); imports nothing heavy."""
+    p = _Parser(prog="jaxalign", description="Align language models in JAX.")
+    p.add_argument("--version", action=_Version, help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     info = sub.add_parser("info", help="architecture, sizes and parameter count of a model")
-    info.add_argument("--model", required=True, help="HF dir, .gguf file or alias (smollm2-135m-instruct)")
+    info.add_argument("--model", required=True,
+                      help="HF dir, .gguf file, alias (smollm2-135m-instruct) or Hub id (org/name[@revision])")
     info.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     info.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     info.set_defaults(func=model.cmd_info)
 
     exp = sub.add_parser("export", help="write a model (HF dir or GGUF) as a Hugging Face directory")
-    exp.add_argument("--model", required=True, help="HF dir, .gguf file or alias")
+    exp.add_argument("--model", required=True, help="HF dir, .gguf file, alias or Hub id (org/name[@revision])")
     exp.add_argument("--out", required=True, help="output directory")
     exp.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     exp.set_defaults(func=model.cmd_export)
@@ -43,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for row in registry.ALGORITHMS.values():
         name = row.name
-        tr = sub.add_parser(name, help=f"{row.help} (configs/{name}_*.yaml)")
+        tr = sub.add_parser(name, help=f"{row.help} (configs/{name}_*.yaml)", epilog_fn=_listing(name),
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            description=f"{row.help}.\nTRL's option names are accepted where they mean "
+                                        "a jaxalign key (--learning_rate 1e-4 = optim.lr=1e-4).")
         tr.add_argument("--config", help="YAML run config")
         tr.add_argument("--run-dir", help="output directory (default: runs/<algorithm>-<time>)")
         tr.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -88,7 +147,26 @@ def main(argv=None) -> int:
         return _main(argv)
 
 
+def _trl_options(argv: list[str]) -> list[str]:
+    """A training command's (or ``plan``'s) ``--trl_name value`` options as ``trl_name=value``
+    overrides, after the other arguments (:func:`jaxalign.config.trl.cli_overrides`)."""
+    from jaxalign.algorithms import registry
+
+    if not argv or (argv[0] not in registry.ALGORITHMS and argv[0] != "plan"):
+        return argv
+    from jaxalign.config.trl import cli_overrides
+
+    rest, extra = cli_overrides(argv[1:])
+    return [argv[0], *rest, *extra]
+
+
 def _main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = _trl_options(argv)
+    except JaxalignError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0

@@ -21,7 +21,8 @@ from jaxalign.errors import JaxalignError
 
 def add_generate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Register ``generate``'s options on ``parser`` (a sub-parser); returns it."""
-    parser.add_argument("--model", required=True, help="HF dir, .gguf file or alias (smollm2-135m-instruct)")
+    parser.add_argument("--model", required=True,
+                        help="HF dir, .gguf file, alias (smollm2-135m-instruct) or Hub id (org/name[@revision])")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", metavar="TEXT",
                      help="a prompt (repeat the option for several)")

@@ -9,10 +9,10 @@ from jaxalign.errors import JaxalignError
 
 def cmd_train(args) -> int:
     """``jaxalign <algorithm>``: load the config, join a multi-process run if asked, build the job, train."""
-    from jaxalign import algorithms
     from jaxalign.config import load_config
-    from jaxalign.train.loop import run
 
+    # The config (and the run dir) are checked before JAX and the training code are imported:
+    # a config error answers at once.
     cfg = load_config(args.config, args.overrides, algorithm=args.command)
     if args.quiet:
         cfg.quiet = True
@@ -22,7 +22,9 @@ def cmd_train(args) -> int:
         from jaxalign.io.outputs import check_output_keys, check_run_dir
 
         check_output_keys(cfg, check_run_dir(cfg.run_dir, "--run-dir" if args.run_dir else "run_dir"))
+    from jaxalign import algorithms
     from jaxalign.parallel import distributed
+    from jaxalign.train.loop import run
 
     # Before anything touches a device: join the other processes of a multi-process run.
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
@@ -42,11 +44,12 @@ def cmd_train(args) -> int:
 
 def cmd_plan(args) -> int:
     """``jaxalign plan``: the memory plan of a run config (exit 2 when it does not fit)."""
-    from jaxalign import algorithms
     from jaxalign.config import load_config
-    from jaxalign.train.preflight import plan_job
 
     cfg = load_config(args.config, args.overrides)
+    from jaxalign import algorithms
+    from jaxalign.train.preflight import plan_job
+
     est = plan_job(cfg, algorithms.build_job(cfg))
     print(json.dumps(est.to_dict()) if args.json else est.table(), flush=True)
     if not est.fits:

@@ -48,6 +48,7 @@ _RANGES = {
     "train.save_every": (0, None, True, True),
     "train.keep_checkpoints": (0, None, False, True),
     "train.max_nonfinite_steps": (0, None, False, True),
+    "train.log_samples": (0, None, True, True),
 }
 
 # model.config (init: random): the ModelConfig fields that are sizes or ids.
@@ -99,6 +100,20 @@ def _check_buckets(buckets) -> None:
             raise JaxalignError(f"config key 'data.buckets': expected positive integer lengths, got {short(b)}")
 
 
+def _check_sources(d) -> None:
+    """``data.train`` / ``data.eval`` (a source or a list, with weights), ``data.subset`` and
+    ``data.columns`` are well formed; whether the files and splits exist is found at load."""
+    from jaxalign.data.sources import check_columns, parse_sources
+
+    if d.subset is not None and not d.subset.strip():
+        raise JaxalignError("config key 'data.subset': an empty name; leave it out for the dataset's default")
+    check_columns(d.columns, "data.columns")
+    for key in ("train", "eval"):
+        value = getattr(d, key)
+        if value is not None and value != "":
+            parse_sources(value, f"data.{key}", d.subset, d.columns)
+
+
 def _check_model_config(fields: dict) -> None:
     """Check ``model.config`` against ModelConfig's fields and store each value as coerced
     (YAML 1.1 reads ``rms_norm_eps: 1e-5`` as a string; the model must get a float)."""
@@ -114,7 +129,8 @@ def _check_model_config(fields: dict) -> None:
 
             near = difflib.get_close_matches(str(k), sorted(names), n=1, cutoff=0.6)
             hint = f"; did you mean 'model.config.{near[0]}'?" if near else ""
-            raise JaxalignError(f"unknown config key {key!r}{hint}")
+            # Always in single quotes (repr would switch to double quotes for a key holding one).
+            raise JaxalignError(f"unknown config key '{repr(key)[1:-1]}'{hint}")
         if k in ("dtype", "param_dtype"):
             raise JaxalignError(f"config key {key!r}: set model.{k} instead")
         v = fields[k] = _coerce(v, hints[k], key)
@@ -165,6 +181,7 @@ def check_values(cfg) -> None:
     if d.packing and cfg.algorithm not in PACKED_ALGORITHMS:
         raise JaxalignError(f"config key 'data.packing': packed batches are for {', '.join(PACKED_ALGORITHMS)}, "
                             f"not {cfg.algorithm}; set data.packing=false")
+    _check_sources(d)
     t = cfg.train
     if t.micro_batch_size is not None and t.batch_size % t.micro_batch_size:
         raise JaxalignError(f"config key 'train.micro_batch_size': {t.micro_batch_size} does not divide "
@@ -181,3 +198,6 @@ def check_values(cfg) -> None:
         make_rules(cfg.mesh.logical_axis_rules)  # names every unknown axis
     if cfg.model.config is not None:
         _check_model_config(cfg.model.config)
+    from jaxalign.config.report_to import parse_report_to
+
+    parse_report_to(t.report_to)  # a backend that is not installed is refused here, before any loading

@@ -121,9 +121,61 @@ def from_dict(cls, data, prefix: str = ""):
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if k not in fields:
-            near = difflib.get_close_matches(str(k), sorted(fields), n=1, cutoff=0.5)
-            hint = f"; did you mean {(prefix + '.' if prefix else '') + near[0]!r}?" if near else ""
-            valid = ", ".join(sorted(fields))
-            raise JaxalignError(f"unknown config key {key!r}{hint} (valid here: {valid})")
+            raise unknown_keys_error([(key, _hint(k, fields, prefix, None), sorted(fields))])
         kwargs[k] = coerce(v, hints[k], key)
     return cls(**kwargs)
+
+
+def _hint(k, fields, prefix: str, algorithm: str | None) -> str | None:
+    """"did you mean ...?" for unknown key ``k`` among ``fields``: TRL's name for a jaxalign key
+    (:mod:`jaxalign.config.trl`) first, else the nearest field name."""
+    from jaxalign.config.trl import suggestion
+
+    hint = suggestion(k, algorithm, f"{prefix}.{k}" if prefix else k) if isinstance(k, str) else None
+    if hint is None:
+        near = difflib.get_close_matches(str(k), sorted(fields), n=1, cutoff=0.5)
+        hint = f"did you mean {(prefix + '.' if prefix else '') + near[0]!r}?" if near else None
+    return hint
+
+
+def dataclass_in(tp):
+    """The dataclass in annotation ``tp`` (``X``, ``X | None``), or None."""
+    return next((a for a in (tp, *typing.get_args(tp)) if dataclasses.is_dataclass(a)), None)
+
+
+def unknown_keys(cls, data, prefix: str = "", algorithm: str | None = None) -> list[tuple[str, str | None, list]]:
+    """Every key of ``data`` (nested sections too) that dataclass ``cls`` does not have, as
+    ``(dotted key, hint or None, the valid keys there)``; values are not checked here."""
+    if not isinstance(data, dict):
+        return []
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    out = []
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in fields:
+            out.append((key, _hint(k, fields, prefix, algorithm), sorted(fields)))
+            continue
+        sub = dataclass_in(hints[k])
+        if sub is None:
+            continue
+        if isinstance(v, list) and getattr(sub, "CONFIG_LIST", False):
+            for i, item in enumerate(v):
+                out += unknown_keys(sub, item, f"{key}[{i}]", algorithm)
+        else:
+            out += unknown_keys(sub, v, key, algorithm)
+    return out
+
+
+def unknown_keys_error(problems: list, algorithm: str | None = None) -> JaxalignError:
+    """One line for the unknown keys of :func:`unknown_keys`: one key keeps its hint and the
+    valid keys beside it; several are listed together (a TRL-style file has many)."""
+    if len(problems) == 1:
+        key, hint, valid = problems[0]
+        if hint is not None and hint.startswith("TRL's"):
+            return JaxalignError(f"config key {key!r}: {hint}")
+        return JaxalignError(f"unknown config key {key!r}{'; ' + hint if hint else ''} (valid here: "
+                             f"{', '.join(valid)})")
+    parts = [f"{key!r}{f' ({hint})' if hint else ''}" for key, hint, _ in problems]
+    where = f"`jaxalign {algorithm} --help`" if algorithm else "`jaxalign <algorithm> --help`"
+    return JaxalignError(f"{len(problems)} unknown config keys: {'; '.join(parts)} ({where} lists every key)")

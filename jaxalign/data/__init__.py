@@ -66,7 +66,9 @@ def tiny_tokenizer_path() -> Path:
 class DataStats:
     """What :func:`prepare_dataset` kept and why it left rows out: ``skipped`` invalid rows
     (``skip_invalid_rows``), ``dropped`` over-long prompts (``prompt_overflow: drop``),
-    ``identical`` preference pairs whose ``rejected`` equals ``chosen`` (always dropped)."""
+    ``identical`` preference pairs whose ``rejected`` equals ``chosen`` (always dropped); and how
+    many kept examples were cut: ``truncated`` by ``max_length``, ``prompt_truncated`` by
+    ``max_prompt_length``."""
 
     source: str
     format: str
@@ -76,29 +78,40 @@ class DataStats:
     dropped: int
     skip_reasons: list
     identical: int = 0
+    truncated: int = 0  # examples cut on the right by max_length
+    prompt_truncated: int = 0  # prompts cut on the left by max_prompt_length (truncate_left)
 
 
-def prepare_dataset(source, tokenizer, *, fmt: str = "auto", split: str = "train",
+def prepare_dataset(source, tokenizer, *, fmt: str = "auto", split: str | None = "train",
                     max_length: int | None = 512, max_prompt_length: int | None = 256,
                     prompt_overflow: str = "truncate_left", skip_invalid_rows: bool = False,
-                    prompt_template: str | None = None, add_eos: bool = True) -> tuple[list[dict], DataStats]:
+                    prompt_template: str | None = None, add_eos: bool = True, assistant_only_loss: bool = True,
+                    completion_only_loss: bool = True, subset: str | None = None, columns: dict | None = None,
+                    columns_key: str = "data.columns") -> tuple[list[dict], DataStats]:
     """Load, validate and tokenise a dataset: ``(tokenized_examples, stats)``.
 
-    Keyword arguments mirror the ``data:`` config section; see :func:`to_examples` and
-    :func:`tokenize_example`. ``stats.skipped`` counts invalid rows (``skip_invalid_rows``; rows
+    Keyword arguments mirror the ``data:`` config section; see :func:`load_dataset_rows`,
+    :func:`~jaxalign.data.sources.map_columns` (``columns``, named ``columns_key`` in errors),
+    :func:`to_examples` and :func:`tokenize_example`. ``stats.skipped`` counts invalid rows (``skip_invalid_rows``; rows
     the chat template cannot render count too),
     ``stats.dropped`` prompts over ``max_prompt_length`` (``prompt_overflow="drop"``),
-    ``stats.identical`` preference rows dropped because ``rejected`` equals ``chosen``.
+    ``stats.identical`` preference rows dropped because ``rejected`` equals ``chosen``,
+    ``stats.truncated`` / ``stats.prompt_truncated`` examples cut to fit. ``assistant_only_loss``,
+    ``completion_only_loss``: which tokens carry the loss, see :func:`tokenize_example`.
     """
     src = str(source)
-    rows = load_dataset_rows(source, split)
+    from jaxalign.data.sources import map_columns
+
+    rows = map_columns(load_dataset_rows(source, split, subset=subset), columns, src, columns_key)
     examples, reasons = check_rows(rows, fmt, src, skip_invalid_rows)
     identical = len(rows) - len(examples) - len(reasons)  # the only other rows check_rows leaves out
     unrenderable: list[str] = []
+    counts: dict = {}
     tokenized, dropped = tokenize_examples(
         examples, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
         prompt_overflow=prompt_overflow, prompt_template=prompt_template, add_eos=add_eos, source=src,
-        skipped=unrenderable if skip_invalid_rows else None)
+        skipped=unrenderable if skip_invalid_rows else None, assistant_only_loss=assistant_only_loss,
+        completion_only_loss=completion_only_loss, counts=counts)
     if unrenderable:
         import logging
 
@@ -115,7 +128,8 @@ def prepare_dataset(source, tokenizer, *, fmt: str = "auto", split: str = "train
         raise JaxalignError(f"{src}: every example was dropped (prompts longer than max_prompt_length="
                             f"{max_prompt_length}; prompt_overflow: drop)")
     stats = DataStats(src, example_format(examples[0]), len(rows), len(tokenized),
-                      len(reasons), dropped, reasons[:5], identical)
+                      len(reasons), dropped, reasons[:5], identical, counts.get("truncated", 0),
+                      counts.get("prompt_truncated", 0))
     return tokenized, stats
 
 

@@ -3,7 +3,8 @@
 Formats (the field names people already use, TRL's among them):
 
 ==================  ==============================================================
-``lm``              ``{"text"}`` (or ``{"messages"}``)
+``lm``              ``{"text"}`` (or ``{"messages"}``: a conversation, trained on its
+                    assistant turns by default, see :mod:`jaxalign.data.chat_mask`)
 ``prompt_completion``  ``{"prompt", "completion"}``
 ``prompt_only``     ``{"prompt"}`` (RL prompts)
 ``preference``      ``{"prompt", "chosen", "rejected"}`` (+ optional numeric ``margin``);

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from jaxalign.data.fields import Unreadable, _tname, _utf8_ok, one_line
 from jaxalign.data.formats import check_rows
+from jaxalign.data.hub import hub_rows, load_split
 from jaxalign.errors import JaxalignError
+from jaxalign.io.hub import parse_hub_id
 
 _EXTENSIONS = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -166,21 +168,29 @@ def _csv_features(path: Path):
     return datasets.Features({name: datasets.Value("string") for name in header})
 
 
-def load_dataset_rows(source, split: str = "train", cache_dir: str | None = None):
+def load_dataset_rows(source, split: str | None = "train", cache_dir: str | None = None,
+                      subset: str | None = None):
     """Rows of a dataset, loaded with Hugging Face ``datasets``.
 
     ``source``: a ``.jsonl``/``.json``/``.parquet``/``.csv`` file (by extension), a local
-    dataset directory (``datasets.load_dataset(dir)``, or a ``save_to_disk`` directory), or a hub
-    name (needs network). JSON files that ``datasets`` cannot read as a table (broken lines,
-    bytes that are not UTF-8) are read line by line instead, so that :func:`to_examples` reports
-    the bad row and field. ``cache_dir``: where ``datasets`` caches (default: its own).
-    Returns a ``datasets.Dataset`` or a list of dicts.
+    dataset directory (``datasets.load_dataset(dir)``, or a ``save_to_disk`` directory), or a Hub
+    dataset ``org/name`` / ``org/name@revision`` (from the local Hub cache when offline).
+    ``split`` (default ``train``) and ``subset`` (the dataset's config name) pick one part of a
+    directory or Hub dataset; a single file has only the split ``train``. JSON files that
+    ``datasets`` cannot read as a table (broken lines, bytes that are not UTF-8) are read line by
+    line instead, so that :func:`to_examples` reports the bad row and field. ``cache_dir``: where
+    ``datasets`` caches (default: its own). Returns a ``datasets.Dataset`` or a list of dicts.
     """
     import datasets
 
     datasets.disable_progress_bars()
     p = Path(str(source)).expanduser()
+    split = split or "train"
     try:
+        if p.is_file() and (split != "train" or subset is not None):
+            what = f"split {split!r}" if split != "train" else f"subset {subset!r}"
+            raise JaxalignError(f"{source}: a single data file has no {what} (splits and subsets are for "
+                                "dataset directories and Hub datasets)")
         if p.is_file():
             kind = _EXTENSIONS.get(p.suffix.lower())
             if kind is None:
@@ -222,16 +232,21 @@ def load_dataset_rows(source, split: str = "train", cache_dir: str | None = None
         if p.is_dir():
             if (p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file() \
                     or (p / "state.json").is_file():
+                if subset is not None:
+                    raise JaxalignError(f"config key 'data.subset': {source} is a save_to_disk directory, "
+                                        "which has no subsets")
                 ds = datasets.load_from_disk(str(p))
                 if isinstance(ds, datasets.DatasetDict):
                     if split not in ds:
-                        raise JaxalignError(f"{source}: no split {split!r} (has {', '.join(ds)})")
+                        raise JaxalignError(f"{source}: no split {split!r} (available splits: {', '.join(ds)}); "
+                                            f"name one as {source}:SPLIT")
                     ds = ds[split]
                 return ds
-            return datasets.load_dataset(str(p), split=split, cache_dir=cache_dir)
-        if p.suffix.lower() in _EXTENSIONS or str(source).startswith((".", "/", "~")):
+            return load_split(str(p), split, subset, str(source), cache_dir=cache_dir)
+        hub = parse_hub_id(source)
+        if hub is None:
             raise JaxalignError(f"{source}: no such file or directory")
-        return datasets.load_dataset(str(source), split=split, cache_dir=cache_dir)
+        return hub_rows(str(source), hub[0], hub[1], split, subset, cache_dir)
     except JaxalignError:
         raise
     except Exception as e:  # noqa: BLE001 - datasets raises many types; report one line
@@ -239,6 +254,11 @@ def load_dataset_rows(source, split: str = "train", cache_dir: str | None = None
 
 
 def load_examples(source, fmt: str = "auto", split: str = "train", skip_invalid_rows: bool = False,
-                  cache_dir: str | None = None) -> tuple[list, list[str]]:
-    """:func:`load_dataset_rows` then :func:`check_rows`: ``(examples, skip_reasons)``."""
-    return check_rows(load_dataset_rows(source, split, cache_dir), fmt, str(source), skip_invalid_rows)
+                  cache_dir: str | None = None, subset: str | None = None,
+                  columns: dict | None = None) -> tuple[list, list[str]]:
+    """:func:`load_dataset_rows`, :func:`~jaxalign.data.sources.map_columns` then
+    :func:`check_rows`: ``(examples, skip_reasons)``."""
+    from jaxalign.data.sources import map_columns
+
+    rows = map_columns(load_dataset_rows(source, split, cache_dir, subset), columns, str(source))
+    return check_rows(rows, fmt, str(source), skip_invalid_rows)

@@ -12,7 +12,8 @@ ChatML's ``"\\n"``, is dropped) or the tokenizer's ``eos_token_id`` appended.
 Outputs (dicts of numpy int32 arrays, plus ``row``: the 0-based source row):
 
 - ``lm`` / ``prompt_completion``: ``input_ids [L]``, ``completion_mask [L]`` (1 on completion
-  tokens; for ``lm`` on every token after the first);
+  tokens; for ``lm`` on every token after the first, or for a conversation on its assistant
+  turns: ``assistant_only_loss``, :mod:`jaxalign.data.chat_mask`);
 - ``preference``: ``prompt_ids``, ``chosen_ids``, ``chosen_mask``, ``rejected_ids``,
   ``rejected_mask`` (``*_ids`` include the shared prompt; ``*_mask`` marks the completion), and
   ``margin`` (float) when the example has one;
@@ -30,6 +31,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from jaxalign.data.chat_mask import (  # noqa: F401  (ChatTemplateError: re-exported)
+    ChatTemplateError,
+    PrefixError,
+    assistant_mask,
+    completion_assistant_mask,
+    template_error,
+)
 from jaxalign.data.formats import (
     Example,
     LMExample,
@@ -43,11 +51,6 @@ from jaxalign.data.formats import (
 from jaxalign.errors import JaxalignError
 
 PROMPT_OVERFLOW = ("truncate_left", "drop", "error")
-
-
-class ChatTemplateError(JaxalignError):
-    """The tokenizer's chat template could not render a conversation (a template error, e.g.
-    ``raise_exception('roles must alternate')`` or a message without the key it reads)."""
 
 
 def _end_of_turn_ids(tokenizer) -> set[int]:
@@ -106,9 +109,7 @@ class Renderer:
             return self.tokenizer.apply_chat_template(list(messages), tokenize=False,
                                                       add_generation_prompt=add_generation_prompt)
         except Exception as e:  # noqa: BLE001 - the template is the tokenizer's code: any failure
-            msg = " ".join(str(e).split()) or type(e).__name__
-            raise ChatTemplateError(f"the chat template cannot render this conversation "
-                                    f"({type(e).__name__}: {msg[:200]})") from None
+            raise template_error(e) from None
 
     def prompt_text(self, prompt) -> str:
         """The prompt as the model sees it: a string (through the template) or a chat rendering."""
@@ -120,7 +121,8 @@ class Renderer:
         """Token ids of the rendered prompt."""
         return self.encode(self.prompt_text(prompt), bos=isinstance(prompt, str))
 
-    def _is_space(self, i: int) -> bool:
+    def is_space(self, i: int) -> bool:
+        """Whether token ``i`` decodes to whitespace only."""
         if i not in self._space_ids:
             self._space_ids[i] = self.tokenizer.decode([i]).strip() == ""
         return self._space_ids[i]
@@ -132,7 +134,7 @@ class Renderer:
             # The template's end of turn, minus the whitespace it writes after it.
             for j in range(len(ids) - 1, -1, -1):
                 if ids[j] in self.end_ids:
-                    if all(self._is_space(t) for t in ids[j + 1:]):
+                    if all(self.is_space(t) for t in ids[j + 1:]):
                         return ids[: j + 1]
                     break
         if ids and ids[-1] in self.end_ids:
@@ -172,6 +174,14 @@ class Renderer:
             return self._finish(self.encode(text, bos=True), conversational=False)
         return self._finish(self.encode(self.chat(text, add_generation_prompt=False)), conversational=True)
 
+    def conversation_ids(self, messages) -> tuple[list[int], list[int]]:
+        """``(ids, mask)`` of a whole conversation: :meth:`text_ids`' ids, and 1 on the tokens of its
+        assistant turns (see :mod:`jaxalign.data.chat_mask`)."""
+        ids, mask = assistant_mask(self, messages, add_generation_prompt=False)
+        done = self._finish(ids, conversational=True)
+        # An EOS appended after the last turn belongs to that turn (trained when it is the assistant's).
+        return done, mask[: len(done)] + mask[-1:] * max(len(done) - len(ids), 0)
+
 
 def _i32(x) -> np.ndarray:
     return np.asarray(x, dtype=np.int32)
@@ -189,31 +199,39 @@ def _check_lengths(max_length, max_prompt_length):
 
 def _fit_prompt(ids: list[int], limit: int | None, policy: str, bos_id, source: str, row: int,
                 field: str = "prompt") -> list[int] | None:
-    """Apply ``prompt_overflow`` to a prompt longer than ``limit``; None means drop."""
+    """Positions of ``ids`` kept under ``prompt_overflow`` when longer than ``limit``; None means drop."""
     if limit is None or len(ids) <= limit:
-        return ids
+        return list(range(len(ids)))
     if policy == "drop":
         return None
     if policy == "error":
         raise row_error(source, row, field, f"{len(ids)} tokens, more than max_prompt_length={limit} "
                                             "(prompt_overflow: error; use truncate_left or drop)")
     if bos_id is not None and ids[0] == bos_id and limit > 1:
-        return [bos_id] + ids[len(ids) - limit + 1:]  # keep the BOS, then the prompt's end
-    return ids[len(ids) - limit:]
+        return [0] + list(range(len(ids) - limit + 1, len(ids)))  # keep the BOS, then the prompt's end
+    return list(range(len(ids) - limit, len(ids)))
 
 
-def _sequence(prompt_ids: list[int], completion: list[int], max_length: int | None):
-    if max_length is not None:
+def _sequence(prompt_ids: list[int], completion: list[int], max_length: int | None, flags: set | None = None,
+              prompt_mask: list[int] | None = None, completion_mask: list[int] | None = None):
+    """``(ids, mask)`` of prompt + completion, the completion cut on the right to ``max_length``
+    (``"truncated"`` added to ``flags`` then); ``prompt_mask`` / ``completion_mask``: the loss
+    mask of the prompt tokens (default 0s) and of the completion tokens (default 1s)."""
+    if max_length is not None and len(prompt_ids) + len(completion) > max_length:
         completion = completion[: max(max_length - len(prompt_ids), 0)]
+        if flags is not None:
+            flags.add("truncated")
     ids = prompt_ids + completion
-    mask = [0] * len(prompt_ids) + [1] * len(completion)
+    c_mask = completion_mask[: len(completion)] if completion_mask is not None else [1] * len(completion)
+    mask = (prompt_mask if prompt_mask is not None else [0] * len(prompt_ids)) + c_mask
     return _i32(ids), _i32(mask)
 
 
 def tokenize_example(example: Example, tokenizer=None, *, max_length: int | None = None,
                      max_prompt_length: int | None = None, prompt_overflow: str = "truncate_left",
                      prompt_template: str | None = None, add_eos: bool = True, source: str = "<data>",
-                     renderer: Renderer | None = None) -> dict | None:
+                     renderer: Renderer | None = None, assistant_only_loss: bool = True,
+                     completion_only_loss: bool = True, counts: dict | None = None) -> dict | None:
     """Token ids and masks of one canonical example (see the module docstring for the keys).
 
     Args:
@@ -225,6 +243,15 @@ def tokenize_example(example: Example, tokenizer=None, *, max_length: int | None
         returns None, ``"error"`` raises an error naming the row.
       prompt_template, add_eos: see :class:`Renderer`.
       source: the data file, for error messages.
+      assistant_only_loss: a conversation (``lm`` messages) is trained on its assistant turns only
+        (their end-of-turn token included; :mod:`jaxalign.data.chat_mask`), as TRL's
+        ``assistant_only_loss``, and so is a message completion holding other turns (a tool's
+        result); false: on every token after the first (a completion: all of it).
+      completion_only_loss: a prompt/completion pair is trained on its completion only (true, the
+        default) or on the prompt too (false; for a message prompt with ``assistant_only_loss``,
+        on the prompt's assistant turns).
+      counts: when a dict, incremented per example: ``truncated`` (cut on the right by
+        ``max_length``), ``prompt_truncated`` (prompt cut on the left), ``dropped``.
 
     Returns:
       a dict of int32 numpy arrays (``row``: an int), or None when the example is dropped.
@@ -233,28 +260,48 @@ def tokenize_example(example: Example, tokenizer=None, *, max_length: int | None
         raise JaxalignError(f"prompt_overflow {prompt_overflow!r}: expected one of {', '.join(PROMPT_OVERFLOW)}")
     _check_lengths(max_length, max_prompt_length)
     r = renderer or Renderer(tokenizer, prompt_template=prompt_template, add_eos=add_eos)
+    flags: set = set()
+    out = _tokenize(example, r, max_length, max_prompt_length, prompt_overflow, source, assistant_only_loss,
+                    completion_only_loss, flags)
+    if counts is not None:
+        for key in flags | ({"dropped"} if out is None else set()):
+            counts[key] = counts.get(key, 0) + 1
+    return out
+
+
+def _tokenize(example, r: Renderer, max_length, max_prompt_length, prompt_overflow, source,
+              assistant_only_loss, completion_only_loss, flags: set) -> dict | None:
     row = example.row
 
     def render(field, fn, *args):
         """``fn(*args)``; a chat-template failure becomes an error naming the row and field."""
         try:
             return fn(*args)
-        except ChatTemplateError as e:
-            raise ChatTemplateError(str(row_error(source, row, field, str(e)))) from None
+        except (ChatTemplateError, PrefixError) as e:
+            raise type(e)(str(row_error(source, row, field, str(e)))) from None
 
     if isinstance(example, LMExample):
-        ids = render(None, r.text_ids, example.text)
-        if max_length is not None:
-            ids = ids[:max_length]
-        return {"input_ids": _i32(ids), "completion_mask": _i32([0] + [1] * (len(ids) - 1)), "row": row}
+        if isinstance(example.text, list) and assistant_only_loss:
+            ids, mask = render(None, r.conversation_ids, example.text)
+            mask[:1] = [0] * len(mask[:1])  # the first token has no prediction
+        else:
+            ids = render(None, r.text_ids, example.text)
+            mask = [0] + [1] * (len(ids) - 1)
+        if max_length is not None and len(ids) > max_length:
+            ids, mask = ids[:max_length], mask[:max_length]
+            flags.add("truncated")
+        return {"input_ids": _i32(ids), "completion_mask": _i32(mask[: len(ids)]), "row": row}
 
     limit = max_prompt_length
     if limit is None and max_length is not None:
         limit = max_length - 1
     full_prompt = render("prompt", r.prompt_ids, example.prompt)  # completions split off the untruncated prompt
-    p_ids = _fit_prompt(full_prompt, limit, prompt_overflow, r.bos_id, source, row)
-    if p_ids is None:
+    kept = _fit_prompt(full_prompt, limit, prompt_overflow, r.bos_id, source, row)
+    if kept is None:
         return None
+    if len(kept) < len(full_prompt):
+        flags.add("prompt_truncated")
+    p_ids = [full_prompt[j] for j in kept]
 
     def completion(c, field):
         return render(field, r.completion_ids, example.prompt, c, full_prompt)
@@ -265,22 +312,36 @@ def tokenize_example(example: Example, tokenizer=None, *, max_length: int | None
             out["columns"] = dict(example.columns)
         return out
     if isinstance(example, PromptCompletionExample):
-        ids, mask = _sequence(p_ids, completion(example.completion, "completion"), max_length)
+        p_mask = None
+        if not completion_only_loss:
+            if isinstance(example.prompt, list) and assistant_only_loss:
+                full_mask = render("prompt", assistant_mask, r, example.prompt, True)[1]
+            else:
+                full_mask = [1] * len(full_prompt)
+            p_mask = [full_mask[j] for j in kept]
+            p_mask[:1] = [0] * len(p_mask[:1])  # the first token has no prediction
+        c_ids = completion(example.completion, "completion")
+        c_mask = None
+        if assistant_only_loss and isinstance(example.completion, list) and \
+                any(m["role"] != "assistant" for m in example.completion):
+            c_mask = render("completion", completion_assistant_mask, r, example.prompt, example.completion,
+                            full_prompt, c_ids)
+        ids, mask = _sequence(p_ids, c_ids, max_length, flags, p_mask, c_mask)
         return {"input_ids": ids, "completion_mask": mask, "row": row}
     if isinstance(example, UnpairedExample):
-        ids, mask = _sequence(p_ids, completion(example.completion, "completion"), max_length)
+        ids, mask = _sequence(p_ids, completion(example.completion, "completion"), max_length, flags)
         return {"prompt_ids": _i32(p_ids), "completion_ids": ids[len(p_ids):], "label": bool(example.label),
                 "row": row}
     if isinstance(example, PreferenceExample):
-        c_ids, c_mask = _sequence(p_ids, completion(example.chosen, "chosen"), max_length)
-        r_ids, r_mask = _sequence(p_ids, completion(example.rejected, "rejected"), max_length)
+        c_ids, c_mask = _sequence(p_ids, completion(example.chosen, "chosen"), max_length, flags)
+        r_ids, r_mask = _sequence(p_ids, completion(example.rejected, "rejected"), max_length, flags)
         out = {"prompt_ids": _i32(p_ids), "chosen_ids": c_ids, "chosen_mask": c_mask,
                "rejected_ids": r_ids, "rejected_mask": r_mask, "row": row}
         if example.margin is not None:
             out["margin"] = float(example.margin)
         return out
     if isinstance(example, RankedExample):
-        seqs = [_sequence(p_ids, completion(c, "responses"), max_length) for c in example.responses]
+        seqs = [_sequence(p_ids, completion(c, "responses"), max_length, flags) for c in example.responses]
         return {"prompt_ids": _i32(p_ids), "response_ids": [s[0] for s in seqs],
                 "response_masks": [s[1] for s in seqs], "row": row}
     raise TypeError(f"not a canonical example: {type(example).__name__}")
@@ -289,19 +350,23 @@ def tokenize_example(example: Example, tokenizer=None, *, max_length: int | None
 def tokenize_examples(examples: Iterable[Example], tokenizer, *, max_length: int | None = None,
                       max_prompt_length: int | None = None, prompt_overflow: str = "truncate_left",
                       prompt_template: str | None = None, add_eos: bool = True,
-                      source: str = "<data>", skipped: list | None = None) -> tuple[list[dict], int]:
+                      source: str = "<data>", skipped: list | None = None, assistant_only_loss: bool = True,
+                      completion_only_loss: bool = True, counts: dict | None = None) -> tuple[list[dict], int]:
     """:func:`tokenize_example` over ``examples``: ``(tokenized, n_dropped)`` (dropped: prompts too
     long under ``prompt_overflow="drop"``).
 
     ``skipped``: when a list, an example the chat template cannot render is left out and its
     one-line reason appended there (``skip_invalid_rows``); otherwise that is an error.
+    ``assistant_only_loss``, ``completion_only_loss``, ``counts``: see :func:`tokenize_example`.
     """
     r = Renderer(tokenizer, prompt_template=prompt_template, add_eos=add_eos)
     out, dropped = [], 0
     for ex in examples:
         try:
             t = tokenize_example(ex, max_length=max_length, max_prompt_length=max_prompt_length,
-                                 prompt_overflow=prompt_overflow, source=source, renderer=r)
+                                 prompt_overflow=prompt_overflow, source=source, renderer=r,
+                                 assistant_only_loss=assistant_only_loss,
+                                 completion_only_loss=completion_only_loss, counts=counts)
         except ChatTemplateError as e:
             if skipped is None:
                 raise

@@ -120,8 +120,12 @@ def load_hf(model_dir: str | Path, dtype: str | None = None, mesh=None, rules=No
     ``dtype`` sets both parameter and compute dtype (default: float32). With a ``mesh`` each
     parameter is created directly on its sharding. ``scalar_head=True`` loads a
     ``*ForSequenceClassification`` directory (one label) as a
-    :class:`~jaxalign.models.heads.ScalarHeadModel`.
+    :class:`~jaxalign.models.heads.ScalarHeadModel`. ``model_dir`` may also be a Hub id
+    (``org/name[@revision]``, see :func:`jaxalign.io.paths.resolve_model_path`).
     """
+    from jaxalign.io.paths import resolve_model_path
+
+    model_dir = resolve_model_path(model_dir)
     config = read_config(model_dir, **dtype_overrides(dtype, compute_dtype))
     cls = CausalLM
     if scalar_head:

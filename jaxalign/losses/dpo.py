@@ -21,13 +21,12 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jaxalign.losses.names import DPO_ALIASES as _ALIASES  # noqa: F401 (re-exported)
+from jaxalign.losses.names import DPO_LOSS_TYPES as LOSS_TYPES  # noqa: F401 (re-exported)
+from jaxalign.losses.names import dpo_loss_types as _as_tuple  # noqa: F401 (re-exported)
+
 Array = jax.Array
 
-LOSS_TYPES = (
-    "sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
-    "aot", "aot_pair", "apo_zero", "apo_down", "discopop", "sigmoid_norm", "simpo", "sft",
-)
-_ALIASES = {"aot_unpaired": "aot_pair", "rpo": "sft"}
 _NEEDS_LENGTHS = {"ipo", "sigmoid_norm", "simpo", "sft"}
 _REFERENCE_FREE_TYPES = {"simpo", "sft"}
 
@@ -64,17 +63,6 @@ def bco_update(state: BCOState, chosen_rewards: Array, rejected_rewards: Array, 
 def _smoothed_sigmoid(z: Array, eps) -> Array:
     """``−(1−ε) log σ(z) − ε log σ(−z)``."""
     return -(1.0 - eps) * jax.nn.log_sigmoid(z) - eps * jax.nn.log_sigmoid(-z)
-
-
-def _as_tuple(loss_type) -> tuple[str, ...]:
-    types = (loss_type,) if isinstance(loss_type, str) else tuple(loss_type)
-    out = tuple(_ALIASES.get(t, t) for t in types)
-    for t in out:
-        if t not in LOSS_TYPES:
-            raise ValueError(f"unknown loss_type {t!r}; expected one of {LOSS_TYPES}")
-    if not out:
-        raise ValueError("loss_type is empty")
-    return out
 
 
 def dpo_loss(

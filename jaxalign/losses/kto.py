@@ -18,9 +18,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
-Array = jax.Array
+from jaxalign.losses.names import KTO_LOSS_TYPES as LOSS_TYPES  # noqa: F401 (re-exported)
 
-LOSS_TYPES = ("kto", "apo_zero_unpaired")
+Array = jax.Array
 
 
 def kto_kl(policy_kl_logps: Array, ref_kl_logps: Array) -> Array:

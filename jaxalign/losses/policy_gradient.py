@@ -24,23 +24,15 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxalign.losses.logprobs import masked_count, masked_mean, masked_sum
+from jaxalign.losses.names import (
+    AGGREGATION_ALIASES,
+    AGGREGATIONS,
+    IMPORTANCE_SAMPLING,
+    SURROGATES,
+    canonical_aggregation,
+)
 
 Array = jax.Array
-
-AGGREGATIONS = ("grpo", "bnpo", "dapo", "dr_grpo")
-# The names jaxalign used before it adopted TRL's: kept so that existing configs keep working.
-AGGREGATION_ALIASES = {"token_mean": "dapo", "sequence_mean": "grpo"}
-IMPORTANCE_SAMPLING = ("token", "sequence", "sequence_token", "sequence_sum")
-SURROGATES = ("clip", "cispo")
-
-
-def canonical_aggregation(aggregation: str) -> str:
-    """TRL's name of an aggregation (``token_mean`` -> ``dapo``, ``sequence_mean`` -> ``grpo``)."""
-    name = AGGREGATION_ALIASES.get(aggregation, aggregation)
-    if name not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {AGGREGATIONS + tuple(AGGREGATION_ALIASES)}, "
-                         f"got {aggregation!r}")
-    return name
 
 
 def aggregate(

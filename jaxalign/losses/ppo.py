@@ -15,10 +15,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxalign.losses.logprobs import masked_count, masked_mean, masked_sum
+from jaxalign.losses.names import KL_ESTIMATORS  # noqa: F401 (re-exported)
 
 Array = jax.Array
-
-KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
 def kl_penalty(logps: Array, ref_logps: Array, estimator: str = "k1") -> Array:

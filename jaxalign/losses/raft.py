@@ -13,6 +13,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from jaxalign.losses.names import num_top
+
 Array = jax.Array
 
 
@@ -33,13 +35,6 @@ def best_of_k(rewards: Array) -> tuple[Array, Array]:
     onehot = jnp.arange(rewards.shape[-1])[None, :] == idx[:, None]
     keep = onehot & (best > -jnp.inf)[:, None]
     return idx, keep
-
-
-def num_top(batch_size: int, fraction: float) -> int:
-    """Number kept by global ranking: ``max(1, round(α · b))`` (static)."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    return max(1, int(round(fraction * batch_size)))
 
 
 def top_fraction(rewards: Array, fraction: float) -> tuple[Array, Array]:

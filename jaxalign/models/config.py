@@ -12,8 +12,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
-
 from jaxalign.errors import JaxalignError
 
 # architecture name -> (model_type, has q/k/v bias by default)
@@ -32,18 +30,22 @@ _POSITIVE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidde
                     "num_key_value_heads", "head_dim", "max_position_embeddings", "sliding_window",
                     "rms_norm_eps", "rope_theta")
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_DTYPES = ("bfloat16", "float16", "float32")
 
 
 def parse_dtype(name: Any, key: str = "dtype"):
     """'float32' | 'bfloat16' | 'float16' | a jnp dtype -> jnp dtype; anything else is an error."""
+    # JAX is imported here, not with the module: the config checks read ModelConfig's fields
+    # before anything needs JAX (a config error answers without loading it).
+    import jax.numpy as jnp
+
     if name is None:
         return None
     if not isinstance(name, str):
         return jnp.dtype(name).type
     if name not in _DTYPES:
-        raise JaxalignError(f"{key}: unknown dtype {name!r} (expected one of {sorted(_DTYPES)})")
-    return _DTYPES[name]
+        raise JaxalignError(f"{key}: unknown dtype {name!r} (expected one of {list(_DTYPES)})")
+    return getattr(jnp, name)
 
 
 def dtype_overrides(dtype: str | None, compute_dtype: str | None = None) -> dict:

@@ -39,6 +39,13 @@ class RewardConfig:
       character) or ``math`` (1 when the completion's final number equals the row's
       ``answer_column``, plus ``format_bonus`` when it is marked ``#### 42`` or ``\\boxed{42}``;
       see :mod:`jaxalign.rewards.math`).
+    path: ``kind: model``: the reward model's directory (``final/`` of a ``jaxalign rm`` run).
+    function: ``kind: callable``: ``"module:function"`` or ``"file.py:function"``.
+    target_length: ``kind: length``: the target completion length in characters.
+    pattern: ``kind: keyword``: the regex whose matches score.
+    normalize: ``kind: keyword``: matched characters per character instead of the match count.
+    answer_column: ``kind: math``: the prompt row's field that holds the answer.
+    format_bonus: ``kind: math``: added when the answer is marked ``#### 42`` or ``\\boxed{42}``.
     name: the component's metric name in a list (default: the kind; a callable's function name).
     weight: the component's factor in the sum (a single reward: multiplies its score).
     missing_eos_penalty: subtracted from the score of a completion that hit ``max_new_tokens``

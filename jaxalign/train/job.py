@@ -41,3 +41,7 @@ class Job:
     # A pure ``step(state, batch, frozen) -> (state, metrics)`` replacing the default one-update
     # step (e.g. :func:`jaxalign.train.state.make_minibatch_step` for PPO epochs over a buffer).
     step_fn: Callable | None = None
+    # Online algorithms: ``samples() -> [{"prompt", "completion", "reward"}, ...]``, sample
+    # completions of the latest ``evaluate`` (held-out prompts) or, without one, of the latest
+    # experience; the loop logs the first ``train.log_samples`` of them at each eval.
+    samples: Callable[[], list] | None = None

@@ -24,7 +24,8 @@ from jaxalign.train import signals
 from jaxalign.train.guard import SkipCounter
 from jaxalign.train.identity import check_resume, run_identity
 from jaxalign.train.job import Job
-from jaxalign.train.metrics import MetricsWriter, write_plots
+from jaxalign.train.metrics import MetricsWriter, interval_mean
+from jaxalign.train.plots import write_plots
 from jaxalign.train.preflight import MemoryCheck, longest_batch
 from jaxalign.train.state import make_eval_step
 
@@ -33,6 +34,9 @@ class _NoWriter:
     """Processes other than 0 write no metrics."""
 
     def write(self, *a, **k):
+        pass
+
+    def samples(self, *a, **k):
         pass
 
     def close(self):
@@ -126,6 +130,9 @@ def _run_locked(cfg: RunConfig, job: Job, run_dir: Path) -> dict:
         raise JaxalignError(f"{cfg.algorithm} samples on the host: multi-process runs support the "
                             "offline algorithms (sft, rm, dpo, ift) for now; run it as one process")
 
+    from jaxalign.config.report_to import parse_report_to
+
+    report_to = parse_report_to(tcfg.report_to)  # a tracker that is not installed: refused before compiling
     state = init_state(job, cfg.seed)
     jit_step = compile_step(job, state)
     # Memory preflight: compiles the step (the loop reuses it) and refuses a run that cannot fit,
@@ -158,7 +165,17 @@ def _run_locked(cfg: RunConfig, job: Job, run_dir: Path) -> dict:
         config_saved = True
 
     config_saved = False
-    writer = MetricsWriter(run_dir, resume_step=start, rerun=ckpt.rerun_hint) if main else _NoWriter()
+    writer = MetricsWriter(run_dir, resume_step=start, rerun=ckpt.rerun_hint, report_to=report_to,
+                           config=cfg.to_dict()) if main else _NoWriter()
+
+    def replot():
+        # Live curves: rewritten at every eval and checkpoint, not only at the end.
+        return write_plots(run_dir) if tcfg.plots and main else None
+
+    def log_samples(step):
+        # Online jobs: the sample completions (with rewards) of the eval (or step) just done.
+        if job.samples is not None and tcfg.log_samples:
+            writer.samples(step, job.samples()[:tcfg.log_samples])
 
     jit_eval = jax.jit(make_eval_step(job.eval_loss_fn or job.loss_fn, 1)) if job.eval_batches else None
     if job.evaluate is not None:
@@ -172,6 +189,7 @@ def _run_locked(cfg: RunConfig, job: Job, run_dir: Path) -> dict:
         if job.evaluate is not None:
             evaluated[step] = {k: float(v) for k, v in job.evaluate(state.params).items()}
             writer.write(step, evaluated[step], prefix="eval/")
+            log_samples(step)
             return evaluated[step]
         sums, n = {}, 0
         for i, b in enumerate(job.eval_batches()):
@@ -190,6 +208,9 @@ def _run_locked(cfg: RunConfig, job: Job, run_dir: Path) -> dict:
     last_metrics: dict = {}
     t_start = t_last = time.perf_counter()
     last_logged, tokens_since = first, 0
+    # The metrics of each step since the last log (device values, fetched at the log step so
+    # that no step waits for the host); logged as their mean over the interval.
+    pending: list = []
     # Counts every skipped (non-finite) step without a per-step host sync; raises after
     # train.max_nonfinite_steps in a row. A resumed default step continues its streak.
     skips = SkipCounter(tcfg.max_nonfinite_steps, int(state.bad_steps) if job.step_fn is None else 0,
@@ -205,6 +226,7 @@ def _run_locked(cfg: RunConfig, job: Job, run_dir: Path) -> dict:
         ev = evaluate(0)
         if pbar is not None and ev:
             pbar.write("step 0: " + ", ".join(f"eval/{k}={v:.4f}" for k, v in ev.items()))
+        replot()
     with signals.StopFlag() as flag, ckpt.finish_on_error():
         step = first
         for step in range(first, job.total_steps):
@@ -222,14 +244,15 @@ def _run_locked(cfg: RunConfig, job: Job, run_dir: Path) -> dict:
                 check_memory(state, batch, job.frozen)  # once: the first experience batch
             state, metrics = jit_step(state, batch, job.frozen)
             skips.add(step + 1, metrics.get("skipped"))
+            pending.append((metrics, exp_metrics))
             save_config_once()
             if (step + 1) % max(tcfg.log_every, 1) == 0 or step + 1 == job.total_steps:
-                metrics = jax.device_get(metrics)  # waits for the step: timings below are real
+                steps_metrics = jax.device_get(pending)  # waits for the steps: timings below are real
+                pending = []
                 tokens_since = distributed.sum_over_processes(tokens_since)  # each counted its rows
                 now = time.perf_counter()
                 dt = (now - t_last) / (step + 1 - last_logged)
-                row = {k: float(v) for k, v in metrics.items()}
-                row.update(exp_metrics)
+                row = interval_mean([{**{k: float(v) for k, v in m.items()}, **e} for m, e in steps_metrics])
                 skips.flush(check=False)  # count first: the row is written, then the run may stop
                 row.update(step_time=dt, tokens_per_s=tokens_since / (now - t_last), skipped_steps=skips.total)
                 t_last, last_logged, tokens_since = now, step + 1, 0
@@ -241,16 +264,22 @@ def _run_locked(cfg: RunConfig, job: Job, run_dir: Path) -> dict:
                     pbar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}", **extra)
             if pbar is not None:
                 pbar.update(1)
-            if jit_eval and tcfg.eval_every and (step + 1) % tcfg.eval_every == 0:
+            eval_now = tcfg.eval_every and (step + 1) % tcfg.eval_every == 0
+            if eval_now and jit_eval:
                 ev = evaluate(step + 1)
                 if pbar is not None and ev:
                     pbar.write(f"step {step + 1}: " + ", ".join(f"eval/{k}={v:.4f}" for k, v in ev.items()))
+            elif eval_now:
+                log_samples(step + 1)  # no held-out prompts: the samples of this step's experience
             # Several processes save and stop together, whichever of them got the signal.
             stop = distributed.any_process(flag.stop)
-            if (tcfg.save_every and (step + 1) % tcfg.save_every == 0) or stop:
+            save_now = (tcfg.save_every and (step + 1) % tcfg.save_every == 0) or stop
+            if save_now:
                 skips.flush()
                 ckpt.save(step + 1, state, {"data": job.train_batches.state_dict(), "step": step + 1,
                                             "identity": identity})
+            if eval_now or save_now:
+                replot()
             if stop:
                 stopped = True
                 log(f"\nstopped by signal at step {step + 1}; checkpoint saved, rerun to resume")
@@ -274,7 +303,7 @@ def _run_locked(cfg: RunConfig, job: Job, run_dir: Path) -> dict:
             last_metrics.update({f"eval/{k}": v for k, v in evaluate(final_step).items()})
     ckpt.close()
     writer.close()
-    plot = write_plots(run_dir) if tcfg.plots and main else None
+    plot = replot()
     if not stopped and tcfg.save_final and job.export is not None:
         params = distributed.to_host(state.params) if jax.process_count() > 1 else state.params
         if main:

@@ -4,7 +4,8 @@ When a checkpoint write or read fails, Orbax's background threads log the except
 traceback) on every thread that waited for it, and TensorStore completes the orphaned writes and
 reads after Orbax closed their event loop, each completion printing a traceback of its own. The
 same exception then reaches the main thread, which reports it (``error: ...``), so these copies
-only bury that line. Both filters are narrow: other log records and other unraisable exceptions
+only bury that line; so do asyncio's "exception was never retrieved" records of the aborted
+write's futures, whenever the garbage collector gets to them. Both filters are narrow: other log records and other unraisable exceptions
 pass through untouched.
 """
 
@@ -39,12 +40,27 @@ class _OrbaxNoSpace(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if "orbax" not in record.pathname:
             return True
-        exc = record.exc_info[1] if record.exc_info else None
-        return not (is_no_space(exc) or is_no_space(Exception(record.getMessage())))
+        return not _says_no_space(record)
+
+
+class _UnretrievedNoSpace(logging.Filter):
+    """Rejects asyncio's "exception was never retrieved" records of a full disk: the futures of
+    an aborted Orbax write that are garbage-collected, on a schedule of the collector's own,
+    after the main thread reported the write's error (so the echo came and went from run to run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _says_no_space(record)
+
+
+def _says_no_space(record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return is_no_space(exc) or is_no_space(Exception(record.getMessage()))
 
 
 def quiet_no_space_logs() -> None:
-    """Install :class:`_OrbaxNoSpace` on absl's logger (which Orbax logs through), once."""
-    logger = logging.getLogger("absl")
-    if not any(isinstance(f, _OrbaxNoSpace) for f in logger.filters):
-        logger.addFilter(_OrbaxNoSpace())
+    """Install the full-disk filters on absl's logger (which Orbax logs through) and on
+    asyncio's, once each."""
+    for name, kind in (("absl", _OrbaxNoSpace), ("asyncio", _UnretrievedNoSpace)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())

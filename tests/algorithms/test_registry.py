@@ -30,30 +30,35 @@ def test_every_row_names_a_module_with_its_config_and_build_job():
 
 
 def test_load_config_needs_no_algorithm_imported_first():
-    """A fresh interpreter loads every shipped tiny config, and only the module of the algorithm
-    asked for is imported."""
+    """A fresh interpreter loads every shipped tiny config from the sections alone: each config's
+    dataclass comes from its row's jax-free section module, and no algorithm implementation (nor
+    JAX) is imported to load and validate it."""
     code = """
 import json, sys
 from pathlib import Path
 from jaxalign.config import load_config
 out = {}
 for path in sorted(Path("configs").glob("*_tiny.yaml")):
-    before = {m for m in sys.modules if m.startswith("jaxalign.algorithms.")}
     cfg = load_config(str(path))
-    new = {m for m in sys.modules if m.startswith("jaxalign.algorithms.")} - before
-    out[path.name] = [cfg.algorithm, type(cfg.algo).__module__, sorted(new)]
-print(json.dumps(out))
+    out[path.name] = [cfg.algorithm, type(cfg.algo).__module__]
+impl = sorted(m for m in sys.modules if m.startswith("jaxalign.algorithms.")
+              and not m.startswith("jaxalign.algorithms.sections") and m != "jaxalign.algorithms.registry")
+print(json.dumps({"configs": out, "impl": impl, "jax": "jax" in sys.modules}))
 """
     proc = procenv.run([sys.executable, "-c", code], cwd=ROOT, timeout=300, env=procenv.subprocess_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(out) >= len(registry.ALGORITHMS)
-    for name, (alg, module, new) in out.items():
-        assert module == registry.get(alg).module, name
-        # Importing one algorithm may import the ones it builds on (online DPO uses DPO's loss),
-        # never the unrelated rest.
-        assert registry.get(alg).module in new or module in sys.modules, name
-        assert "jaxalign.algorithms.ppo" not in new or alg == "ppo", (name, new)
+    assert len(out["configs"]) >= len(registry.ALGORITHMS)
+    for name, (alg, module) in out["configs"].items():
+        assert module == registry.get(alg).settings, name
+    assert out["impl"] == [] and out["jax"] is False, out
+
+
+def test_every_builtin_section_lives_apart_from_its_implementation():
+    for name in registry.BUILTIN:
+        row = registry.get(name)
+        assert row.settings == f"jaxalign.algorithms.sections.{row.section}"
+        assert row.config_class.__module__ == row.settings
 
 
 def test_the_cli_offers_exactly_the_registered_algorithms():

@@ -124,7 +124,8 @@ def test_bad_row_is_one_line_naming_file_row_and_field(tmp_path, capsys, bad, fi
 
 @pytest.mark.parametrize("overrides, expected", [
     (["train.stpes=3"], "error: unknown config key 'train.stpes'; did you mean 'train.steps'?"),
-    (["optim.learning_rate=1e-4"], "error: unknown config key 'optim.learning_rate'"),
+    (["optim.learning_rate=1e-4"], "error: unknown config key 'optim.learning_rate'; did you mean 'optim.lr'? "
+                                   "('learning_rate' is TRL's name)"),
     (["model.init=pretrained", "model.path={tmp}/no-such-model"],
      "error: config key 'model.path': {tmp}/no-such-model: no such file or directory"),
     (["model.init=pretrained", "model.path={tmp}/no-such-model", "model.tokenizer=tiny"],

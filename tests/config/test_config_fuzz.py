@@ -101,7 +101,7 @@ def load(alg, overrides, path=None):
         cfg = load_config(path or f"configs/{alg}_tiny.yaml", overrides, algorithm=alg)
     except JaxalignError as e:
         msg = one_error_line(e)
-        assert re.search(r"config key '[^']+'|not valid YAML|unknown algorithm|config says algorithm|"
+        assert re.search(r"config keys?:? (?:'[^']+'|\"[^\"]+\")|not valid YAML|unknown algorithm|config says algorithm|"
                          r"override '", msg), msg
         return None
     assert_sane(cfg)

@@ -33,9 +33,10 @@ from tests.procenv import HANG_S, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 16
-# One padded length (buckets: [128]) so every step runs one compiled program; no eval or plots.
+# One padded length (buckets: [128]) so every step runs one compiled program; no eval, plots or
+# trackers (the disk-full tests size their tmpfs for metrics.jsonl and the checkpoints alone).
 OVERRIDES = [f"train.steps={STEPS}", "train.log_every=1", "train.eval_every=0", "data.eval_fraction=0",
-             "data.buckets=[128]", "train.plots=false", "optim.warmup_steps=2"]
+             "data.buckets=[128]", "train.plots=false", "optim.warmup_steps=2", "train.report_to=none"]
 
 
 def argv(run_dir, *extra: str, quiet: bool = True) -> list[str]:
