@@ -28,6 +28,14 @@ def short(value, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def warn(msg: str) -> None:
+    """``warning: msg`` as one line on stderr, also with ``--quiet``: the one way a run warns
+    (which process warns is the caller's choice)."""
+    import sys
+
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
 class NoSpaceLeft(Exception):
     """The disk filled up while writing ``path``; ``reason`` says what was lost and what to do.
 

@@ -10,6 +10,7 @@ import jax
 
 from jaxalign import parallel as shd
 from jaxalign.config import RunConfig
+from jaxalign import errors
 from jaxalign.errors import JaxalignError
 from jaxalign.models.config import ModelConfig
 
@@ -207,11 +208,9 @@ def _load_one(cfg: RunConfig, tokenizer, src) -> list:
 
 
 def warn(msg: str) -> None:
-    """``warning: msg`` on stderr, also with ``--quiet`` (process 0 only), as the train loop's."""
+    """:func:`jaxalign.errors.warn` on process 0 only."""
     if jax.process_index() == 0:
-        import sys
-
-        print(f"warning: {msg}", file=sys.stderr, flush=True)
+        errors.warn(msg)
 
 
 def length_warning(cfg: RunConfig, stats, split: str) -> str | None:

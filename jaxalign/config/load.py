@@ -14,7 +14,7 @@ from jaxalign.config.checks import check_values
 from jaxalign.config.coerce import from_dict, unknown_keys, unknown_keys_error
 from jaxalign.config.schema import RunConfig
 from jaxalign.config.yaml_io import yaml_load
-from jaxalign.errors import JaxalignError
+from jaxalign.errors import JaxalignError, warn
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -34,10 +34,9 @@ def _warn_steps_and_epochs(raw_train, cfg: RunConfig) -> None:
     since the epochs would be silently ignored."""
     if not isinstance(raw_train, dict) or raw_train.get("epochs") is None or cfg.train.steps is None:
         return
-    # On stderr as the train loop's warnings (also with --quiet), one line.
-    print(f"warning: train.steps={cfg.train.steps} and train.epochs={cfg.train.epochs} are both set; "
-          f"train.steps wins (the run makes {cfg.train.steps} steps whatever the data size) and "
-          "train.epochs is ignored", file=sys.stderr, flush=True)
+    warn(f"train.steps={cfg.train.steps} and train.epochs={cfg.train.epochs} are both set; "
+         f"train.steps wins (the run makes {cfg.train.steps} steps whatever the data size) and "
+         "train.epochs is ignored")
 
 
 def _note(msg: str) -> None:

@@ -13,6 +13,7 @@ import ast
 import re
 
 from jaxalign.errors import JaxalignError
+from jaxalign.io.hub import first_line
 
 _LISTED = re.compile(r"\[([^\[\]]*)\]")
 
@@ -27,11 +28,6 @@ def _listed(msg: str) -> str | None:
     except (ValueError, SyntaxError):
         return None
     return ", ".join(map(str, names))
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return (s.splitlines()[0] if s else type(e).__name__)[:200]
 
 
 def load_split(path: str, split: str, subset: str | None, given: str, **kw):
@@ -53,7 +49,7 @@ def load_split(path: str, split: str, subset: str | None, given: str, **kw):
         if msg.startswith("Config name is missing") and names:
             raise JaxalignError(f"config key 'data.subset': {given} has several subsets ({names}); "
                                 "choose one with data.subset") from None
-        raise JaxalignError(f"{given}: cannot load the dataset ({_first_line(e)})") from None
+        raise JaxalignError(f"{given}: cannot load the dataset ({first_line(e)})") from None
 
 
 def hub_rows(given: str, repo_id: str, revision: str | None, split: str, subset: str | None,
@@ -67,6 +63,6 @@ def hub_rows(given: str, repo_id: str, revision: str | None, split: str, subset:
         except JaxalignError:
             raise
         except ConnectionError as e:  # reachable a moment ago; gone now
-            raise not_fetched(given, repo_id, revision, "dataset", _first_line(e)) from None
+            raise not_fetched(given, repo_id, revision, "dataset", first_line(e)) from None
     local = snapshot(repo_id, revision, repo_type="dataset", given=given, cache_only=True)
     return load_split(str(local), split, subset, given, cache_dir=cache_dir)

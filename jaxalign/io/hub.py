@@ -67,7 +67,9 @@ def hub_cache_dir() -> str:
     return constants.HF_HUB_CACHE
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """The first line of ``e``'s message (its type name when empty), at most 200 characters:
+    the libraries' multi-line errors, quoted inside one ``error:`` line."""
     s = str(e).strip()
     return (s.splitlines()[0] if s else type(e).__name__)[:200]
 
@@ -143,11 +145,11 @@ def _snapshot(repo_id, revision, repo_type, patterns, given, offline, cache_dir)
         _quiet_hub_progress()
         return Path(snapshot_download(**kw))
     except HFValidationError as e:
-        raise JaxalignError(f"{given}: not a valid Hugging Face Hub id ({_first_line(e)})") from None
+        raise JaxalignError(f"{given}: not a valid Hugging Face Hub id ({first_line(e)})") from None
     except JaxalignError:
         raise
     except OSError as e:  # a download cut short, a full disk, a permission error in the cache
-        raise JaxalignError(f"{given}: cannot fetch {repo_id!r} from the Hugging Face Hub ({_first_line(e)})") from None
+        raise JaxalignError(f"{given}: cannot fetch {repo_id!r} from the Hugging Face Hub ({first_line(e)})") from None
 
 
 def _quiet_hub_progress() -> None:

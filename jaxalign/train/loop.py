@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 
 from jaxalign.config import RunConfig, save_config
-from jaxalign.errors import JaxalignError, NoSpaceLeft, is_no_space
+from jaxalign.errors import JaxalignError, NoSpaceLeft, is_no_space, warn
 from jaxalign.parallel import distributed
 from jaxalign.parallel.batch import global_batch
 from jaxalign.parallel.rules import axis_rules
@@ -41,10 +41,6 @@ class _NoWriter:
 
     def close(self):
         pass
-
-
-def _warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr, flush=True)  # even with --quiet
 
 
 def _final_dir(run_dir: Path) -> Path:
@@ -144,8 +140,8 @@ def _run_locked(cfg: RunConfig, job: Job, run_dir: Path) -> dict:
     ckpt = Checkpointer(run_dir / "checkpoints", keep=tcfg.keep_checkpoints)
     try:  # another run's checkpoints are refused; damaged ones fall back to the newest good one
         changed = check_resume(ckpt.newest_meta().get("identity"), identity, run_dir, tcfg.resume_cast,
-                               _warn if main else log)
-        start, state, meta = ckpt.restore_latest_good(state, _warn if main else log, needs=("data",))
+                               warn if main else log)
+        start, state, meta = ckpt.restore_latest_good(state, warn if main else log, needs=("data",))
     except JaxalignError:
         ckpt.close()
         raise
