@@ -114,13 +114,17 @@ def check_positions(cfg: RunConfig, mc: ModelConfig, where: str) -> None:
                             f"max_position_embeddings={limit} ({where}); lower data.max_length to {limit} or less")
 
 
-def num_steps(cfg: RunConfig, n_examples: int) -> int:
-    """``train.steps`` if set, else ``train.epochs`` passes over ``n_examples``."""
+def num_steps(cfg: RunConfig, n_examples: int, batches=None) -> int:
+    """``train.steps`` if set, else ``train.epochs`` passes over ``n_examples`` (with
+    ``data.packing``, pass the packed iterator ``batches``: an epoch is its first epoch's
+    batches of packed rows)."""
     if cfg.train.steps is not None:
         if cfg.train.steps <= 0:
             raise JaxalignError(f"config key 'train.steps': must be > 0, got {cfg.train.steps}")
         return cfg.train.steps
     per_epoch = n_examples // cfg.train.batch_size
+    if batches is not None and getattr(batches, "batches_per_epoch", None) is not None:
+        per_epoch = batches.batches_per_epoch  # packed: rows per epoch, not examples, make the steps
     if per_epoch == 0:
         raise JaxalignError(
             f"train.batch_size={cfg.train.batch_size} is larger than the {n_examples} training examples"
@@ -326,6 +330,8 @@ def batch_iterators(cfg: RunConfig, train: list, ev: list, pad_id: int):
     from jaxalign.data import BatchIterator
 
     bs = cfg.train.batch_size
+    if cfg.data.packing:
+        return packed_iterators(cfg, train, ev, pad_id)
     if len(train) < bs:
         raise JaxalignError(f"config key 'train.batch_size': {bs} is larger than the {len(train)} "
                             "training examples")
@@ -342,6 +348,24 @@ def batch_iterators(cfg: RunConfig, train: list, ev: list, pad_id: int):
                                  buckets=cfg.data.buckets, max_length=cfg.data.max_length,
                                  process_index=jax.process_index(), process_count=jax.process_count(),
                                  num_epochs=1)
+    return it, eval_fn
+
+
+def packed_iterators(cfg: RunConfig, train: list, ev: list, pad_id: int):
+    """:func:`batch_iterators` with ``data.packing``: batches of ``train.batch_size`` packed rows
+    (eval: ``train.micro_batch_size`` rows, each eval example once)."""
+    from jaxalign.data.packing import PackedBatchIterator
+
+    bs = cfg.train.batch_size
+    kw = dict(pad_id=pad_id, buckets=cfg.data.buckets, max_length=cfg.data.max_length,
+              process_index=jax.process_index(), process_count=jax.process_count())
+    it = PackedBatchIterator(train, bs, seed=cfg.seed, shuffle=True, drop_last=True, **kw)
+    eval_fn = None
+    if ev:
+        ebs = cfg.train.micro_batch_size or bs
+
+        def eval_fn():
+            return PackedBatchIterator(ev, ebs, shuffle=False, drop_last=False, num_epochs=1, **kw)
     return it, eval_fn
 
 

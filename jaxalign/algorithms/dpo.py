@@ -26,6 +26,7 @@ from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
 from jaxalign.losses import dpo_loss, sequence_logprobs
 from jaxalign.losses.dpo import BCOState
+from jaxalign.losses.segments import segment_counts, segment_sums
 from jaxalign.train.job import Job
 from jaxalign.train.optim import make_optimizer
 from jaxalign.algorithms.sections.dpo import (  # noqa: F401 (re-exported)
@@ -34,7 +35,19 @@ from jaxalign.algorithms.sections.dpo import (  # noqa: F401 (re-exported)
 
 def pair_logps(model, batch: dict, *, chunk_size: int | None = None, remat: bool = False):
     """One forward over ``[chosen; rejected]`` (``[2B, S]``): ``(chosen_logps, rejected_logps,
-    chosen_lengths, rejected_lengths)``, each ``[B]``, log-probs summed over completion tokens."""
+    chosen_lengths, rejected_lengths)``, each ``[B]``, log-probs summed over completion tokens.
+
+    A packed batch (``segment_ids``, ``pair_valid [R, K]``; :mod:`jaxalign.data.packing`) is one
+    forward over its rows, pair ``j`` of a row being segments ``2j + 1`` (chosen) and ``2j + 2``
+    (rejected); the four arrays are then ``[R·K]``, one entry per pair slot (empty slots give 0:
+    mask them with :func:`pair_valid`)."""
+    if "segment_ids" in batch:
+        logps, mask = completion_logps(model, batch, remat=remat, chunk_size=chunk_size)
+        k = batch["pair_valid"].shape[-1]
+        seq = segment_sums(logps, mask, batch["segment_ids"], 2 * k)
+        lengths = segment_counts(mask, batch["segment_ids"], 2 * k)
+        return (seq[:, 0::2].reshape(-1), seq[:, 1::2].reshape(-1),
+                lengths[:, 0::2].reshape(-1), lengths[:, 1::2].reshape(-1))
     cat = {k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], axis=0)
            for k in ("input_ids", "attention_mask", "completion_mask")}
     logps, mask = completion_logps(model, cat, remat=remat, chunk_size=chunk_size)
@@ -42,6 +55,11 @@ def pair_logps(model, batch: dict, *, chunk_size: int | None = None, remat: bool
     lengths = jnp.sum(mask, axis=-1).astype(jnp.float32)
     b = batch["chosen_input_ids"].shape[0]
     return seq[:b], seq[b:], lengths[:b], lengths[b:]
+
+
+def pair_valid(batch: dict):
+    """``[R·K]`` bool: which pair slots of a packed batch hold a pair; None unpacked."""
+    return batch["pair_valid"].reshape(-1).astype(bool) if "pair_valid" in batch else None
 
 
 def loss_kwargs(algo: Config) -> dict:
@@ -76,12 +94,13 @@ def make_loss(graphdef, algo: Config, ref_graphdef=None, remat: bool = False):
                             jax.lax.stop_gradient(frozen))
             rw, rl, _, _ = pair_logps(ref, batch, chunk_size=algo.chunk_size)
         elif REF_KEYS[0] in batch:
-            rw, rl = batch[REF_KEYS[0]], batch[REF_KEYS[1]]
+            rw, rl = batch[REF_KEYS[0]].reshape(-1), batch[REF_KEYS[1]].reshape(-1)  # [R, K] when packed
         else:
             rw = rl = None
         bco = BCOState(extras["bco_mean"], extras["bco_count"]) if "bco_mean" in extras else None
+        valid = pair_valid(batch)
         loss, m = dpo_loss(pw, pl, rw, rl, chosen_lengths=len_w, rejected_lengths=len_l,
-                           bco_state=bco, **kwargs)
+                           bco_state=bco, valid=valid, **kwargs)
         new_extras = extras
         state = m.pop("bco_state", None)
         if state is not None:
@@ -89,7 +108,8 @@ def make_loss(graphdef, algo: Config, ref_graphdef=None, remat: bool = False):
         metrics = dict(m, accuracy=m["rewards/accuracies"])
         if "bco_mean" in new_extras:
             metrics["bco/delta"] = new_extras["bco_mean"]
-        return loss, (jnp.float32(pw.shape[0]), metrics, new_extras)
+        pairs = jnp.float32(pw.shape[0]) if valid is None else jnp.sum(valid).astype(jnp.float32)
+        return loss, (pairs, metrics, new_extras)
 
     return loss_fn
 
@@ -181,7 +201,7 @@ def build_job(cfg: RunConfig) -> Job:
         else:
             ref_graphdef, frozen = graphdef, common.frozen_copy(params)
     batches, eval_batches = common.batch_iterators(cfg, train, ev, tok.pad_token_id)
-    total = common.num_steps(cfg, len(train))
+    total = common.num_steps(cfg, len(train), batches)
     tx, schedule = make_optimizer(cfg.optim, total)
     loss_fn = make_loss(graphdef, algo, ref_graphdef, cfg.model.remat)
     return Job(params=params, loss_fn=loss_fn, eval_loss_fn=make_loss(graphdef, algo, ref_graphdef),

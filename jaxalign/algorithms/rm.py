@@ -35,6 +35,7 @@ from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
 from jaxalign.losses import shifted_token_logprobs
 from jaxalign.losses.reward import kwise_pairwise_loss, pairwise_loss, plackett_luce_loss
+from jaxalign.losses.segments import segment_counts, segment_ends, segment_starts, segment_sums
 from jaxalign.models.heads import ScalarHeadModel, last_token_index, scalar_head_from_lm
 from jaxalign.train.job import Job
 from jaxalign.train.optim import make_optimizer
@@ -47,6 +48,30 @@ def _scores(model: ScalarHeadModel, ids, attn, *, remat: bool = False):
     values = model.score(h)[..., 0].astype(jnp.float32)
     idx = last_token_index(attn)
     return jnp.take_along_axis(values, idx[:, None], axis=1)[:, 0], h
+
+
+def _packed_pairs(model: ScalarHeadModel, batch, *, remat: bool = False):
+    """Scores of a packed preference batch (:mod:`jaxalign.data.packing`): one forward over the
+    rows, each segment scored at its own last token. Returns ``(chosen, rejected)`` scores
+    ``[R·K]`` (0 in empty pair slots), the hidden states ``[R, S, D]`` and ``[R, 2K]`` slots."""
+    seg = batch["segment_ids"]
+    k = batch["pair_valid"].shape[-1]
+    h = model.backbone.hidden_states(batch["input_ids"], batch["attention_mask"], remat=remat, segment_ids=seg)
+    values = model.score(h)[..., 0].astype(jnp.float32)
+    per = segment_sums(values, segment_ends(seg), seg, 2 * k)  # one end per segment: its score
+    return per[:, 0::2].reshape(-1), per[:, 1::2].reshape(-1), h
+
+
+def _packed_chosen_nll(model: ScalarHeadModel, h, batch, chunk_size):
+    """Token-mean NLL ``[R·K]`` of each pair's chosen completion in a packed batch (what
+    :func:`_sequence_nll` gives each chosen row unpacked)."""
+    seg, ids = batch["segment_ids"], batch["input_ids"]
+    k = batch["pair_valid"].shape[-1]
+    logps = shifted_token_logprobs(model.backbone.logits_from_hidden(h), ids, chunk_size=chunk_size)
+    mask = batch["completion_mask"].astype(bool).at[:, 0].set(False) & ~segment_starts(seg)
+    sums = segment_sums(-logps, mask, seg, 2 * k)[:, 0::2]
+    counts = segment_counts(mask, seg, 2 * k)[:, 0::2]
+    return (sums / jnp.maximum(counts, 1.0)).reshape(-1)
 
 
 def _sequence_nll(model: ScalarHeadModel, h, ids, completion_mask, chunk_size):
@@ -74,7 +99,12 @@ def make_loss(graphdef, algo: Config, remat: bool = False):
 
     def loss_fn(params, batch, frozen, rng, extras):
         model = nnx.merge(graphdef, params)
-        if "chosen_input_ids" in batch:
+        packed = "segment_ids" in batch
+        if packed:
+            rw, rl, h = _packed_pairs(model, batch, remat=remat)
+            pair_ok = batch["pair_valid"].reshape(-1).astype(bool)
+            rewards, valid = jnp.stack([rw, rl], axis=1), jnp.stack([pair_ok, pair_ok], axis=1)
+        elif "chosen_input_ids" in batch:
             b = batch["chosen_input_ids"].shape[0]
             cat = {k: jnp.concatenate([batch[f"chosen_{k}"], batch[f"rejected_{k}"]], axis=0)
                    for k in ("input_ids", "attention_mask", "completion_mask")}
@@ -95,8 +125,10 @@ def make_loss(graphdef, algo: Config, remat: bool = False):
             if "rank_valid" in batch:
                 raise JaxalignError("rm.loss: pairwise needs preference batches; got a ranked batch")
             margin = batch.get("margin") if algo.use_margin else None
+            if packed and margin is not None:
+                margin = margin.reshape(-1)
             loss, m = pairwise_loss(rewards[:, 0], rewards[:, 1], margin=margin,
-                                    center_coef=algo.center_coef)
+                                    center_coef=algo.center_coef, valid=pair_ok if packed else None)
             metrics = {"accuracy": m["accuracy"], "margin": m["margin"], "chosen": m["chosen"],
                        "rejected": m["rejected"]}
         else:
@@ -108,7 +140,10 @@ def make_loss(graphdef, algo: Config, remat: bool = False):
                        "margin": jnp.sum(jnp.where(pairs, diff, 0.0)) / jnp.maximum(jnp.sum(pairs), 1)}
         metrics.update(_reward_stats(rewards, valid), rm_loss=loss)
         if algo.lm_coef:
-            nll = _sequence_nll(model, h_best, best["input_ids"], best["completion_mask"], algo.chunk_size)
+            if packed:
+                nll = _packed_chosen_nll(model, h, batch, algo.chunk_size)
+            else:
+                nll = _sequence_nll(model, h_best, best["input_ids"], best["completion_mask"], algo.chunk_size)
             lm = jnp.sum(jnp.where(units, nll, 0.0)) / jnp.maximum(jnp.sum(units), 1)
             loss = loss + algo.lm_coef * lm
             metrics["nll"] = lm
@@ -231,7 +266,7 @@ def build_job(cfg: RunConfig) -> Job:
     model = build_model(cfg, mesh, tok)
     graphdef, params = nnx.split(model)
     del model
-    total = common.num_steps(cfg, len(train))
+    total = common.num_steps(cfg, len(train), batches)
     tx, schedule = make_optimizer(cfg.optim, total)
     return Job(params=params, loss_fn=make_loss(graphdef, algo, cfg.model.remat),
                eval_loss_fn=make_loss(graphdef, algo), tx=tx, schedule=schedule, total_steps=total,

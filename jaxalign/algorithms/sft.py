@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jaxalign.algorithms import common
 from jaxalign.config import RunConfig
 from jaxalign.losses import neftune_noise, nll_loss, shifted_token_logprobs
+from jaxalign.losses.segments import segment_counts, segment_starts, segment_sums
 from jaxalign.train.job import Job
 from jaxalign.train.optim import make_optimizer
 from jaxalign.algorithms.sections.sft import AGGREGATIONS, Config  # noqa: F401 (re-exported)
@@ -21,21 +22,45 @@ from jaxalign.algorithms.sections.sft import AGGREGATIONS, Config  # noqa: F401 
 def completion_logps(model, batch: dict, *, prefix: str = "", embeds=None, remat: bool = False,
                      chunk_size: int | None = None):
     """Per-token log-probs ``[B, S]`` of ``batch[prefix + 'input_ids']`` and the loss mask
-    (completion tokens; position 0 never counts, it has no prediction)."""
+    (completion tokens; position 0 never counts, it has no prediction).
+
+    A packed batch (``segment_ids``, :mod:`jaxalign.data.packing`) runs with attention confined
+    to each example, and no segment's first token counts either: its "prediction" would come
+    from the previous example's last token."""
     ids, attn = batch[prefix + "input_ids"], batch[prefix + "attention_mask"]
+    seg = batch.get(prefix + "segment_ids")
+    packed = {} if seg is None else {"segment_ids": seg}
     if embeds is None:
-        logits = model(ids, attn, remat=remat)
+        logits = model(ids, attn, remat=remat, **packed)
     else:
-        logits = model(attention_mask=attn, inputs_embeds=embeds, remat=remat)
+        logits = model(attention_mask=attn, inputs_embeds=embeds, remat=remat, **packed)
     logps = shifted_token_logprobs(logits, ids, chunk_size=chunk_size)
     mask = jnp.asarray(batch[prefix + "completion_mask"], bool).at[:, 0].set(False)
+    if seg is not None:
+        mask &= ~segment_starts(seg)
     return logps, mask
 
 
-def loss_weight(mask, aggregation: str):
-    """The units a micro-batch's mean is over: completion tokens, or sequences that have some."""
+def packed_sequence_nll(logps, mask, segment_ids):
+    """SFT ``sequence_mean`` of a packed batch: each example's (segment's) mean completion NLL,
+    then the mean over examples with completion tokens, as ``nll_loss`` computes it per row
+    unpacked. Returns ``(loss, number of those examples)``."""
+    m = logps.shape[-1]  # a row of S tokens holds at most S segments
+    sums = segment_sums(-logps, mask, segment_ids, m)
+    counts = segment_counts(mask, segment_ids, m)
+    has = counts > 0
+    per = jnp.where(has, sums / jnp.maximum(counts, 1.0), 0.0)
+    n = jnp.sum(has).astype(jnp.float32)
+    return jnp.sum(per) / jnp.maximum(n, 1.0), n
+
+
+def loss_weight(mask, aggregation: str, segment_ids=None):
+    """The units a micro-batch's mean is over: completion tokens, or sequences that have some
+    (packed: segments that have some)."""
     if aggregation == "token_mean":
         return jnp.sum(mask).astype(jnp.float32)
+    if segment_ids is not None:
+        return jnp.sum(segment_counts(mask, segment_ids, mask.shape[-1]) > 0).astype(jnp.float32)
     return jnp.sum(jnp.any(mask, axis=-1)).astype(jnp.float32)
 
 
@@ -48,10 +73,14 @@ def make_loss(graphdef, algo: Config, remat: bool = False):
         if algo.neftune_alpha:
             embeds = neftune_noise(rng, model.embed(batch["input_ids"]), algo.neftune_alpha)
         logps, mask = completion_logps(model, batch, embeds=embeds, remat=remat, chunk_size=algo.chunk_size)
-        loss, _ = nll_loss(logps, mask, aggregation=algo.aggregation)
+        seg = batch.get("segment_ids")
+        if seg is not None and algo.aggregation == "sequence_mean":
+            loss, _ = packed_sequence_nll(logps, mask, seg)
+        else:  # token_mean: a packed batch has the same completion tokens, so the same mean
+            loss, _ = nll_loss(logps, mask, aggregation=algo.aggregation)
         # "nll" in the aggregation of the loss (nll_loss's own "nll" is a token mean, which the
         # sequence-weighted accumulation of sequence_mean would make depend on micro_batch_size).
-        return loss, (loss_weight(mask, algo.aggregation), {"nll": loss}, extras)
+        return loss, (loss_weight(mask, algo.aggregation, seg), {"nll": loss}, extras)
 
     return loss_fn
 
@@ -67,8 +96,8 @@ def build_job(cfg: RunConfig) -> Job:
     mesh = common.mesh_from(cfg)
     tok = common.tokenizer_from(cfg)
     train, ev = common.datasets_from(cfg, tok, ("sft",))
-    total = common.num_steps(cfg, len(train))
     batches, eval_batches = common.batch_iterators(cfg, train, ev, tok.pad_token_id)
+    total = common.num_steps(cfg, len(train), batches)
     model = common.model_from(cfg, mesh, tok)
     graphdef, params = nnx.split(model)
     tx, schedule = make_optimizer(cfg.optim, total)

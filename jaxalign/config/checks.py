@@ -147,6 +147,10 @@ def _check_model_config(fields: dict) -> None:
                     raise JaxalignError(f"config key {key!r}: expected token ids >= 0, got {short(v)}")
 
 
+# The offline algorithms whose losses read segment ids (jaxalign.data.packing).
+PACKED_ALGORITHMS = ("sft", "rm", "dpo")
+
+
 def check_values(cfg) -> None:
     """Raise a one-line :class:`JaxalignError` naming the first out-of-range key of ``cfg``
     (a :class:`jaxalign.config.RunConfig`)."""
@@ -175,6 +179,9 @@ def check_values(cfg) -> None:
     except JaxalignError as e:
         raise JaxalignError(f"config key 'data.format': {e}") from None
     _check_buckets(d.buckets)
+    if d.packing and cfg.algorithm not in PACKED_ALGORITHMS:
+        raise JaxalignError(f"config key 'data.packing': packed batches are for {', '.join(PACKED_ALGORITHMS)}, "
+                            f"not {cfg.algorithm}; set data.packing=false")
     _check_sources(d)
     t = cfg.train
     if t.micro_batch_size is not None and t.batch_size % t.micro_batch_size:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from jaxalign.data.batching import (BatchIterator, batch_columns, batch_kind, bucket_length, collate, columns_by_row,
                                     full_batches, train_eval_split, unpaired_widths)
+from jaxalign.data.packing import PackedBatchIterator, collate_packed, pack
 from jaxalign.data.formats import (
     FORMATS,
     LMExample,
@@ -138,5 +139,5 @@ __all__ = [
     "bucket_length", "check_rows", "collate", "columns_by_row", "detect_format", "example_format", "full_batches",
     "load_dataset_rows", "load_examples", "normalize_format", "prepare_dataset", "sequence_length", "shipped_path",
     "tiny_tokenizer_path", "to_examples", "tokenize_example", "tokenize_examples", "train_eval_split",
-    "UnpairedExample", "unpair_preference", "unpaired_widths",
+    "UnpairedExample", "unpair_preference", "unpaired_widths", "PackedBatchIterator", "collate_packed", "pack",
 ]

@@ -370,6 +370,8 @@ class BatchIterator:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state`` (from :meth:`state_dict` of an iterator over the same data)."""
+        if state.get("packing"):
+            raise JaxalignError("config key 'data.packing': the checkpoint's batches were packed; resume with it")
         for key, mine in (("seed", self.seed), ("num_examples", len(self.examples)),
                           ("batch_size", self.batch_size)):
             if key in state and int(state[key]) != mine:

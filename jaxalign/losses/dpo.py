@@ -43,14 +43,20 @@ def bco_init() -> BCOState:
     return BCOState(mean=jnp.zeros((), jnp.float32), count=jnp.zeros((), jnp.float32))
 
 
-def bco_update(state: BCOState, chosen_rewards: Array, rejected_rewards: Array) -> BCOState:
+def bco_update(state: BCOState, chosen_rewards: Array, rejected_rewards: Array, valid: Array | None = None) -> BCOState:
     """Merges the batch's implicit rewards ``{β·c} ∪ {β·r}`` into the running mean
     (BCO, Jung et al. 2024, arXiv:2404.04656): ``μ' = μ + (x̄ − μ)·n/(N + n)``, ``N' = N + n``.
-    Rewards are treated as constants (no gradient)."""
+    Rewards are treated as constants (no gradient). ``valid [B]``: only those pairs count."""
     rewards = jax.lax.stop_gradient(jnp.concatenate([chosen_rewards, rejected_rewards]))
-    n = jnp.float32(rewards.shape[0])
+    if valid is None:
+        n = jnp.float32(rewards.shape[0])
+        batch_mean = jnp.mean(rewards)
+    else:
+        v = jnp.concatenate([valid, valid]).astype(bool)
+        n = jnp.sum(v).astype(jnp.float32)
+        batch_mean = jnp.sum(jnp.where(v, rewards, 0.0)) / jnp.maximum(n, 1.0)
     total = state.count + n
-    mean = state.mean + (jnp.mean(rewards) - state.mean) * n / total
+    mean = state.mean + (batch_mean - state.mean) * n / jnp.maximum(total, 1.0)
     return BCOState(mean=mean.astype(jnp.float32), count=total)
 
 
@@ -76,6 +82,7 @@ def dpo_loss(
     discopop_tau: float | Array = 0.05,
     rpo_alpha: float | Array | None = None,
     bco_state: BCOState | None = None,
+    valid: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """DPO loss (Rafailov et al. 2023, arXiv:2305.18290) and variants, batch-mean.
 
@@ -122,6 +129,9 @@ def dpo_loss(
       rpo_alpha: optional weight of the SFT term on the chosen completions.
       bco_state: running mean for ``bco_pair``; it is updated with this batch's rewards
         before use and returned as ``metrics["bco_state"]`` (pop it before logging).
+      valid: optional ``[B]`` mask of the pairs that exist (packed batches have empty pair
+        slots): every mean is over the valid pairs only, and empty slots get no gradient.
+        Not with ``aot`` / ``aot_pair``, which sort over the whole batch.
 
     Returns:
       ``(loss, metrics)``: ``rewards/chosen`` (mean β·c), ``rewards/rejected`` (mean β·r),
@@ -158,6 +168,18 @@ def dpo_loss(
     if "robust" in types and isinstance(label_smoothing, (int, float)) and label_smoothing >= 0.5:
         raise ValueError("robust DPO needs label_smoothing < 0.5")
 
+    if valid is None:
+        mean = jnp.mean
+    else:
+        if {"aot", "aot_pair"} & set(types):
+            raise ValueError("aot and aot_pair sort over the whole batch; they take no valid mask")
+        chex.assert_equal_shape([pw, valid])
+        valid = jnp.asarray(valid).astype(bool)
+        n_valid = jnp.maximum(jnp.sum(valid), 1).astype(pw.dtype)
+
+        def mean(x):
+            return jnp.sum(jnp.where(valid, x, jnp.zeros((), x.dtype))) / n_valid.astype(x.dtype)
+
     c, r = pw - rw, pl - rl
     delta = c - r
     eps = label_smoothing
@@ -185,7 +207,7 @@ def dpo_loss(
             if bco_state is None:
                 d = jnp.zeros((), pw.dtype)
             else:
-                new_state = bco_update(bco_state, beta * c, beta * r)
+                new_state = bco_update(bco_state, beta * c, beta * r, valid)
                 metrics["bco_state"] = new_state
                 d = new_state.mean
             return -jax.nn.log_sigmoid(beta * c - d) - jax.nn.log_sigmoid(-(beta * r - d))
@@ -208,12 +230,15 @@ def dpo_loss(
         if t == "simpo":
             return _smoothed_sigmoid(beta * (pw / len_w - pl / len_l) - simpo_gamma, eps)
         if t == "sft":
+            if valid is not None:
+                return jnp.broadcast_to(-jnp.sum(jnp.where(valid, pw, 0.0)) / jnp.sum(jnp.where(valid, len_w, 0.0)),
+                                        pw.shape)
             return jnp.broadcast_to(-jnp.sum(pw) / jnp.sum(len_w), pw.shape)
         raise AssertionError(t)
 
     loss = jnp.zeros((), pw.dtype)
     for t, w in zip(types, weights):
-        term = jnp.mean(per_pair(t))
+        term = mean(per_pair(t))
         if len(types) > 1:
             metrics[f"loss/{t}"] = term
         loss = loss + w * term
@@ -221,11 +246,11 @@ def dpo_loss(
     chosen_rewards = jax.lax.stop_gradient(beta * c)
     rejected_rewards = jax.lax.stop_gradient(beta * r)
     metrics.update({
-        "rewards/chosen": jnp.mean(chosen_rewards),
-        "rewards/rejected": jnp.mean(rejected_rewards),
-        "rewards/accuracies": jnp.mean((chosen_rewards > rejected_rewards).astype(pw.dtype)),
-        "rewards/margins": jnp.mean(chosen_rewards - rejected_rewards),
-        "logps/chosen": jnp.mean(jax.lax.stop_gradient(pw)),
-        "logps/rejected": jnp.mean(jax.lax.stop_gradient(pl)),
+        "rewards/chosen": mean(chosen_rewards),
+        "rewards/rejected": mean(rejected_rewards),
+        "rewards/accuracies": mean((chosen_rewards > rejected_rewards).astype(pw.dtype)),
+        "rewards/margins": mean(chosen_rewards - rejected_rewards),
+        "logps/chosen": mean(jax.lax.stop_gradient(pw)),
+        "logps/rejected": mean(jax.lax.stop_gradient(pl)),
     })
     return loss, metrics

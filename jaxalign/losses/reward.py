@@ -27,6 +27,7 @@ def pairwise_loss(
     *,
     margin: Array | float | None = None,
     center_coef: float = 0.0,
+    valid: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Bradley–Terry pairwise reward loss (InstructGPT, arXiv:2203.02155; Llama 2 margin,
     arXiv:2307.09288; centring term of Eisenstein et al., arXiv:2312.09244).
@@ -38,6 +39,8 @@ def pairwise_loss(
       rejected_rewards: ``[B]`` rewards of the other responses.
       margin: optional ``[B]`` (or scalar) margin ``m``.
       center_coef: ``c`` (≈ 0.01), pulls rewards towards zero mean; 0 disables.
+      valid: optional ``[B]`` mask of the pairs that exist (empty slots of packed batches):
+        every mean is over the valid pairs only.
 
     Returns:
       ``(loss, metrics)``: ``accuracy``, ``margin`` (mean ``r_w − r_l``), ``chosen``, ``rejected``.
@@ -45,16 +48,25 @@ def pairwise_loss(
     chex.assert_rank([chosen_rewards, rejected_rewards], 1)
     chex.assert_equal_shape([chosen_rewards, rejected_rewards])
     chex.assert_type([chosen_rewards, rejected_rewards], float)
+    if valid is None:
+        mean = jnp.mean
+    else:
+        chex.assert_equal_shape([chosen_rewards, valid])
+        v = jnp.asarray(valid).astype(bool)
+
+        def mean(x):
+            return jnp.sum(jnp.where(v, x, 0.0)) / jnp.maximum(jnp.sum(v), 1).astype(x.dtype)
     diff = chosen_rewards - rejected_rewards
     logits = diff if margin is None else diff - margin
-    loss = -jnp.mean(jax.nn.log_sigmoid(logits))
+    loss = -mean(jax.nn.log_sigmoid(logits))
     if center_coef:
-        loss = loss + center_coef * jnp.mean(jnp.square(chosen_rewards + rejected_rewards))
+        loss = loss + center_coef * mean(jnp.square(chosen_rewards + rejected_rewards))
     metrics = {
-        "accuracy": preference_accuracy(chosen_rewards, rejected_rewards),
-        "margin": jnp.mean(diff),
-        "chosen": jnp.mean(chosen_rewards),
-        "rejected": jnp.mean(rejected_rewards),
+        "accuracy": (preference_accuracy(chosen_rewards, rejected_rewards) if valid is None
+                     else mean((chosen_rewards > rejected_rewards).astype(jnp.float32))),
+        "margin": mean(diff),
+        "chosen": mean(chosen_rewards),
+        "rejected": mean(rejected_rewards),
     }
     return loss, metrics
 

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.kv_cache import TRANSPOSE_MIN_ROWS, KVCache  # noqa: F401  (KVCache re-exported)
 from jaxalign.models.matmul import mm
-from jaxalign.models.rope import apply_rope, rope_cos_sin, rope_inv_freq, rope_tables  # noqa: F401  (re-exported)
+from jaxalign.models.rope import (  # noqa: F401  (re-exported)
+    apply_rope, positions_from_mask, positions_from_segments, rope_cos_sin, rope_inv_freq, rope_tables)
 
 _INIT_STD = 0.02  # transformers' initializer_range default for these families
 
@@ -192,14 +193,6 @@ class Embedding(nnx.Module):
         return jnp.take(self.weight[...], ids, axis=0)
 
 
-def positions_from_mask(attention_mask: jax.Array, offset=None) -> jax.Array:
-    """Token positions from a 0/1 mask: real tokens count 0, 1, 2, ... (left or right padding)."""
-    pos = jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1
-    if offset is not None:
-        pos = pos + offset[:, None]
-    return jnp.maximum(pos, 0)
-
-
 class CausalLM(nnx.Module):
     """Decoder-only LM of any supported family (:mod:`jaxalign.models.families`).
 
@@ -250,10 +243,14 @@ class CausalLM(nnx.Module):
         cache: KVCache | None = None,
         remat: bool = False,
         layers: list | None = None,
+        segment_ids=None,
     ):
         """Final-norm hidden states ``[b, s, d]``; and the updated cache when one is given.
 
         ``layers``: with a cache, the result of :meth:`unstacked_layers` to reuse across calls.
+        ``segment_ids``: ``[b, s]`` ids of the examples packed into each row
+        (:mod:`jaxalign.data.packing`): a token attends only to earlier tokens of its own
+        segment, and positions restart at each segment (unless ``positions`` are given).
         """
         cfg = self.config
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.jnp_dtype)
@@ -261,9 +258,11 @@ class CausalLM(nnx.Module):
         if attention_mask is None:
             attention_mask = jnp.ones((b, s), jnp.int32)
         am = attention_mask.astype(bool)
+        if segment_ids is not None and cache is not None:
+            raise ValueError("segment_ids (packed rows) are for training passes, not with a KV cache")
         if cache is None:
             if positions is None:
-                positions = positions_from_mask(am)
+                positions = positions_from_mask(am) if segment_ids is None else positions_from_segments(segment_ids)
             q_slot = k_slot = jnp.arange(s)
             key_mask = am
             index = None
@@ -285,7 +284,11 @@ class CausalLM(nnx.Module):
                 allowed = causal & (q_slot[:, None] - k_slot[None, :] < cfg.sliding_window)
             local = sliding and cfg.rope_local_theta is not None
             cos, sin = rope_tables(cfg, positions, local=local)
-            ctx[sliding] = (cos, sin, allowed[None] & key_mask[:, None, :])
+            mask = allowed[None] & key_mask[:, None, :]
+            if segment_ids is not None:
+                # Block-diagonal: the causal mask within each packed example, nothing across them.
+                mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
+            ctx[sliding] = (cos, sin, mask)
 
         if cache is not None:
             # Decoding: the layers run one after another, each with its own weights (sliced and
@@ -352,9 +355,9 @@ class CausalLM(nnx.Module):
         return layers
 
     def __call__(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, positions=None,
-                 cache: KVCache | None = None, remat: bool = False):
+                 cache: KVCache | None = None, remat: bool = False, segment_ids=None):
         out = self.hidden_states(input_ids, attention_mask, inputs_embeds=inputs_embeds,
-                                 positions=positions, cache=cache, remat=remat)
+                                 positions=positions, cache=cache, remat=remat, segment_ids=segment_ids)
         if cache is None:
             return self.logits_from_hidden(out)
         hidden, new_cache = out

@@ -1,5 +1,6 @@
 """Rotary position embeddings (RoPE) as transformers computes them: inverse frequencies with
-the supported scalings, cos/sin tables, and the half-split rotation."""
+the supported scalings, cos/sin tables, the half-split rotation, and the token positions they
+are taken at (from a padding mask or from packed segment ids)."""
 
 from __future__ import annotations
 
@@ -122,3 +123,21 @@ def apply_rope(x, cos, sin):
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
     return x * cos + rotated * sin
+
+
+def positions_from_mask(attention_mask: jax.Array, offset=None) -> jax.Array:
+    """Token positions from a 0/1 mask: real tokens count 0, 1, 2, ... (left or right padding)."""
+    pos = jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1
+    if offset is not None:
+        pos = pos + offset[:, None]
+    return jnp.maximum(pos, 0)
+
+
+def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
+    """Positions of packed rows: each segment (a run of equal ids) counts 0, 1, 2, ... from its
+    first token, as the example would alone in an unpacked row."""
+    s = segment_ids.shape[-1]
+    idx = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), segment_ids.shape)
+    prev = jnp.concatenate([jnp.full_like(segment_ids[..., :1], -1), segment_ids[..., :-1]], axis=-1)
+    start = jax.lax.cummax(jnp.where(segment_ids != prev, idx, 0), axis=segment_ids.ndim - 1)
+    return idx - start

@@ -226,7 +226,8 @@ def knobs(cfg, mesh, online: bool) -> list[str]:
     t, out = cfg.train, []
     mb = t.micro_batch_size or t.batch_size
     if mb > 1:
-        out.append(f"lower train.micro_batch_size (now {mb}; gradient accumulation keeps "
+        rows = " packed rows" if getattr(cfg.data, "packing", False) else ""
+        out.append(f"lower train.micro_batch_size (now {mb}{rows}; gradient accumulation keeps "
                    f"train.batch_size={t.batch_size})")
     algo = cfg.algo
     section = section_of(cfg.algorithm)

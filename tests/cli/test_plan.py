@@ -69,3 +69,19 @@ def test_plan_over_the_limit_is_one_error_line_and_writes_nothing(planned, capsy
     assert f"total (peak of the train step)" in out and fmt_bytes(total) in out
     assert "does NOT fit (1 B over)" in out
     assert not (tmp_path / "never").exists()
+
+
+def test_plan_sees_the_packed_shape(tmp_path):
+    """With data.packing the step is planned on batch_size packed rows of data.max_length tokens
+    with their segment ids."""
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["plan", "--config", CONFIG, "--json", f"run_dir={tmp_path / 'never'}", "data.packing=true",
+                   "train.batch_size=4"])
+    assert rc == 0
+    est = json.loads(buf.getvalue().strip().splitlines()[-1])
+    assert est["batch_shapes"] == {k: [4, 128] for k in ("input_ids", "attention_mask", "completion_mask",
+                                                         "segment_ids")}

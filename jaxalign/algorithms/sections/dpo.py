@@ -102,6 +102,9 @@ class Config(LossConfig):
             raise JaxalignError(f"config key 'dpo.rpo_alpha': must be >= 0, got {self.rpo_alpha}")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise JaxalignError(f"config key 'dpo.chunk_size': must be >= 1, got {self.chunk_size}")
+        if cfg.data.packing and {"aot", "aot_pair"} & set(self.loss_types()):
+            raise JaxalignError("config key 'dpo.loss_type': aot and aot_pair sort over the whole batch, "
+                                "which packed batches (data.packing) do not keep fixed; set data.packing=false")
         if self.reference not in REFERENCES:
             raise JaxalignError(f"config key 'dpo.reference': {self.reference!r} is not one of {REFERENCES}")
         if not self.needs_reference():
