@@ -1,5 +1,6 @@
 """Throughput harness (``make bench``): jaxalign vs its PyTorch peers on SmolLM2-135M, side by side.
 
+    .venv/bin/python benchmarks/throughput.py --lengths real ...   # realistic lengths: real_lengths.py
     .venv/bin/python benchmarks/throughput.py [--steps 3] [--batch 8] [--seq 256] [--gen-batches 1,16]
         [--new-tokens 64] [--only sft,dpo,gen] [--repeats 1] [--dtype float32|bfloat16] [--quick]
         [--out benchmarks/results/throughput.json]
@@ -218,7 +219,17 @@ def measure(kind: str, params: dict, log: list, gate: tuple[float, float] | None
 
 
 def main():
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--lengths", choices=["fixed", "real"], default="fixed")
+    known, rest = pre.parse_known_args()
+    if known.lengths == "real":  # the realistic-lengths comparison has its own options
+        from real_harness import main as real_main
+
+        return real_main(rest)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lengths", choices=["fixed", "real"], default="fixed",
+                    help="real: long-tailed example lengths, jaxalign packed vs padded vs TRL vs PyTorch "
+                    "(benchmarks/real_lengths.py; see `--lengths real --help` for its options)")
     ap.add_argument("--steps", type=int, default=3, help="timed train steps after the first (compiling) one")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=256)
@@ -335,4 +346,4 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
