@@ -1,7 +1,7 @@
 """Driver of ``throughput.py --lengths real`` (see :mod:`real_lengths` for the method): one child
 process per side, the same-examples check, the summary against issue 21's goals, Markdown.
 
-    .venv/bin/python benchmarks/throughput.py --lengths real [--only sft,dpo] [--examples 16] [--pairs 8]
+    .venv/bin/python benchmarks/throughput.py --lengths real [--only sft,dpo] [--examples 16] [--pairs 12]
         [--rows 4] [--max-length 512] [--seed 0] [--quick] [--out benchmarks/results/throughput_real.json]
 """
 
@@ -105,15 +105,17 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", default="sft,dpo")
+    ap.add_argument("--only", default="sft,dpo", help="comma list of sft, dpo")
     ap.add_argument("--examples", type=int, default=16, help="SFT examples, every side trains on all of them")
-    ap.add_argument("--pairs", type=int, default=8, help="DPO pairs, every side trains on all of them")
+    ap.add_argument("--pairs", type=int, default=12, help="DPO pairs, every side trains on all of them")
     ap.add_argument("--rows", type=int, default=4, help="rows a step (padded sides: examples or pairs a step)")
     ap.add_argument("--max-length", type=int, default=512, help="row length; DPO rows hold 2x")
     ap.add_argument("--seed", type=int, default=0, help="seed of the lengths and token ids")
-    ap.add_argument("--sides", default=None, help="comma list of sides (default: all four)")
+    ap.add_argument("--sides", default=None, help="comma list of sides (default: all four: "
+                    + ", ".join(SIDES["sft"]) + ")")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of every side")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput_real.json"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput_real.json"),
+                    help="JSON file of the run (meta, summary, goals, every side's raw result)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--params", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -121,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         kind, side = args.child.split(":", 1)
         emit_result(child(kind, side, json.loads(args.params)))
         return 0
+    for kind in args.only.split(","):
+        if kind not in SIDES:
+            raise SystemExit(f"--only: unknown run {kind!r} (expected sft, dpo)")
+    for side in (args.sides.split(",") if args.sides else []):
+        if side not in SIDES["sft"]:
+            raise SystemExit(f"--sides: unknown side {side!r} (expected {', '.join(SIDES['sft'])})")
     if args.quick:
         args.examples, args.pairs, args.rows, args.max_length = 6, 4, 2, 64
     from throughput import config_remat

@@ -2,7 +2,7 @@
 jaxalign padded vs TRL vs the eager PyTorch loop, on the same long-tailed examples.
 
     .venv/bin/python benchmarks/throughput.py --lengths real [--only sft,dpo] [--examples 16]
-        [--pairs 8] [--rows 4] [--max-length 512] [--seed 0] [--out benchmarks/results/throughput_real.json]
+        [--pairs 12] [--rows 4] [--max-length 512] [--seed 0] [--out benchmarks/results/throughput_real.json]
 
 **Lengths.** Chat/preference data is long-tailed: a few long prompts and answers, many short
 ones. Prompt and response lengths (tokens) are drawn from log-normals, ``round(exp(N(log median,

@@ -122,3 +122,10 @@ def test_harness_refuses_different_examples_and_computes_goals():
     assert by["TRL"]["padding_share"] == pytest.approx(20 / 120)
     (g,) = rh.goals(rows)
     assert g["peer"] == "PyTorch loop" and g["met_speed"] and not g["met_memory"]  # TRL's 4.0 GiB < 5.0
+
+
+@pytest.mark.parametrize("argv,msg", [(["--only", "rm"], "--only: unknown run 'rm'"),
+                                      (["--sides", "jaxalign,TRL"], "--sides: unknown side 'jaxalign'")])
+def test_bad_options_are_one_line_errors(argv, msg):
+    with pytest.raises(SystemExit, match=msg):
+        rh.main(argv)
