@@ -29,7 +29,10 @@ def _result(kind: str, side: str, examples, times, cpu, real, processed, build_s
 
 def run_jaxalign(kind: str, packed: bool, p: dict) -> dict:
     """jaxalign's own job (configs/<kind>_smollm2.yaml through ``build_job``: the loss, AdamW and
-    clipping ``jaxalign <kind>`` runs) on packed (``data.packing: true``) or padded batches."""
+    clipping ``jaxalign <kind>`` runs) on packed or padded batches. Packed batches are those of
+    ``data.packing: true`` (``collate_packed``); the job's loss takes the packed path from the
+    batch's ``segment_ids`` (``data.packing`` itself only chooses the data iterator, which this
+    benchmark replaces by its own plan), so the config key is left as is."""
     import jax
 
     from jaxalign import algorithms
