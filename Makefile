@@ -29,6 +29,15 @@ DEMO_ARGS ?=
 demo: $(VENV)/.installed-test
 	$(VENV)/bin/jaxalign demo $(DEMO_ARGS)
 
+# RAFT on a non-text generator: a class-conditional diffusion model on scikit-learn's 8x8 digits,
+# candidates drawn with classifier-free guidance (the magic prompt), the plain model fine-tuned on the
+# best; a few minutes on 2 CPU cores. Writes runs/digits/{report.md,report.json,samples.png}.
+# `make demo-digits DIGITS_ARGS="--ranking global"`, `--tiny` (seconds).
+DIGITS_ARGS ?=
+.PHONY: demo-digits
+demo-digits: $(VENV)/.installed-test
+	$(VPY) -m jaxalign.examples.digits $(DIGITS_ARGS)
+
 # jaxalign vs TRL / PyTorch / transformers on SmolLM2-135M (SFT and DPO steps, generation),
 # side by side in one run (20-30 minutes on 2 CPU cores); results to benchmarks/results/throughput.json.
 # `make bench BENCH_ARGS="--quick"` is a smoke run of every side.

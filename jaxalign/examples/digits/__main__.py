@@ -1,0 +1,5 @@
+import sys
+
+from jaxalign.examples.digits.demo import main
+
+sys.exit(main())
