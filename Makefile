@@ -56,3 +56,11 @@ bench-align: $(VENV)/.installed-test
 
 clean:
 	rm -rf $(VENV)
+
+# APE (automatic prompt engineering) with SmolLM2-135M-Instruct on the three shipped
+# instruction-induction tasks; the table lands in runs/ape-<time>/ape_results.md.
+# `make demo-ape APE_ARGS="ape.resample_rounds=0"` etc.; configs/ape_tiny.yaml is the CI variant.
+APE_ARGS ?=
+.PHONY: demo-ape
+demo-ape: $(VENV)/.installed-test
+	$(VENV)/bin/jaxalign ape --config configs/ape_smollm2.yaml $(APE_ARGS)

@@ -24,7 +24,7 @@ LAYERS = [
     ["jaxalign.rollout"],
     ["jaxalign.train"],
     ["jaxalign.algorithms"],
-    ["jaxalign.examples"],
+    ["jaxalign.examples", "jaxalign.ape"],
     ["jaxalign.cli"],
     ["jaxalign.api", "jaxalign"],  # the users' façade: nothing inside imports it
 ]

@@ -1,5 +1,5 @@
 """The ``jaxalign`` command line: one module per group of subcommands (``model``: info/export,
-``train``: every algorithm and ``plan``, ``generate``, ``demo``); this module builds the parser.
+``train``: every algorithm and ``plan``, ``generate``, ``demo``, ``ape``); this module builds the parser.
 
 Every user-input problem is a :class:`~jaxalign.errors.JaxalignError`: printed as one
 ``error: ...`` line on stderr with exit code 2, never a traceback. A full disk is one
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jaxalign.cli import ape as ape_cli
 from jaxalign.cli import demo as demo_cli
 from jaxalign.cli import generate, model, train
 from jaxalign.errors import NO_SPACE_EXIT, JaxalignError, NoSpaceLeft, is_no_space, written_path
@@ -125,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="align SmolLM2-135M-Instruct toward positive movie reviews (VADER)")
     demo_cli.add_demo_args(demo)
     demo.set_defaults(func=demo_cli.cmd_demo)
+
+    ape = sub.add_parser("ape", help="automatic prompt engineering: instructions induced and selected by the model "
+                         "(configs/ape_*.yaml)", epilog_fn=ape_cli.help_epilog,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    ape_cli.add_ape_args(ape)
+    ape.set_defaults(func=ape_cli.cmd_ape)
     return p
 
 

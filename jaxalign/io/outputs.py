@@ -26,7 +26,8 @@ from jaxalign.errors import JaxalignError
 
 # The top-level names a training run (and ``jaxalign demo``) writes inside its run directory.
 RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "checkpoints", "plots", "tensorboard", "final",
-               "demo_config.yaml", "demo_summary.json", "data", "heldout_samples.npz")
+               "demo_config.yaml", "demo_summary.json", "data", "heldout_samples.npz",
+               "ape_config.yaml", "ape_results.json", "ape_results.md")
 
 
 def _label(key: str) -> str:

@@ -51,8 +51,9 @@ def test_loading_every_config_and_an_unknown_key_import_nothing_heavy(tmp_path):
 from pathlib import Path
 from jaxalign.config import load_config
 from jaxalign.errors import JaxalignError
+from jaxalign.ape.config import load_ape_config
 for path in sorted(Path("configs").glob("*.yaml")):
-    load_config(str(path))
+    (load_ape_config if path.name.startswith("ape_") else load_config)(str(path))
 try:
     load_config({str(bad)!r}, [], algorithm="dpo", note=lambda m: None)
 except JaxalignError as e:
