@@ -67,17 +67,43 @@ def reference(graphdef, params):
     return graphdef, frozen_copy(params)
 
 
-def _on_full(fn):
-    """A loss over the full state, as a loss over the adapters with ``frozen = (base, frozen)``."""
+def _on_full(fn, ref_is_base: bool = False):
+    """A loss over the full state, as a loss over the adapters with ``frozen = (base, frozen)``;
+    ``ref_is_base``: the algorithm's frozen input is the base itself, passed once as ``(base, None)``
+    (one argument buffer per weight: the compiled step and its memory estimate hold the base once)."""
     if fn is None:
         return None
     from jaxalign.models.lora import join_params
 
     def loss_fn(adapters, batch, frozen, rng, extras):
         base, inner = frozen
-        return fn(join_params(base, adapters), batch, inner, rng, extras)
+        return fn(join_params(base, adapters), batch, base if ref_is_base else inner, rng, extras)
 
     return loss_fn
+
+
+def _is_base(frozen, base) -> bool:
+    import jax
+
+    leaves, own = jax.tree.leaves(frozen), jax.tree.leaves(base)
+    return bool(leaves) and len(leaves) == len(own) and all(a is b for a, b in zip(leaves, own))
+
+
+def plan_note(job) -> str:
+    """``jaxalign plan``'s LoRA line: trainable adapter and frozen base sizes, and the reference
+    copy the shared base saves."""
+    import jax
+
+    from jaxalign.train.preflight import fmt_bytes, per_device_bytes
+
+    base, inner = job.frozen
+    n_ad = sum(x.size for x in jax.tree.leaves(job.params))
+    n_base = sum(x.size for x in jax.tree.leaves(base))
+    line = (f"LoRA: {n_ad:,} trainable adapter parameters ({100.0 * n_ad / max(n_base, 1):.2f}% of the "
+            f"{n_base:,} frozen base ones; {fmt_bytes(per_device_bytes(base))} per device)")
+    if inner is None and getattr(job, "_lora_ref_is_base", False):
+        line += f"; the reference is the base with adapters off: no copy ({fmt_bytes(per_device_bytes(base))} saved)"
+    return line
 
 
 def lora_job(job, cfg):
@@ -95,6 +121,9 @@ def lora_job(job, cfg):
         # common.lm_exporter writes the merged model and, beside it, the adapter alone (adapter/).
         export(join_params(base, params), out_dir)
 
-    return dataclasses.replace(job, params=adapters, frozen=(base, job.frozen), loss_fn=_on_full(job.loss_fn),
-                               eval_loss_fn=_on_full(job.eval_loss_fn),
-                               export=None if export is None else export_lora)
+    same = _is_base(job.frozen, base)
+    out = dataclasses.replace(job, params=adapters, frozen=(base, None if same else job.frozen),
+                              loss_fn=_on_full(job.loss_fn, same), eval_loss_fn=_on_full(job.eval_loss_fn, same),
+                              export=None if export is None else export_lora)
+    out._lora_ref_is_base = same  # for plan_note
+    return out
