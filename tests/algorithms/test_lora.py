@@ -117,6 +117,10 @@ def test_export_is_the_merged_model_and_the_adapter(tmp_path):
                    mesh=common.mesh_from(plain_cfg))
     load_peft(again, final / "adapter")
     np.testing.assert_allclose(np.asarray(forward_logits(again, ids)), want, atol=1e-6)
+    # model.lora.adapter: a run that starts from the exported adapter starts from the trained one.
+    resumed = algorithms.build_job(tiny_cfg("sft", *ov, f"model.lora.adapter={final / 'adapter'}"))
+    for x, y in zip(_np(resumed.params), _np(out["state"].params)):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_a_resumed_lora_run_is_bit_exact(tmp_path):
