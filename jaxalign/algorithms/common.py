@@ -150,18 +150,16 @@ def micro_batches(cfg: RunConfig) -> int:
 
 
 def lm_exporter(graphdef, tokenizer=None, base_model: str | None = None):
-    """``export(params, out_dir)``: write the model (and tokenizer) in Hugging Face format.
-
-    A model with LoRA adapters is written merged (``W + (alpha/r) B A``), and its adapters alone
-    in PEFT's format in ``out_dir/adapter`` (``base_model``: the base it was trained on)."""
+    """``export(params, out_dir)``: write the model (and tokenizer) in Hugging Face format; with
+    LoRA adapters, merged (``W + (alpha/r) B A``), and the adapters alone in PEFT's format in
+    ``out_dir/adapter`` (``base_model``: the base it was trained on)."""
     from jaxalign.io.load import save_model
+    from jaxalign.io.peft import save_peft
     from jaxalign.models.lora import has_lora, merged_model
 
     def export(params, out_dir: Path):
         model = nnx.merge(graphdef, params)
         if has_lora(model):
-            from jaxalign.io.peft import save_peft
-
             save_peft(model, Path(out_dir) / "adapter", base_model=base_model)
             model = merged_model(model)
         save_model(model, out_dir)
