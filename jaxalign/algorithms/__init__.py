@@ -14,4 +14,9 @@ def build_job(cfg):
     from jaxalign.parallel.rules import axis_rules
 
     with axis_rules(cfg.mesh.logical_axis_rules):
-        return get(cfg.algorithm).build_job(cfg)
+        if cfg.model.lora is None:
+            return get(cfg.algorithm).build_job(cfg)
+        from jaxalign.algorithms.lora import check_supported, lora_job
+
+        check_supported(cfg)  # model.lora: only the adapters train (README: LoRA)
+        return lora_job(get(cfg.algorithm).build_job(cfg), cfg)

@@ -9,6 +9,7 @@ import flax.nnx as nnx
 import jax
 
 from jaxalign import parallel as shd
+from jaxalign.algorithms import lora
 from jaxalign.config import RunConfig
 from jaxalign import errors
 from jaxalign.errors import JaxalignError
@@ -67,7 +68,7 @@ def model_from(cfg: RunConfig, mesh, tokenizer=None, seed_offset: int = 0):
         if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
             raise JaxalignError(f"config key 'model.tokenizer': the tokenizer has {len(tokenizer)} tokens but the "
                                 f"model's vocabulary only {model.config.vocab_size}; use the model's own tokenizer")
-        return model
+        return lora.adapt(cfg, model, mesh)
     if spec.init != "random":
         raise JaxalignError(f"config key 'model.init': expected 'pretrained' or 'random', got {spec.init!r}")
     fields = dict(spec.config or {})
@@ -102,7 +103,7 @@ def model_from(cfg: RunConfig, mesh, tokenizer=None, seed_offset: int = 0):
     # Initialise directly onto the shardings: no device ever holds the full random model.
     state = jax.jit(lambda: nnx.state(CausalLM(mc, rngs=nnx.Rngs(cfg.seed + seed_offset))),
                     out_shardings=shardings)()
-    return nnx.merge(graphdef, state)
+    return lora.adapt(cfg, nnx.merge(graphdef, state), mesh)
 
 
 def check_positions(cfg: RunConfig, mc: ModelConfig, where: str) -> None:
@@ -148,12 +149,20 @@ def micro_batches(cfg: RunConfig) -> int:
     return bs // mb
 
 
-def lm_exporter(graphdef, tokenizer=None):
-    """``export(params, out_dir)``: write the model (and tokenizer) in Hugging Face format."""
+def lm_exporter(graphdef, tokenizer=None, base_model: str | None = None):
+    """``export(params, out_dir)``: write the model (and tokenizer) in Hugging Face format; with
+    LoRA adapters, merged (``W + (alpha/r) B A``), and the adapters alone in PEFT's format in
+    ``out_dir/adapter`` (``base_model``: the base it was trained on)."""
     from jaxalign.io.load import save_model
+    from jaxalign.io.peft import save_peft
+    from jaxalign.models.lora import has_lora, merged_model
 
     def export(params, out_dir: Path):
-        save_model(nnx.merge(graphdef, params), out_dir)
+        model = nnx.merge(graphdef, params)
+        if has_lora(model):
+            save_peft(model, Path(out_dir) / "adapter", base_model=base_model)
+            model = merged_model(model)
+        save_model(model, out_dir)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(out_dir))
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign import parallel as shd
-from jaxalign.algorithms import common
+from jaxalign.algorithms import common, lora
 from jaxalign.algorithms.sft import completion_logps
 from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
@@ -199,7 +199,7 @@ def build_job(cfg: RunConfig) -> Job:
             ref_graphdef, frozen = nnx.split(ref)
             del ref
         else:
-            ref_graphdef, frozen = graphdef, common.frozen_copy(params)
+            ref_graphdef, frozen = lora.reference(graphdef, params)  # LoRA: the base, no copy
     batches, eval_batches = common.batch_iterators(cfg, train, ev, tok.pad_token_id)
     total = common.num_steps(cfg, len(train), batches)
     tx, schedule = make_optimizer(cfg.optim, total)

@@ -26,7 +26,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from jaxalign.algorithms import common, dpo
+from jaxalign.algorithms import common, dpo, lora
 from jaxalign.algorithms.sft import completion_logps
 from jaxalign.config import RunConfig
 from jaxalign.losses import kto_loss, sequence_logprobs
@@ -131,7 +131,7 @@ def build_job(cfg: RunConfig) -> Job:
         ref_graphdef, frozen = nnx.split(ref)
         del ref
     else:
-        ref_graphdef, frozen = graphdef, common.frozen_copy(params)
+        ref_graphdef, frozen = lora.reference(graphdef, params)  # LoRA: the base, no copy
     batches, eval_batches = common.batch_iterators(cfg, train, ev, tok.pad_token_id)
     total = common.num_steps(cfg, len(train))
     tx, schedule = make_optimizer(cfg.optim, total)

@@ -50,8 +50,13 @@ def cmd_plan(args) -> int:
     from jaxalign import algorithms
     from jaxalign.train.preflight import plan_job
 
-    est = plan_job(cfg, algorithms.build_job(cfg))
+    job = algorithms.build_job(cfg)
+    est = plan_job(cfg, job)
     print(json.dumps(est.to_dict()) if args.json else est.table(), flush=True)
+    if cfg.model.lora is not None and not args.json:
+        from jaxalign.algorithms.lora import plan_note
+
+        print(plan_note(job), flush=True)
     if not est.fits:
         raise JaxalignError(est.message)
     return 0

@@ -12,6 +12,33 @@ import dataclasses
 from typing import Any
 
 
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclasses.dataclass
+class LoraSpec:
+    """LoRA adapters (Hu et al. 2021): only they are trained, the base model stays frozen.
+
+    rank: the adapters' rank r (``lora_A [r, in]``, ``lora_B [out, r]``, PEFT's layout).
+    alpha: the adapter output is scaled by alpha / rank (PEFT's ``lora_alpha``).
+    dropout: dropout on the adapters' input; only 0 is supported for now.
+    targets: the linear layers that get an adapter (of q_proj, k_proj, v_proj, o_proj,
+      gate_proj, up_proj, down_proj).
+    init: ``default`` (A kaiming-uniform, B zero, as PEFT) or ``gaussian`` (A normal(0, 1/r), B zero).
+    base_dtype: dtype the frozen base weights are stored in (null: model.param_dtype);
+      the adapters stay in model.param_dtype.
+    adapter: a PEFT adapter directory (adapter_config.json + adapter_model.safetensors) to start from.
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list = dataclasses.field(default_factory=lambda: list(LORA_TARGETS))
+    init: str = "default"
+    base_dtype: str | None = None
+    adapter: str | None = None
+
+
 @dataclasses.dataclass
 class ModelSpec:
     """Which model to train: ``path``, or ``init: random`` + ``config``.
@@ -24,6 +51,7 @@ class ModelSpec:
     dtype: compute dtype (float32 | bfloat16 | float16); parameters stay in param_dtype.
     param_dtype: dtype of the parameters and optimizer state (the master weights).
     remat: rematerialise each decoder block in the backward pass (less memory, more compute).
+    lora: LoRA adapters on the frozen model (README: LoRA); null: train every weight.
     """
 
     path: str | None = None
@@ -33,6 +61,7 @@ class ModelSpec:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    lora: LoraSpec | None = None
 
 
 @dataclasses.dataclass

@@ -37,9 +37,19 @@ class Linear(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((d_out,), param_dtype)) if bias else None
         self.dtype = dtype
         self.transposed = False  # weight stored [in, out] (decoding, see CausalLM.unstacked_layers)
+        # LoRA adapter (jaxalign.models.lora.add_lora): lora_A [r, in], lora_B [out, r] as
+        # nnx.LoRAParam, output scaled by lora_scale; None without one.
+        self.lora_a = self.lora_b = None
+        self.lora_scale = 0.0
 
     def __call__(self, x):
-        y = mm("...i,io->...o" if self.transposed else "...i,oi->...o", x, self.weight[...], self.dtype)
+        t = self.transposed
+        y = mm("...i,io->...o" if t else "...i,oi->...o", x, self.weight[...], self.dtype)
+        if self.lora_a is not None:
+            # Decoding stores the adapters transposed too ([in, r], [r, out]), as the weight.
+            h = mm("...i,ir->...r" if t else "...i,ri->...r", x, self.lora_a[...], self.dtype)
+            h = h * jnp.asarray(self.lora_scale, h.dtype)
+            y = y + mm("...r,ro->...o" if t else "...r,or->...o", h, self.lora_b[...], self.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y

@@ -113,6 +113,12 @@ _PARAM_AXES = {
     ("down_proj", "weight"): ("embed", "mlp"),
     ("score", "weight"): (None, "embed"),
 }
+# LoRA adapters follow their base weight [out, in]: lora_a [r, in] shards as its input axis,
+# lora_b [out, r] as its output axis; the rank axis is replicated.
+for (_mod, _name), _axes in list(_PARAM_AXES.items()):
+    if _name == "weight" and _mod.endswith("_proj"):
+        _PARAM_AXES[(_mod, "lora_a")] = (None, _axes[1])
+        _PARAM_AXES[(_mod, "lora_b")] = (_axes[0], None)
 
 
 def param_logical_axes(path: Sequence[str], ndim: int) -> tuple:

@@ -1,0 +1,109 @@
+"""LoRA adapters in PEFT's format: ``adapter_config.json`` + ``adapter_model.safetensors``, the
+tensors named as ``peft.PeftModel`` saves them for a causal LM
+(``base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight``, ``[r, in]``; ``lora_B``
+``[out, r]``), so ``PeftModel.from_pretrained(base, dir)`` loads what jaxalign trained and
+jaxalign starts from an adapter PEFT trained (``model.lora.adapter``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxalign.errors import JaxalignError
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+_PREFIX = "base_model.model.model.layers"
+_KIND = {"lora_a": "lora_A", "lora_b": "lora_B"}
+
+
+def _adapter_layers(model):
+    from jaxalign.models.lora import targeted
+
+    return [(".".join(path), lin) for path, lin in targeted(model) if lin.lora_a is not None]
+
+
+def save_peft(model, out_dir, *, base_model: str | None = None) -> Path:
+    """Write the adapters of ``model`` (a :class:`~jaxalign.models.llama.CausalLM` with adapters)
+    as a PEFT LoRA adapter directory; returns it."""
+    from safetensors.numpy import save_file
+
+    layers = _adapter_layers(model)
+    if not layers:
+        raise JaxalignError("the model has no LoRA adapters to save")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, lin in layers:
+        for attr, kind in _KIND.items():
+            arr = np.asarray(jax.device_get(getattr(lin, attr)[...]))
+            for i in range(arr.shape[0]):
+                tensors[f"{_PREFIX}.{i}.{name}.{kind}.weight"] = np.ascontiguousarray(arr[i])
+    rank = layers[0][1].lora_a.shape[1]
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+        "r": int(rank), "lora_alpha": float(layers[0][1].lora_scale * rank), "lora_dropout": 0.0,
+        "target_modules": sorted({name.split(".")[-1] for name, _ in layers}), "bias": "none",
+        "fan_in_fan_out": False, "use_rslora": False, "modules_to_save": None, "init_lora_weights": True,
+    }
+    save_file(tensors, str(out_dir / WEIGHTS_NAME), metadata={"format": "pt"})
+    (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    return out_dir
+
+
+def read_peft_config(path) -> dict:
+    """``adapter_config.json`` of a PEFT adapter directory, checked to be a plain LoRA adapter
+    jaxalign can load; errors name the file and the field."""
+    cfg_path = Path(path) / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise JaxalignError(f"{path}: not a PEFT adapter directory (no {CONFIG_NAME})")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise JaxalignError(f"{cfg_path}: not valid JSON ({e})") from None
+    checks = (("peft_type", "LORA"), ("use_rslora", False), ("fan_in_fan_out", False), ("bias", "none"),
+              ("use_dora", False))
+    for key, want in checks:
+        if cfg.get(key, want) != want:
+            raise JaxalignError(f"{cfg_path}: field {key!r} is {cfg.get(key)!r}; jaxalign loads {key}={want!r} only")
+    for key in ("r", "lora_alpha", "target_modules"):
+        if key not in cfg:
+            raise JaxalignError(f"{cfg_path}: field {key!r} is missing")
+    return cfg
+
+
+def load_peft(model, path) -> None:
+    """Set the adapters of ``model`` (built with the adapter's rank and targets, see
+    :func:`jaxalign.models.lora.add_lora`) from the PEFT adapter directory ``path``, in place."""
+    from safetensors.numpy import load_file
+
+    weights = Path(path) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise JaxalignError(f"{path}: no {WEIGHTS_NAME}")
+    tensors = {k.replace(".default.", "."): v for k, v in load_file(str(weights)).items()}
+    n = model.config.num_hidden_layers
+    used = set()
+    for name, lin in _adapter_layers(model):
+        for attr, kind in _KIND.items():
+            var = getattr(lin, attr)
+            rows = []
+            for i in range(n):
+                key = f"{_PREFIX}.{i}.{name}.{kind}.weight"
+                if key not in tensors:
+                    raise JaxalignError(f"{weights}: tensor {key!r} is missing")
+                if tensors[key].shape != var.shape[1:]:
+                    raise JaxalignError(f"{weights}: tensor {key!r} has shape {tensors[key].shape}, the model "
+                                        f"expects {tuple(var.shape[1:])}")
+                rows.append(tensors[key])
+                used.add(key)
+            value = jnp.asarray(np.stack(rows), var[...].dtype)
+            sharding = getattr(var[...], "sharding", None)
+            var[...] = value if sharding is None else jax.device_put(value, sharding)
+    extra = sorted(set(tensors) - used)
+    if extra:
+        raise JaxalignError(f"{weights}: {len(extra)} tensors this model has no adapter for, e.g. {extra[0]!r} "
+                            "(adapters on other modules are not supported)")

@@ -1,0 +1,128 @@
+"""LoRA adapters on the decoder's linear layers (Hu et al. 2021, "LoRA: Low-Rank Adaptation of
+Large Language Models", https://arxiv.org/abs/2106.09685):
+
+    y = x W^T + (alpha / r) * (x A^T) B^T,   A [r, in], B [out, r], B = 0 at the start,
+
+so a fresh adapter leaves the model exactly as it was. The adapters are ``nnx.LoRAParam``
+variables of the model's ``Linear`` layers (flax's LoRA parameter type: ``nnx.split(model,
+nnx.LoRAParam, ...)`` separates them from the frozen base), stored in PEFT's layout and with a
+leading ``layers`` axis like every weight of the scanned decoder, so the PEFT export is a rename.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+
+from jaxalign.config.schema import LORA_TARGETS, LoraSpec
+from jaxalign.errors import JaxalignError
+from jaxalign.models.llama import CausalLM, Linear
+
+INITS = ("default", "gaussian")
+
+
+def check_spec(spec: LoraSpec) -> None:
+    """Refuse a ``model.lora`` section that cannot be built, naming the key."""
+    if not isinstance(spec.rank, int) or spec.rank <= 0:
+        raise JaxalignError(f"config key 'model.lora.rank': must be a positive integer, got {spec.rank!r}")
+    if not spec.alpha > 0:
+        raise JaxalignError(f"config key 'model.lora.alpha': must be > 0, got {spec.alpha!r}")
+    if spec.dropout != 0:
+        raise JaxalignError(f"config key 'model.lora.dropout': only 0 is supported for now, got {spec.dropout!r}")
+    if spec.init not in INITS:
+        raise JaxalignError(f"config key 'model.lora.init': expected one of {', '.join(INITS)}, got {spec.init!r}")
+    bad = [t for t in spec.targets if t not in LORA_TARGETS]
+    if bad or not spec.targets:
+        raise JaxalignError(f"config key 'model.lora.targets': {bad or 'empty'}; expected a non-empty list of "
+                            f"{', '.join(LORA_TARGETS)}")
+    if spec.base_dtype not in (None, "float32", "bfloat16", "float16"):
+        raise JaxalignError(f"config key 'model.lora.base_dtype': expected float32, bfloat16 or float16, "
+                            f"got {spec.base_dtype!r}")
+
+
+def targeted(model: CausalLM, targets=LORA_TARGETS):
+    """``(path, Linear)`` of every decoder linear layer named in ``targets``."""
+    return [(path, node) for path, node in nnx.iter_graph(model.layers)
+            if isinstance(node, Linear) and path and path[-1] in targets]
+
+
+def add_lora(model: CausalLM, spec: LoraSpec, *, seed: int = 0, mesh=None) -> CausalLM:
+    """Give ``model`` (in place; also returned) an adapter on each ``spec.targets`` layer.
+
+    A is kaiming-uniform (bound ``1/sqrt(in)``, PEFT's default) or normal(0, 1/r)
+    (``init: gaussian``), B is zero; adapters are in the model's ``param_dtype``. With
+    ``spec.base_dtype`` the base weights are cast to it. ``mesh``: adapters are placed on the
+    shardings of their base weight's logical axes (:mod:`jaxalign.parallel.rules`).
+    """
+    check_spec(spec)
+    dtype = model.config.jnp_param_dtype
+    key = jax.random.key(seed)
+    if spec.base_dtype is not None:
+        bd = jnp.dtype(spec.base_dtype)
+        base = nnx.state(model, nnx.Param)
+        nnx.update(model, jax.tree.map(lambda x: x.astype(bd) if jnp.issubdtype(x.dtype, jnp.floating) else x, base))
+    for i, (_, lin) in enumerate(targeted(model, spec.targets)):
+        n, d_out, d_in = lin.weight.shape
+        k = jax.random.fold_in(key, i)
+        if spec.init == "gaussian":
+            a = jax.random.normal(k, (n, spec.rank, d_in), jnp.float32) / spec.rank
+        else:
+            bound = 1.0 / math.sqrt(d_in)
+            a = jax.random.uniform(k, (n, spec.rank, d_in), jnp.float32, -bound, bound)
+        lin.lora_a = nnx.data(nnx.LoRAParam(a.astype(dtype)))
+        lin.lora_b = nnx.data(nnx.LoRAParam(jnp.zeros((n, d_out, spec.rank), dtype)))
+        lin.lora_scale = float(spec.alpha) / spec.rank
+    if mesh is not None:
+        from jaxalign.parallel.rules import state_shardings
+
+        adapters = nnx.state(model, nnx.LoRAParam)
+        nnx.update(model, jax.device_put(adapters, state_shardings(adapters, mesh)))
+    return model
+
+
+def has_lora(params) -> bool:
+    """Whether an ``nnx.State`` (or a model) holds LoRA adapters."""
+    state = params if isinstance(params, nnx.State) else nnx.state(params)
+    return bool(jax.tree.leaves(nnx.filter_state(state, nnx.LoRAParam)))
+
+
+def split_params(params: nnx.State) -> tuple[nnx.State, nnx.State]:
+    """``(adapters, base)`` of a LoRA model's state; :func:`join_params` undoes it."""
+    return nnx.split_state(params, nnx.LoRAParam, ...)
+
+
+def join_params(base: nnx.State, adapters: nnx.State) -> nnx.State:
+    """The full state from :func:`split_params`'s two halves (no copy: a pytree of the same arrays)."""
+    return nnx.merge_state(base, adapters)
+
+
+def strip_lora(model: CausalLM) -> CausalLM:
+    """Remove the adapters from ``model`` in place (the base model, adapters switched off)."""
+    for _, lin in targeted(model):
+        lin.lora_a = lin.lora_b = nnx.data(None)
+        lin.lora_scale = 0.0
+    return model
+
+
+def base_graphdef(graphdef, params: nnx.State):
+    """The graphdef of the model without adapters: merged with :func:`split_params`'s ``base``
+    it is the frozen base model (the reference of DPO and the like: the same weights, no copy)."""
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    return nnx.graphdef(strip_lora(nnx.merge(graphdef, abstract)))
+
+
+def merged_model(model: CausalLM) -> CausalLM:
+    """A new model without adapters whose weights are ``W + (alpha/r) B A`` (in float32, cast back
+    to W's dtype): the adapted model as one plain model, for export."""
+    graphdef, state = nnx.split(model)
+    out = nnx.merge(graphdef, jax.tree.map(lambda x: x, state))  # a separate module tree
+    for _, lin in targeted(out):
+        if lin.lora_a is None:
+            continue
+        w = lin.weight[...]
+        delta = jnp.einsum("lor,lri->loi", lin.lora_b[...].astype(jnp.float32), lin.lora_a[...].astype(jnp.float32))
+        lin.weight[...] = (w.astype(jnp.float32) + lin.lora_scale * delta).astype(w.dtype)
+    return strip_lora(out)
