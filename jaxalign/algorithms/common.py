@@ -14,6 +14,7 @@ from jaxalign.config import RunConfig
 from jaxalign import errors
 from jaxalign.errors import JaxalignError
 from jaxalign.models.config import ModelConfig
+from jaxalign.train.state import frozen_copy  # noqa: F401  (here since wave 1; lora.reference uses it too)
 
 
 def mesh_from(cfg: RunConfig):
@@ -383,19 +384,3 @@ def real_tokens(batch: dict) -> int:
     import numpy as np
 
     return int(sum(np.sum(v) for k, v in batch.items() if k.endswith("attention_mask")))
-
-
-def frozen_copy(tree):
-    """Fresh buffers with equal values, on the same shardings (committed or not), leaf by leaf.
-
-    The one way the package copies parameters it must keep: the train step donates its state,
-    so a reference model (or a critic started from the policy, or any extras leaf that could
-    alias another) sharing the policy's buffers would be invalidated by the first step.
-    """
-    def copy(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            # A multi-process array: only its own sharding names where its shards live.
-            return jax.device_put(x, x.sharding, may_alias=False)
-        return jax.device_put(x, may_alias=False)
-
-    return jax.tree.map(copy, tree)

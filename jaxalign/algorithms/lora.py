@@ -46,12 +46,22 @@ def adapt(cfg, model, mesh):
             pc = read_peft_config(spec.adapter)
             spec = dataclasses.replace(spec, rank=int(pc["r"]), alpha=float(pc["lora_alpha"]),
                                        targets=list(pc["target_modules"]))
-            add_lora(model, spec, seed=cfg.seed, mesh=mesh)
+            _placed(add_lora(model, spec, seed=cfg.seed), mesh)
             load_peft(model, spec.adapter)
         except JaxalignError as e:
             raise JaxalignError(f"config key 'model.lora.adapter': {e}") from None
         return model
-    return add_lora(model, spec, seed=cfg.seed, mesh=mesh)
+    return _placed(add_lora(model, spec, seed=cfg.seed), mesh)
+
+
+def _placed(model, mesh):
+    """The adapters (new arrays) moved onto their base weight's shardings; the base, already
+    placed, is left where it is (``device_put`` onto its own sharding is a no-op)."""
+    if mesh is not None:
+        from jaxalign.parallel.rules import shard_model
+
+        shard_model(model, mesh)
+    return model
 
 
 def reference(graphdef, params):
@@ -62,7 +72,7 @@ def reference(graphdef, params):
 
     if has_lora(params):
         return base_graphdef(graphdef, params), split_params(params)[1]
-    from jaxalign.algorithms.common import frozen_copy
+    from jaxalign.train.state import frozen_copy
 
     return graphdef, frozen_copy(params)
 

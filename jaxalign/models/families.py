@@ -12,6 +12,10 @@ import dataclasses
 
 from jaxalign.errors import JaxalignError
 
+# The linear layers every family's decoder layer has, by their transformers/PEFT names: the
+# targets ``model.lora.targets`` may name.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 SLIDING, FULL = "sliding_attention", "full_attention"
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
 

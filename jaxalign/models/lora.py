@@ -17,15 +17,15 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from jaxalign.config.schema import LORA_TARGETS, LoraSpec
 from jaxalign.errors import JaxalignError
+from jaxalign.models.families import LORA_TARGETS
 from jaxalign.models.llama import CausalLM, Linear
 
 INITS = ("default", "gaussian")
 
 
-def check_spec(spec: LoraSpec) -> None:
-    """Refuse a ``model.lora`` section that cannot be built, naming the key."""
+def check_spec(spec) -> None:
+    """Refuse a ``model.lora`` section (:class:`jaxalign.config.schema.LoraSpec`) that cannot be built, naming the key."""
     if not isinstance(spec.rank, int) or spec.rank <= 0:
         raise JaxalignError(f"config key 'model.lora.rank': must be a positive integer, got {spec.rank!r}")
     if not spec.alpha > 0:
@@ -49,13 +49,14 @@ def targeted(model: CausalLM, targets=LORA_TARGETS):
             if isinstance(node, Linear) and path and path[-1] in targets]
 
 
-def add_lora(model: CausalLM, spec: LoraSpec, *, seed: int = 0, mesh=None) -> CausalLM:
+def add_lora(model: CausalLM, spec, *, seed: int = 0) -> CausalLM:
     """Give ``model`` (in place; also returned) an adapter on each ``spec.targets`` layer.
 
     A is kaiming-uniform (bound ``1/sqrt(in)``, PEFT's default) or normal(0, 1/r)
     (``init: gaussian``), B is zero; adapters are in the model's ``param_dtype``. With
-    ``spec.base_dtype`` the base weights are cast to it. ``mesh``: adapters are placed on the
-    shardings of their base weight's logical axes (:mod:`jaxalign.parallel.rules`).
+    ``spec.base_dtype`` the base weights are cast to it. On a mesh,
+    :func:`jaxalign.parallel.shard_model` afterwards places each adapter on the shardings of its
+    base weight's logical axes (:mod:`jaxalign.parallel.rules`).
     """
     check_spec(spec)
     dtype = model.config.jnp_param_dtype
@@ -75,11 +76,6 @@ def add_lora(model: CausalLM, spec: LoraSpec, *, seed: int = 0, mesh=None) -> Ca
         lin.lora_a = nnx.data(nnx.LoRAParam(a.astype(dtype)))
         lin.lora_b = nnx.data(nnx.LoRAParam(jnp.zeros((n, d_out, spec.rank), dtype)))
         lin.lora_scale = float(spec.alpha) / spec.rank
-    if mesh is not None:
-        from jaxalign.parallel.rules import state_shardings
-
-        adapters = nnx.state(model, nnx.LoRAParam)
-        nnx.update(model, jax.device_put(adapters, state_shardings(adapters, mesh)))
     return model
 
 

@@ -198,3 +198,19 @@ def make_minibatch_step(loss_fn: LossFn, tx: optax.GradientTransformation, *, nu
         return new.replace(step=state.step + 1), metrics
 
     return step
+
+
+def frozen_copy(tree):
+    """Fresh buffers with equal values, on the same shardings (committed or not), leaf by leaf.
+
+    The one way the package copies parameters it must keep: the train step donates its state,
+    so a reference model (or a critic started from the policy, or any extras leaf that could
+    alias another) sharing the policy's buffers would be invalidated by the first step.
+    """
+    def copy(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            # A multi-process array: only its own sharding names where its shards live.
+            return jax.device_put(x, x.sharding, may_alias=False)
+        return jax.device_put(x, may_alias=False)
+
+    return jax.tree.map(copy, tree)

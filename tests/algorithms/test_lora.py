@@ -18,6 +18,7 @@ from jaxalign import algorithms
 from jaxalign.algorithms import common, dpo, lora as lora_algo
 from jaxalign.errors import JaxalignError
 from jaxalign.models import lora
+from jaxalign.parallel import shard_model
 from jaxalign.parallel.batch import global_batch
 from jaxalign.train.compile import compile_step, init_state
 from jaxalign.train.loop import run
@@ -113,8 +114,8 @@ def test_export_is_the_merged_model_and_the_adapter(tmp_path):
     plain_cfg = tiny_cfg("sft", *ov)
     plain_cfg.model.lora = None
     again = _model(plain_cfg)  # the base, built anew
-    lora.add_lora(again, LoraSpec(rank=pc["r"], alpha=pc["lora_alpha"], targets=pc["target_modules"]), seed=5,
-                   mesh=common.mesh_from(plain_cfg))
+    shard_model(lora.add_lora(again, LoraSpec(rank=pc["r"], alpha=pc["lora_alpha"], targets=pc["target_modules"]),
+                              seed=5), common.mesh_from(plain_cfg))
     load_peft(again, final / "adapter")
     np.testing.assert_allclose(np.asarray(forward_logits(again, ids)), want, atol=1e-6)
     # model.lora.adapter: a run that starts from the exported adapter starts from the trained one.

@@ -119,7 +119,7 @@ def test_adapters_follow_their_base_weight_on_a_2x2x2_mesh():
     want = np.asarray(single(ids))
     model = init_model(CFG, seed=0)
     shd.shard_model(model, mesh)
-    lora.add_lora(model, LoraSpec(rank=4), seed=1, mesh=mesh)
+    shd.shard_model(lora.add_lora(model, LoraSpec(rank=4), seed=1), mesh)
     _randomise_b(model)
     q = model.layers.self_attn.q_proj
     # q_proj.weight is [layers, heads, embed] -> (None, tensor, fsdp); lora_a [layers, r, embed]
