@@ -246,13 +246,16 @@ class Checkpointer:
         missing = [k for k in needs if not isinstance(meta, dict) or k not in meta]
         if missing:
             raise CheckpointDamaged(f"its meta lacks {', '.join(missing)}")
-        bad = nonfinite_leaf(state)
-        if bad is not None:
-            raise CheckpointDamaged(f"NaN or Inf in {bad}")
-        # After the restore, so that a truncated or missing file keeps Orbax's own reason.
+        # After the restore, so that a truncated or missing file keeps Orbax's own reason; before
+        # the finite check, so that a flipped bit which happens to make a NaN or Inf is reported
+        # as what it is, a file that changed on disk (which bit a flip hits decides which check
+        # sees it first, and Orbax does not write its files in a fixed layout).
         bad = verify_checksums(self.directory / str(step))
         if bad is not None:
             raise CheckpointDamaged(bad)
+        bad = nonfinite_leaf(state)
+        if bad is not None:
+            raise CheckpointDamaged(f"NaN or Inf in {bad}")
         return state, meta
 
     def restore_latest_good(self, state_like, log: Callable[[str], None] = print,

@@ -160,3 +160,21 @@ def test_a_state_with_nan_is_never_saved(tmp_path):
         ck.save(2, bad, {"step": 2})
     ck.close()
     assert Checkpointer(tmp_path / "checkpoints").all_steps() == [1]
+
+
+def test_a_changed_file_is_reported_as_changed_before_any_nan_it_makes(tmp_path, monkeypatch):
+    # A flipped bit can land on an exponent and restore as a NaN; which of the two checks sees it
+    # first must not depend on where the flip falls: the changed file is the diagnosis. Here the
+    # file still parses (a trailing space in meta/metadata) and the NaN check is made to fire.
+    from jaxalign.train import checkpoint as ck_mod
+
+    d = tmp_path / "checkpoints"
+    write_checkpoints(d)
+    meta = d / "3" / "meta" / "metadata"
+    meta.write_text(meta.read_text() + " ")
+    monkeypatch.setattr(ck_mod, "nonfinite_leaf", lambda tree: "params/w")
+    with pytest.raises(ck_mod.CheckpointDamaged, match=r"^checksum mismatch in meta/metadata$"):
+        Checkpointer(d).restore_checked(state_at(0), 3)
+    meta.write_text(meta.read_text()[:-1])  # the file as written: now the NaN check speaks
+    with pytest.raises(ck_mod.CheckpointDamaged, match=r"^NaN or Inf in params/w$"):
+        Checkpointer(d).restore_checked(state_at(0), 3)
