@@ -92,11 +92,18 @@ def real_tokens(examples) -> int:
 
 
 def digest(examples) -> str:
-    """A short sha256 of the examples' token ids, in order."""
-    h = hashlib.sha256()
-    for e in examples:
+    """A short sha256 of the multiset of the examples' token ids: the same whatever order a side
+    fed them in (packing reorders examples first-fit), different when any token differs or an
+    example is missing or repeated."""
+    def one(e):
+        h = hashlib.sha256()
         for s in sequences(e):
             h.update(np.asarray(s, np.int64).tobytes() + b"|")
+        return h.digest()
+
+    h = hashlib.sha256()
+    for d in sorted(one(e) for e in examples):
+        h.update(d)
     return h.hexdigest()[:16]
 
 

@@ -129,3 +129,10 @@ def test_harness_refuses_different_examples_and_computes_goals():
 def test_bad_options_are_one_line_errors(argv, msg):
     with pytest.raises(SystemExit, match=msg):
         rh.main(argv)
+
+
+def test_digest_ignores_order_but_not_a_missing_or_repeated_example():
+    ex = rl.make_examples("sft", 5, 64)
+    assert rl.digest(ex[::-1]) == rl.digest(ex)  # a packed side feeds them first-fit, not in order
+    assert rl.digest(ex[:-1]) != rl.digest(ex)
+    assert rl.digest(ex[:-1] + ex[:1]) != rl.digest(ex)
