@@ -74,3 +74,20 @@ def make_hf_model(kind: str, out_dir, seed: int = 0):
                 p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(out_dir)
     return model
+
+
+def right_padded_batch(vocab: int, lens, seed: int = 0):
+    """``(ids, mask)`` numpy arrays: one right-padded row per length in ``lens``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, (len(lens), max(lens)))
+    mask = (np.arange(max(lens))[None] < np.array(lens)[:, None]).astype(np.int64)
+    return ids, mask
+
+
+def max_err_on_real(a, b, lens) -> float:
+    """The largest ``|a - b|`` over each row's first ``lens[i]`` (real, not padded) positions."""
+    import numpy as np
+
+    return max(np.abs(a[i, :n] - b[i, :n]).max() for i, n in enumerate(lens))

@@ -13,7 +13,7 @@ from jaxalign.io.hf import read_config
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.llama import KVCache
 
-from tests.models.hf_fixtures import FAMILY_CASES, make_hf_model
+from tests.models.hf_fixtures import FAMILY_CASES, make_hf_model, max_err_on_real, right_padded_batch
 
 torch = pytest.importorskip("torch")
 
@@ -21,14 +21,11 @@ LENS = [11, 7, 1]  # right-padded, longer than the windows (4, 5), and a length-
 
 
 def _batch(vocab, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, vocab, (len(LENS), max(LENS)))
-    mask = (np.arange(max(LENS))[None] < np.array(LENS)[:, None]).astype(np.int64)
-    return ids, mask
+    return right_padded_batch(vocab, LENS, seed)
 
 
 def _max_err(a, b):
-    return max(np.abs(a[i, :n] - b[i, :n]).max() for i, n in enumerate(LENS))
+    return max_err_on_real(a, b, LENS)
 
 
 def _ref_logits(ref, ids, mask):

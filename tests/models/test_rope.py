@@ -6,7 +6,7 @@ import pytest
 from jaxalign import forward_logits, load_model, save_model
 from jaxalign.models.config import ModelConfig
 
-from tests.models.hf_fixtures import ROPE_CASES, make_hf_model
+from tests.models.hf_fixtures import ROPE_CASES, make_hf_model, max_err_on_real, right_padded_batch
 
 torch = pytest.importorskip("torch")
 
@@ -14,14 +14,11 @@ LENS = [11, 7, 1]
 
 
 def _batch(vocab, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, vocab, (len(LENS), max(LENS)))
-    mask = (np.arange(max(LENS))[None] < np.array(LENS)[:, None]).astype(np.int64)
-    return ids, mask
+    return right_padded_batch(vocab, LENS, seed)
 
 
 def _max_err(a, b):
-    return max(np.abs(a[i, :n] - b[i, :n]).max() for i, n in enumerate(LENS))
+    return max_err_on_real(a, b, LENS)
 
 
 def _ref_logits(ref, ids, mask):
