@@ -51,6 +51,24 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+
+def trl_step_timer(times: list, cpu: list):
+    """A transformers ``TrainerCallback`` appending each optimizer step's wall and process-CPU
+    seconds to ``times`` and ``cpu`` (what the TRL sides of every benchmark time)."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t, self.c = time.perf_counter(), cpu_seconds()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t)
+            cpu.append(cpu_seconds() - self.c)
+
+    return StepTimer()
+
 def rss_gib() -> float:
     """This process's current resident set, in GiB."""
     with open("/proc/self/statm") as f:

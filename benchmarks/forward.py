@@ -86,7 +86,7 @@ def main():
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     j, r = res["jaxalign"], res["transformers"]
-    print(f"| | load (s) | compile (s) | forward step (s) | tokens/s |\n|---|---|---|---|---|")
+    print("| | load (s) | compile (s) | forward step (s) | tokens/s |\n|---|---|---|---|---|")
     print(f"| jaxalign | {j['load_s']:.2f} | {j['compile_s']:.2f} | {j['step_s']:.3f} | {j['tokens_per_s']:.0f} |")
     print(f"| transformers | {r['load_s']:.2f} | – | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} |")
     print(f"speedup {res['speedup']:.2f}x; max |logit diff| {res['max_abs_logit_diff']:.2e}; {res['machine']}")

@@ -13,7 +13,7 @@ import os
 import statistics
 import time
 
-from _common import ROOT, cpu_seconds, peak_rss_gib
+from _common import ROOT, cpu_seconds, peak_rss_gib, trl_step_timer
 from real_lengths import digest, make_examples, plan_steps, step_examples
 
 PAD_ID = 2  # SmolLM2's EOS; masks come from lengths on every side
@@ -190,7 +190,7 @@ def _run_trl(kind: str, p: dict, make_trainer) -> dict:
 
     import torch
     from torch.utils.data import SequentialSampler
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
 
     from jaxalign.io.paths import resolve_model_path
 
@@ -202,13 +202,6 @@ def _run_trl(kind: str, p: dict, make_trainer) -> dict:
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     times, cpu, counts = [], [], []
 
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t, self.c = time.perf_counter(), cpu_seconds()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t)
-            cpu.append(cpu_seconds() - self.c)
 
     def in_order(cls):
         class InOrder(cls):
@@ -218,7 +211,7 @@ def _run_trl(kind: str, p: dict, make_trainer) -> dict:
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as out_dir:
-        trainer, setting = make_trainer(in_order, ex, order, tok, out_dir, len(plan) + 1, [Timer()])
+        trainer, setting = make_trainer(in_order, ex, order, tok, out_dir, len(plan) + 1, [trl_step_timer(times, cpu)])
         collate = trainer.data_collator
 
         def counting(features):

@@ -47,8 +47,8 @@ import sys
 import time
 
 import yaml
-from _common import (ROOT, cpu_seconds, emit_result, machine_info, peak_rss_gib, rss_gib, run_child, wait_for_quiet,
-                     write_json)
+from _common import (ROOT, emit_result, machine_info, peak_rss_gib, rss_gib, run_child, trl_step_timer,
+                     wait_for_quiet, write_json)
 
 # Issue 7's goals for jaxalign's speed-up over the peer (reported against, not tested).
 GOALS = {"sft": 1.5, "dpo": 1.5, "gen16": 3.0}
@@ -99,7 +99,7 @@ def run_trl_dpo(batch: int, seq: int, steps: int, remat: bool, beta: float = 0.1
 
     import torch
     from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
+    from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
     from jaxalign.io.paths import resolve_model_path
@@ -123,13 +123,6 @@ def run_trl_dpo(batch: int, seq: int, steps: int, remat: bool, beta: float = 0.1
     times: list[float] = []
     cpu: list[float] = []
 
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t, self.c = time.perf_counter(), cpu_seconds()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t)
-            cpu.append(cpu_seconds() - self.c)
 
     with tempfile.TemporaryDirectory() as out_dir:
         cfg = DPOConfig(output_dir=out_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
@@ -140,7 +133,7 @@ def run_trl_dpo(batch: int, seq: int, steps: int, remat: bool, beta: float = 0.1
                         disable_tqdm=True)
         text = Dataset.from_dict({"prompt": ["Hello"], "chosen": [" yes"], "rejected": [" no"]})
         trainer = DPOTrainer(model=policy, ref_model=ref, args=cfg, train_dataset=text, processing_class=tok,
-                             callbacks=[Timer()])
+                             callbacks=[trl_step_timer(times, cpu)])
         trainer.train_dataset = pairs
         build_s = time.perf_counter() - t0
         rss_before = rss_gib()
