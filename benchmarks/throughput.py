@@ -87,13 +87,17 @@ def matmul_peak(framework: str, sizes=(2048, 4096), repeats: int = 5, dtype: str
             "peak_rss_gib": peak_rss_gib()}
 
 
-def run_trl_dpo(batch: int, seq: int, steps: int, remat: bool, beta: float = 0.1, dtype: str = "float32") -> dict:
+def run_trl_dpo(batch: int, seq: int, steps: int, remat: bool, beta: float = 0.1, dtype: str = "float32",
+                lora: int = 0) -> dict:
     """TRL ``DPOTrainer`` steps on the torch CPU on ``train_step.synthetic_batch`` (timed by a callback).
 
     The trainer is built on a one-row text dataset (TRL tokenizes text in ``__init__``), then fed
     the benchmark's pre-tokenized pairs (prompt = first half, chosen/rejected = second half), so
     every step has exactly ``2 * batch`` sequences of ``seq`` tokens without padding.
     ``dtype="bfloat16"``: TRL's ``bf16=True`` (float32 weights, CPU autocast to bfloat16).
+    ``lora``: a peft ``LoraConfig`` of that rank on all seven projections (alpha 2 x rank, no
+    dropout) and no ``ref_model``: TRL then takes the reference from the base with the adapter
+    disabled, as jaxalign does.
     """
     import tempfile
 
@@ -109,8 +113,8 @@ def run_trl_dpo(batch: int, seq: int, steps: int, remat: bool, beta: float = 0.1
     gguf = resolve_model_path("smollm2-135m-instruct")
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    policy, ref = load_torch_model(), load_torch_model().eval()
-    for m in (policy, ref):
+    policy, ref = load_torch_model(), (None if lora else load_torch_model().eval())
+    for m in (policy, ref) if ref is not None else (policy,):
         # The GGUF is dequantised at load (plain float32 nn.Linear weights), but transformers leaves
         # the model marked as quantized, and Trainer refuses to train a "quantized" model.
         assert all(p.dtype == torch.float32 for p in m.parameters())
@@ -132,8 +136,16 @@ def run_trl_dpo(batch: int, seq: int, steps: int, remat: bool, beta: float = 0.1
                         report_to="none", save_strategy="no", logging_steps=10_000, dataloader_num_workers=0,
                         disable_tqdm=True)
         text = Dataset.from_dict({"prompt": ["Hello"], "chosen": [" yes"], "rejected": [" no"]})
+        peft_config = None
+        if lora:
+            from peft import LoraConfig
+
+            from jaxalign.models.families import LORA_TARGETS
+
+            peft_config = LoraConfig(r=lora, lora_alpha=2 * lora, lora_dropout=0.0, target_modules=list(LORA_TARGETS),
+                                     task_type="CAUSAL_LM")
         trainer = DPOTrainer(model=policy, ref_model=ref, args=cfg, train_dataset=text, processing_class=tok,
-                             callbacks=[trl_step_timer(times, cpu)])
+                             callbacks=[trl_step_timer(times, cpu)], peft_config=peft_config)
         trainer.train_dataset = pairs
         build_s = time.perf_counter() - t0
         rss_before = rss_gib()
@@ -142,7 +154,8 @@ def run_trl_dpo(batch: int, seq: int, steps: int, remat: bool, beta: float = 0.1
             "step_times_s": times[1:], "cpu_s_per_step": statistics.mean(cpu[1:]), "loss": out.training_loss,
             "peak_gib": peak_rss_gib(),
             "peak_kind": "process RSS", "rss_before_first_step_gib": rss_before, "device": "cpu (TRL DPOTrainer)",
-            "params": sum(p.numel() for p in policy.parameters()), "remat": remat, "dtype": dtype}
+            "params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad), "remat": remat,
+            "dtype": dtype, "lora": lora}
 
 
 def child(kind: str, p: dict) -> dict:
@@ -153,11 +166,13 @@ def child(kind: str, p: dict) -> dict:
     dtype = p.get("dtype", "float32")
     if kind.startswith("matmul-"):
         return matmul_peak(kind.split("-", 1)[1], p["sizes"], p["repeats"], dtype)
+    lora = p.get("lora", 0) if kind.endswith("-lora") else 0
+    kind = kind.removesuffix("-lora")
     if kind == "dpo-trl":
-        return run_trl_dpo(p["batch"], p["seq"], p["steps"], p["remat"], dtype=dtype)
+        return run_trl_dpo(p["batch"], p["seq"], p["steps"], p["remat"], dtype=dtype, lora=lora)
     if kind in ("sft-jaxalign", "dpo-jaxalign"):
         return train_step.run_jaxalign(kind[:3], p["batch"], p["seq"], p["steps"], remat=p["remat"],
-                                       dtype=None if dtype == "float32" else dtype)
+                                       dtype=None if dtype == "float32" else dtype, lora=lora)
     if kind in ("sft-torch", "dpo-torch"):
         return train_step.run_torch(kind[:3], p["batch"], p["seq"], p["steps"], remat=p["remat"], dtype=dtype)
     if kind == "gen-jaxalign":
@@ -238,6 +253,8 @@ def main():
     ap.add_argument("--max-busy", type=float, default=0.5,
                     help="before each measurement wait until at most this fraction of the cores is busy")
     ap.add_argument("--max-wait", type=float, default=120, help="... but at most this many seconds (0: no wait)")
+    ap.add_argument("--lora", type=int, default=0, metavar="R",
+                    help="DPO also with LoRA of rank R on all seven projections: jaxalign vs TRL + peft")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, a smoke run of every side")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "throughput.json"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -252,18 +269,21 @@ def main():
     peak_sizes = (256, 512) if args.quick else (2048, 4096)
     meta = {"machine_before": machine_info(), "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:]),
             "batch": args.batch, "seq": args.seq, "steps": args.steps, "gen_batches": gen_batches,
-            "new_tokens": args.new_tokens, "dtype": args.dtype, "model_shape": model_shape()}
+            "new_tokens": args.new_tokens, "dtype": args.dtype, "model_shape": model_shape(), "lora": args.lora}
     log: list = []
     gate = (args.max_busy, args.max_wait) if args.max_wait > 0 else None
     pk = {"sizes": peak_sizes, "repeats": 5, "dtype": args.dtype}
     peaks = [measure(f"matmul-{fw}", pk, log, gate) for fw in ("jax", "torch")]
     results: dict = {}
     sides = {"sft": ["jaxalign", "torch"], "dpo": ["jaxalign", "trl", "torch"], "gen": ["jaxalign", "transformers"]}
+    if args.lora:
+        sides["dpo"] += ["jaxalign-lora", "trl-lora"]
     for what in ("sft", "dpo"):
         if what not in only:
             continue
         remat = config_remat(what) if args.remat == "config" else args.remat == "on"
-        p = {"batch": args.batch, "seq": args.seq, "steps": args.steps, "remat": remat, "dtype": args.dtype}
+        p = {"batch": args.batch, "seq": args.seq, "steps": args.steps, "remat": remat, "dtype": args.dtype,
+             "lora": args.lora}
         for _ in range(args.repeats):
             for side in sides[what]:
                 results.setdefault(what, {}).setdefault(side, []).append(measure(f"{what}-{side}", p, log, gate))
@@ -305,18 +325,21 @@ def summarize(results: dict, meta: dict, peak: float) -> list[dict]:
             row.update(peak_gib=r["peak_gib"], model_flops=flops, mfu=flops / row["time_s"] / peak,
                        load=[r["load_before"], r["load_after"]], runs=len(runs))
             rows.append(row)
-        jax_row = next(x for x in rows if x["measure"] == what and x["side"] == "jaxalign")
         for x in rows:
             if x["measure"] == what:
+                # A LoRA side is compared with jaxalign's LoRA side, a full one with jaxalign's full one.
+                mine = "jaxalign-lora" if x["side"].endswith("-lora") else "jaxalign"
+                jax_row = next(y for y in rows if y["measure"] == what and y["side"] == mine)
                 x["jaxalign_speedup"] = x["time_s"] / jax_row["time_s"] if not is_gen else jax_row["value"] / x["value"]
-                x["goal"] = GOALS.get(what) if x["side"] != "jaxalign" else None
+                x["goal"] = GOALS.get(what) if not x["side"].startswith("jaxalign") else None
     return rows
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
     """The Markdown table of a summary."""
     names = {"sft": "SFT step", "dpo": "DPO step", "torch": "PyTorch eager loop", "trl": "TRL DPOTrainer",
-             "transformers": "transformers generate", "jaxalign": "jaxalign"}
+             "transformers": "transformers generate", "jaxalign": "jaxalign",
+             "jaxalign-lora": f"jaxalign, LoRA r{meta.get('lora')}", "trl-lora": f"TRL + peft, LoRA r{meta.get('lora')}"}
     mb, ma = meta["machine_before"], meta["machine_after"]
     out = [f"Machine: {mb['cpu']}, {mb['cores']} cores, {mb.get('memory_gib')} GiB; load average "
            f"{mb['load_average']} before, {ma['load_average']} after; matmul peak "
@@ -329,7 +352,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     for r in rows:
         what = names.get(r["measure"], f"generate, batch {r['measure'][3:]}")
         val = f"{r['value']:.2f} s" if r["unit"] == "s/step" else f"{r['value']:.1f} tok/s"
-        sp = "—" if r["side"] == "jaxalign" else f"{r['jaxalign_speedup']:.2f}x"
+        sp = "—" if r["side"].startswith("jaxalign") else f"{r['jaxalign_speedup']:.2f}x"
         goal = f"{r['goal']:.1f}x" if r.get("goal") else "—"
         comp = f"{r['compile_s']:.1f}" if r.get("compile_s") is not None else "—"
         cpu = f"{r['cpu_s']:.1f}" if r.get("cpu_s") is not None else "—"

@@ -71,10 +71,12 @@ def _compile_listener(sink: list, events: dict | None = None):
 
 
 def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype: str | None = None,
-                 random: bool = False, remat: bool | None = None) -> dict:
+                 random: bool = False, remat: bool | None = None, lora: int = 0) -> dict:
     """Time ``steps`` optimizer steps of ``jaxalign <alg>`` (configs/<alg>_smollm2.yaml) in this process.
 
-    ``remat``: override ``model.remat`` (None: the config's value). Returns first-step time, XLA
+    ``remat``: override ``model.remat`` (None: the config's value). ``lora``: the rank of LoRA
+    adapters on all seven projections (alpha = 2 x rank, float32 base as the peers'; 0: full
+    fine-tuning); the job is built as ``jaxalign <alg>`` builds it. Returns first-step time, XLA
     compile time inside it, median step, parameter count, peak RSS (or device peak) etc.
     """
     import jax
@@ -88,7 +90,6 @@ def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype
     compile_s: list[float] = []
     events: dict[str, float] = {}
     _compile_listener(compile_s, events)
-    mod = algorithms.get(alg)
     over = [f"train.batch_size={batch}", f"data.max_length={seq}",
             f"data.max_prompt_length={seq // 2}", "train.steps=100",
             "train.micro_batch_size=null", "data.eval_fraction=0.0", "quiet=true"]
@@ -102,9 +103,13 @@ def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype
         over.append(f"model.dtype={dtype}")
     if remat is not None:
         over.append(f"model.remat={str(remat).lower()}")
+    if lora:
+        from jaxalign.models.families import LORA_TARGETS
+
+        over.append(f"model.lora={{rank: {lora}, alpha: {2 * lora}, targets: [{', '.join(LORA_TARGETS)}]}}")
     cfg = load_config(ROOT / "configs" / f"{alg}_smollm2.yaml", over, algorithm=alg)
     t0 = time.perf_counter()
-    job = mod.build_job(cfg)
+    job = algorithms.build_job(cfg)
     build_s = time.perf_counter() - t0
     data = synthetic_batch(alg, batch, seq)
     if alg == "dpo" and getattr(cfg.algo, "reference", "model") == "precomputed":
@@ -136,7 +141,7 @@ def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype
             "step_times_s": times, "cpu_s_per_step": (cpu_seconds() - cpu0) / steps, "loss": float(m["loss"]),
             "peak_gib": peak[0], "peak_kind": peak[1],
             "rss_before_first_step_gib": rss_before, "device": dev.device_kind, "params": n_params,
-            "remat": bool(cfg.model.remat), "dtype": cfg.model.dtype}
+            "remat": bool(cfg.model.remat), "dtype": cfg.model.dtype, "lora": lora}
 
 
 def load_torch_model(dtype: str = "float32"):
