@@ -71,6 +71,23 @@ def test_summary_ratios_and_mfu():
         "batch": 2, "seq": 4, "steps": 1, "new_tokens": 64, "dtype": "float32"})
 
 
+
+def test_lora_sides_are_compared_with_jaxaligns_lora_side():
+    """``--lora``: TRL + peft is measured against jaxalign's LoRA step, full TRL against full."""
+    meta = {"batch": 2, "seq": 4, "model_shape": {"N": 10, "L": 2, "HQ": 3}, "lora": 16}
+    train = lambda s: _run(step_s=s, first_step_s=s, cpu_s_per_step=s)
+    results = {"dpo": {"jaxalign": [train(2.0)], "trl": [train(3.0)],
+                       "jaxalign-lora": [train(1.0)], "trl-lora": [train(4.0)]}}
+    rows = {r["side"]: r for r in tp.summarize(results, meta, peak=1000.0)}
+    assert rows["trl"]["jaxalign_speedup"] == pytest.approx(1.5)
+    assert rows["trl-lora"]["jaxalign_speedup"] == pytest.approx(4.0)
+    assert rows["jaxalign-lora"]["goal"] is None and rows["trl-lora"]["goal"] == tp.GOALS["dpo"]
+    table = tp.markdown(list(rows.values()), {
+        "machine_before": {"cpu": "x", "cores": 2, "load_average": [1, 1, 1]},
+        "machine_after": {"load_average": [1, 1, 1]}, "matmul_peak_flops_per_s": 1e3,
+        "batch": 2, "seq": 4, "steps": 1, "new_tokens": 64, "dtype": "float32", "lora": 16})
+    assert "| TRL + peft, LoRA r16 | 4.00 s | 4.00x |" in table
+
 HLO = '''HloModule jit__generate_jit
   %ynn_fusion.7 = f32[16,1536]{1,0} fusion(%a, %b), kind=kCustom, calls=%fc.7, metadata={op_name="jit(_generate_jit)/while/body/...i,io->...o/dot_general" stack_frame_id=3}, backend_config={}
   %dot.2 = f32[16,3,3,64]{3,2,1,0} dot(%c, %d), lhs_batch_dims={0,1}, metadata={op_name="jit(_generate_jit)/while/body/bkgst,bkth->bkgsh/dot_general" stack_frame_id=9}
