@@ -85,9 +85,11 @@ def has_lora(params) -> bool:
     return bool(jax.tree.leaves(nnx.filter_state(state, nnx.LoRAParam)))
 
 
-def split_params(params: nnx.State) -> tuple[nnx.State, nnx.State]:
-    """``(adapters, base)`` of a LoRA model's state; :func:`join_params` undoes it."""
-    return nnx.split_state(params, nnx.LoRAParam, ...)
+def split_params(params: nnx.State, also=None) -> tuple[nnx.State, nnx.State]:
+    """``(adapters, base)`` of a LoRA model's state; :func:`join_params` undoes it. ``also``: an
+    nnx filter of other variables that train beside the adapters (a reward model's score head)."""
+    trainable = nnx.LoRAParam if also is None else nnx.Any(nnx.LoRAParam, also)
+    return nnx.split_state(params, trainable, ...)
 
 
 def join_params(base: nnx.State, adapters: nnx.State) -> nnx.State:
