@@ -44,8 +44,10 @@ def check_spec(spec) -> None:
 
 
 def targeted(model: CausalLM, targets=LORA_TARGETS):
-    """``(path, Linear)`` of every decoder linear layer named in ``targets``."""
-    return [(path, node) for path, node in nnx.iter_graph(model.layers)
+    """``(path, Linear)`` of every decoder linear layer named in ``targets`` (of a
+    :class:`~jaxalign.models.heads.ScalarHeadModel`: its backbone's)."""
+    layers = model.layers if hasattr(model, "layers") else model.backbone.layers
+    return [(path, node) for path, node in nnx.iter_graph(layers)
             if isinstance(node, Linear) and path and path[-1] in targets]
 
 
