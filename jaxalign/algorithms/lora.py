@@ -1,5 +1,4 @@
-"""``model.lora``: train LoRA adapters on a frozen base, for any algorithm whose job uses the
-shared train step (README: LoRA).
+"""``model.lora``: train LoRA adapters on a frozen base, for every algorithm (README: LoRA).
 
 :func:`adapt` gives the policy its adapters (:mod:`jaxalign.models.lora`; from a PEFT adapter
 with ``model.lora.adapter``); the algorithm builds its job as usual on the full state, and
@@ -7,6 +6,9 @@ with ``model.lora.adapter``); the algorithm builds its job as usual on the full 
 optimizer state and the checkpoints) are the adapters, and the frozen base travels in
 ``frozen`` next to the algorithm's own frozen inputs. A reference model is the base with the
 adapters switched off (:func:`reference`): the same arrays, no second copy of the weights.
+The online algorithms, whose steps are built from the loss inside the job, do the same split
+in :func:`jaxalign.algorithms.online.job` (with :func:`on_full`) and mark their job with
+:class:`LoraInfo`, which :func:`lora_job` then passes through.
 """
 
 from __future__ import annotations
