@@ -26,12 +26,14 @@ SUPPORTED = ("sft", "dpo", "kto", "ift", "rm", "grpo", "online-dpo", "raft", "pp
 class LoraInfo:
     """``Job.lora`` of a job whose ``params`` are LoRA adapters and ``frozen`` is ``(base, inner)``.
 
-    ref_is_base: the reference is the base with the adapters off, passed once as ``(base, None)``
-      (no copy of the weights), the reference of DPO-like losses or the reference log-probs of
-      an online algorithm.
+    ref_is_base: the loss's frozen input (a DPO-like reference) is the base with the adapters
+      off, passed once as ``(base, None)`` (no copy of the weights).
+    base_reference: the run has a reference and it is the base (also the reference log-probs of
+      an online algorithm's experience, which the step does not see); ``plan_note`` says so.
     """
 
     ref_is_base: bool = False
+    base_reference: bool = False
 
 
 def check_supported(cfg) -> None:
@@ -133,7 +135,7 @@ def plan_note(job) -> str:
     n_base = sum(x.size for x in jax.tree.leaves(base))
     line = (f"LoRA: {n_ad:,} trainable adapter parameters ({100.0 * n_ad / max(n_base, 1):.2f}% of the "
             f"{n_base:,} frozen base ones; {fmt_bytes(per_device_bytes(base))} per device)")
-    if inner is None and job.lora is not None and job.lora.ref_is_base:
+    if inner is None and job.lora is not None and job.lora.base_reference:
         line += f"; the reference is the base with adapters off: no copy ({fmt_bytes(per_device_bytes(base))} saved)"
     return line
 
@@ -167,4 +169,4 @@ def lora_job(job, cfg):
     same = _is_base(job.frozen, base)
     return dataclasses.replace(job, params=adapters, frozen=(base, None if same else job.frozen),
                                loss_fn=on_full(job.loss_fn, same), eval_loss_fn=on_full(job.eval_loss_fn, same),
-                               export=None if export is None else export_lora, lora=LoraInfo(same))
+                               export=None if export is None else export_lora, lora=LoraInfo(same, same))

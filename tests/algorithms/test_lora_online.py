@@ -71,8 +71,8 @@ def test_grpo_trains_only_the_adapters_and_its_reference_is_the_base():
     job = algorithms.build_job(cfg)
     assert all(isinstance(v, nnx.LoRAParam) for _, v in nnx.to_flat_state(job.params))
     base, inner = job.frozen
-    assert inner is None and job.lora == lora_algo.LoraInfo(ref_is_base=False)
-    assert not lora.has_lora(base) and "trainable adapter" in lora_algo.plan_note(job)
+    assert inner is None and job.lora == lora_algo.LoraInfo(ref_is_base=False, base_reference=True)
+    assert not lora.has_lora(base) and "no copy" in lora_algo.plan_note(job)
     exp, adapters_before, state, metrics = _one_step(job, cfg)
     _only_b_moved(adapters_before, state)
     # The experience's reference log-probs are the base model's (built independently, no adapters).
@@ -157,7 +157,8 @@ def test_raft_trains_only_the_adapters():
     cfg = tiny_cfg("raft", *FAST, *SMALLEST_MODEL, *LORA, *CONSTANT, "train.batch_size=2",
                    "raft.sampling.max_new_tokens=8")
     job = algorithms.build_job(cfg)
-    assert job.frozen[1] is None and not job.lora.ref_is_base
+    assert job.frozen[1] is None and job.lora == lora_algo.LoraInfo(False, False)  # no reference
+    assert "no copy" not in lora_algo.plan_note(job)
     _, start, state, _ = _one_step(job, cfg)
     changed = [not np.array_equal(a, b) for a, b in zip(_np(start), _np(state.params))]
     assert len(changed) == 14 and sum(changed) >= 7  # RAFT may take several updates: A moves after B
