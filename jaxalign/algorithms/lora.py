@@ -94,13 +94,14 @@ def reference(graphdef, params):
     return graphdef, frozen_copy(params)
 
 
-def _join(adapters, base):
+def join_adapters(adapters, base):
+    """The full state of a policy's ``adapters`` on its frozen ``base`` (a pytree join, no copy)."""
     from jaxalign.models.lora import join_params
 
     return join_params(base, adapters)
 
 
-def on_full(fn, ref_is_base: bool = False, join=_join):
+def on_full(fn, ref_is_base: bool = False, join=join_adapters):
     """A loss over the full state, as a loss over the adapters with ``frozen = (base, frozen)``;
     ``ref_is_base``: the algorithm's frozen input is the base itself, passed once as ``(base, None)``
     (one argument buffer per weight: the compiled step and its memory estimate hold the base once).

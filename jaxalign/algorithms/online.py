@@ -258,7 +258,7 @@ def job(cfg: RunConfig, spec: OnlineSpec) -> Job:
         # "frozen" reference is that base (adapters off), not a copy (README: LoRA).
         from jaxalign.algorithms import lora
 
-        ref_is_base, join = spec.reference == "frozen", spec.lora_join or lora._join
+        ref_is_base, join = spec.reference == "frozen", spec.lora_join or lora.join_adapters
         params = spec.lora_split(s, params) if spec.lora_split is not None else _adapters(params)
         frozen, lora_info = (s.base, None), lora.LoraInfo(ref_is_base, spec.reference is not None)
         loss_fn = lora.on_full(loss_fn, ref_is_base, join)
