@@ -207,6 +207,6 @@ def build_job(cfg: RunConfig) -> Job:
     return Job(params=params, loss_fn=loss_fn, eval_loss_fn=make_loss(graphdef, algo, ref_graphdef),
                tx=tx, schedule=schedule, total_steps=total, train_batches=batches,
                eval_batches=eval_batches, mesh=mesh, frozen=frozen, extras=initial_extras(algo),
-               count_tokens=common.real_tokens, export=common.lm_exporter(graphdef, tok),
+               count_tokens=common.real_tokens, export=common.lm_exporter(graphdef, tok, cfg.model.path),
                n_micro=common.micro_batches(cfg))
 

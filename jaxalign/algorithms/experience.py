@@ -256,14 +256,16 @@ class ExperienceMaker:
 
     def __init__(self, graphdef, tokenizer, reward: Reward | RewardSum, sampling: SamplingConfig, *,
                  num_samples: int = 1, ref_params=None, mesh=None, prompt_transform: Callable | None = None,
-                 reward_filter: Callable | None = None, columns: dict | None = None):
+                 reward_filter: Callable | None = None, columns: dict | None = None, ref_graphdef=None):
         self.graphdef, self.tokenizer, self.reward, self.sampling = graphdef, tokenizer, reward, sampling
         self.columns = columns
         self.num_samples, self.ref_params, self.mesh = num_samples, ref_params, mesh
         self.prompt_transform, self.reward_filter = prompt_transform, reward_filter
         self.eos = eos_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos[0]
-        self.ref_logps = make_logps_fn(graphdef, sampling.temperature) if ref_params is not None else None
+        # ref_graphdef: the reference's own graphdef (with LoRA: the base, adapters off, on the same arrays).
+        self.ref_logps = (make_logps_fn(graphdef if ref_graphdef is None else ref_graphdef, sampling.temperature)
+                          if ref_params is not None else None)
 
     def sample(self, params, prompt_ids, prompt_mask, key, num_samples: int | None = None):
         """The sampler's rollout of these prompts (``num_samples`` per prompt, default the maker's)."""

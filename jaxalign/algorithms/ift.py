@@ -113,5 +113,5 @@ def build_job(cfg: RunConfig) -> Job:
                eval_loss_fn=make_loss(graphdef, cfg.algo, warmup, train=False),
                extras=initial_extras(), tx=tx, schedule=schedule,
                total_steps=total, train_batches=batches, eval_batches=eval_batches, mesh=mesh,
-               count_tokens=common.real_tokens, export=common.lm_exporter(graphdef, tok),
+               count_tokens=common.real_tokens, export=common.lm_exporter(graphdef, tok, cfg.model.path),
                n_micro=n_micro)

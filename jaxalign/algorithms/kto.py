@@ -139,4 +139,4 @@ def build_job(cfg: RunConfig) -> Job:
                eval_loss_fn=make_loss(graphdef, algo, ref_graphdef), tx=tx, schedule=schedule,
                total_steps=total, train_batches=batches, eval_batches=eval_batches, mesh=mesh,
                frozen=frozen, extras={}, count_tokens=common.real_tokens,
-               export=common.lm_exporter(graphdef, tok), n_micro=common.micro_batches(cfg))
+               export=common.lm_exporter(graphdef, tok, cfg.model.path), n_micro=common.micro_batches(cfg))

@@ -1,5 +1,4 @@
-"""``model.lora``: train LoRA adapters on a frozen base, for any algorithm whose job uses the
-shared train step (README: LoRA).
+"""``model.lora``: train LoRA adapters on a frozen base, for every algorithm (README: LoRA).
 
 :func:`adapt` gives the policy its adapters (:mod:`jaxalign.models.lora`; from a PEFT adapter
 with ``model.lora.adapter``); the algorithm builds its job as usual on the full state, and
@@ -7,6 +6,9 @@ with ``model.lora.adapter``); the algorithm builds its job as usual on the full 
 optimizer state and the checkpoints) are the adapters, and the frozen base travels in
 ``frozen`` next to the algorithm's own frozen inputs. A reference model is the base with the
 adapters switched off (:func:`reference`): the same arrays, no second copy of the weights.
+The online algorithms, whose steps are built from the loss inside the job, do the same split
+in :func:`jaxalign.algorithms.online.job` (with :func:`on_full`) and mark their job with
+:class:`LoraInfo`, which :func:`lora_job` then passes through.
 """
 
 from __future__ import annotations
@@ -15,8 +17,23 @@ import dataclasses
 
 from jaxalign.errors import JaxalignError
 
-# Algorithms whose job runs the shared one-update step on the policy's params alone.
-SUPPORTED = ("sft", "dpo", "kto", "ift")
+# Offline ones through :func:`lora_job`; online ones (and PPO's critic) in
+# :func:`jaxalign.algorithms.online.job`; rm trains its score head beside the adapters.
+SUPPORTED = ("sft", "dpo", "kto", "ift", "rm", "grpo", "online-dpo", "raft", "ppo")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraInfo:
+    """``Job.lora`` of a job whose ``params`` are LoRA adapters and ``frozen`` is ``(base, inner)``.
+
+    ref_is_base: the loss's frozen input (a DPO-like reference) is the base with the adapters
+      off, passed once as ``(base, None)`` (no copy of the weights).
+    base_reference: the run has a reference and it is the base (also the reference log-probs of
+      an online algorithm's experience, which the step does not see); ``plan_note`` says so.
+    """
+
+    ref_is_base: bool = False
+    base_reference: bool = False
 
 
 def check_supported(cfg) -> None:
@@ -77,17 +94,25 @@ def reference(graphdef, params):
     return graphdef, frozen_copy(params)
 
 
-def _on_full(fn, ref_is_base: bool = False):
+def join_adapters(adapters, base):
+    """The full state of a policy's ``adapters`` on its frozen ``base`` (a pytree join, no copy)."""
+    from jaxalign.models.lora import join_params
+
+    return join_params(base, adapters)
+
+
+def on_full(fn, ref_is_base: bool = False, join=join_adapters):
     """A loss over the full state, as a loss over the adapters with ``frozen = (base, frozen)``;
     ``ref_is_base``: the algorithm's frozen input is the base itself, passed once as ``(base, None)``
-    (one argument buffer per weight: the compiled step and its memory estimate hold the base once)."""
+    (one argument buffer per weight: the compiled step and its memory estimate hold the base once).
+    ``join(adapters, base)``: the full trainable tree (default :func:`~jaxalign.models.lora.join_params`;
+    PPO's ``{"policy", "critic"}`` tree has its own)."""
     if fn is None:
         return None
-    from jaxalign.models.lora import join_params
 
     def loss_fn(adapters, batch, frozen, rng, extras):
         base, inner = frozen
-        return fn(join_params(base, adapters), batch, base if ref_is_base else inner, rng, extras)
+        return fn(join(adapters, base), batch, base if ref_is_base else inner, rng, extras)
 
     return loss_fn
 
@@ -111,20 +136,31 @@ def plan_note(job) -> str:
     n_base = sum(x.size for x in jax.tree.leaves(base))
     line = (f"LoRA: {n_ad:,} trainable adapter parameters ({100.0 * n_ad / max(n_base, 1):.2f}% of the "
             f"{n_base:,} frozen base ones; {fmt_bytes(per_device_bytes(base))} per device)")
-    if inner is None and getattr(job, "_lora_ref_is_base", False):
+    if inner is None and job.lora is not None and job.lora.base_reference:
         line += f"; the reference is the base with adapters off: no copy ({fmt_bytes(per_device_bytes(base))} saved)"
     return line
 
 
+def head_filter(cfg):
+    """Variables that train beside the adapters: a reward model's score head (full rank)."""
+    import flax.nnx as nnx
+
+    return nnx.PathContains("score") if cfg.algorithm == "rm" else None
+
+
 def lora_job(job, cfg):
-    """``job`` (built on the full state of a model with adapters) training the adapters only."""
+    """``job`` (built on the full state of a model with adapters) training the adapters only
+    (and a reward model's score head); a job already built on the adapters (``job.lora``, the
+    online algorithms') is returned as it is."""
     from jaxalign.models.lora import has_lora, join_params, split_params
 
+    if job.lora is not None:
+        return job
     if job.step_fn is not None or job.experience is not None:
         raise JaxalignError(f"config key 'model.lora': not supported for {cfg.algorithm} yet")
     if not has_lora(job.params):
         raise JaxalignError(f"config key 'model.lora': {cfg.algorithm} built a model without adapters")
-    adapters, base = split_params(job.params)
+    adapters, base = split_params(job.params, head_filter(cfg))
     export = job.export
 
     def export_lora(params, out_dir):
@@ -132,8 +168,6 @@ def lora_job(job, cfg):
         export(join_params(base, params), out_dir)
 
     same = _is_base(job.frozen, base)
-    out = dataclasses.replace(job, params=adapters, frozen=(base, None if same else job.frozen),
-                              loss_fn=_on_full(job.loss_fn, same), eval_loss_fn=_on_full(job.eval_loss_fn, same),
-                              export=None if export is None else export_lora)
-    out._lora_ref_is_base = same  # for plan_note
-    return out
+    return dataclasses.replace(job, params=adapters, frozen=(base, None if same else job.frozen),
+                               loss_fn=on_full(job.loss_fn, same), eval_loss_fn=on_full(job.eval_loss_fn, same),
+                               export=None if export is None else export_lora, lora=LoraInfo(same, same))

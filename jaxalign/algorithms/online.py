@@ -35,6 +35,12 @@ def _identity(x):
     return x
 
 
+def _adapters(params):
+    from jaxalign.models.lora import split_params
+
+    return split_params(params)[0]
+
+
 @dataclasses.dataclass
 class Setup:
     """What :func:`setup` loaded; the spec's hooks receive it (``params`` is the policy's)."""
@@ -49,6 +55,14 @@ class Setup:
     eval_prompts: list
     n_train_prompts: int
     eval_columns: dict | None = None  # {source row: other columns} of the held-out prompts
+    # model.lora: the frozen base (``params`` minus the adapters, the same arrays) and the graphdef
+    # of the reference (the base with adapters off; without LoRA, ``graphdef``).
+    base: Any = None
+    ref_graphdef: Any = None
+
+    def __post_init__(self):
+        if self.ref_graphdef is None:
+            self.ref_graphdef = self.graphdef
 
 
 @dataclasses.dataclass
@@ -74,6 +88,10 @@ class OnlineSpec:
       may sample more prompt batches (``draw()``, from the run's prompt iterator; None when it
       ran out) to build the experience (see
       :class:`~jaxalign.algorithms.experience.DynamicSampling`). None: one sampling per step.
+
+    lora_split / lora_join (``model.lora``, a trainable tree beyond one policy): ``lora_split(setup,
+      params) -> trainable`` and ``lora_join(trainable, base) -> params``; default the policy's
+      adapters (:func:`jaxalign.models.lora.split_params` / ``join_params``).
 
     Beyond one policy (PPO's critic): ``params(setup)`` the trainable tree, ``policy(params)``
     the policy's part of it (sampled, evaluated, exported); ``make_step(setup, loss_fn, total)
@@ -101,6 +119,8 @@ class OnlineSpec:
     n_micro: int | None = None
     train_batches: Callable[[Setup], Any] | None = None
     prompts_of: Callable[[Any], dict] = _identity
+    lora_split: Callable | None = None
+    lora_join: Callable | None = None
 
     def __post_init__(self):
         if self.reference not in REFERENCES:
@@ -133,12 +153,21 @@ def setup(cfg: RunConfig, *, num_samples: int, sampling: SamplingConfig, reward:
                             f"samples of up to {cfg.data.max_prompt_length + sampling.max_new_tokens} tokens is "
                             f"{tokens} tokens per step, more than one array can index (2**31)")
     graphdef, params = nnx.split(model)
-    ref = common.frozen_copy(params) if need_ref else None
+    base = ref_graphdef = None
+    if cfg.model.lora is not None:
+        from jaxalign.models.lora import base_graphdef, split_params
+
+        # The reference is the base with the adapters off: the same arrays, no copy.
+        base, ref_graphdef = split_params(params)[1], base_graphdef(graphdef, params)
+    ref = None
+    if need_ref:
+        ref = base if base is not None else common.frozen_copy(params)
     rew = reward_from(reward, tok, mesh)
     maker = ExperienceMaker(graphdef, tok, rew, sampling, num_samples=num_samples, ref_params=ref, mesh=mesh,
                             prompt_transform=prompt_transform, reward_filter=reward_filter,
-                            columns=columns_by_row(train))
-    return Setup(graphdef, params, ref, tok, mesh, maker, prompts, ev, len(train), columns_by_row(ev))
+                            columns=columns_by_row(train), ref_graphdef=ref_graphdef)
+    return Setup(graphdef, params, ref, tok, mesh, maker, prompts, ev, len(train), columns_by_row(ev),
+                 base=base, ref_graphdef=ref_graphdef)
 
 
 def sample_key(rng_data) -> jax.Array:
@@ -219,9 +248,21 @@ def job(cfg: RunConfig, spec: OnlineSpec) -> Job:
     s = setup(cfg, num_samples=spec.samples_per_prompt, sampling=spec.sampling, reward=spec.reward,
               need_ref=spec.reference == "logps", prompt_transform=spec.prompt_transform,
               reward_filter=spec.reward_filter)
-    frozen = common.frozen_copy(s.params) if spec.reference == "frozen" else None
     params = spec.params(s) if spec.params is not None else s.params
     loss_fn = spec.make_loss(s)
+    full, lora_info = _identity, None  # full(trainable): the whole trainable tree (policy, critic)
+    if s.base is None:
+        frozen = common.frozen_copy(s.params) if spec.reference == "frozen" else None
+    else:
+        # model.lora: the adapters train; the base travels once in frozen = (base, None), and a
+        # "frozen" reference is that base (adapters off), not a copy (README: LoRA).
+        from jaxalign.algorithms import lora
+
+        ref_is_base, join = spec.reference == "frozen", spec.lora_join or lora.join_adapters
+        params = spec.lora_split(s, params) if spec.lora_split is not None else _adapters(params)
+        frozen, lora_info = (s.base, None), lora.LoraInfo(ref_is_base, spec.reference is not None)
+        loss_fn = lora.on_full(loss_fn, ref_is_base, join)
+        full = lambda p: join(p, s.base)  # noqa: E731 (the same arrays: no copy)
     total = common.num_steps(cfg, s.n_train_prompts)
     n_micro = spec.n_micro
     if n_micro is None:
@@ -245,7 +286,7 @@ def job(cfg: RunConfig, spec: OnlineSpec) -> Job:
     last_exp: dict = {}  # without held-out prompts, the samples come from the latest experience
 
     def experience(state, batch):
-        policy, key = spec.policy(state.params), sample_key(state.rng)
+        policy, key = spec.policy(full(state.params)), sample_key(state.rng)
         if spec.dynamic_sampling is None:
             exp, _, metrics = s.maker(policy, spec.prompts_of(batch), key)
         else:
@@ -264,9 +305,10 @@ def job(cfg: RunConfig, spec: OnlineSpec) -> Job:
         scores = exp.get("raw_scores", exp["scores"])  # the reward's own score, as evaluation reports
         return first_samples(s.maker, exp, scores, g, min(cfg.train.log_samples, len(scores) // g))
 
-    export = common.lm_exporter(s.graphdef, s.tokenizer)
+    export = common.lm_exporter(s.graphdef, s.tokenizer, cfg.model.path)
     return Job(params=params, loss_fn=loss_fn, tx=tx, schedule=schedule, total_steps=total,
                train_batches=batches, mesh=s.mesh, frozen=frozen, extras=spec.extras,
-               count_tokens=common.real_tokens, export=lambda p, d: export(spec.policy(p), d),
+               count_tokens=common.real_tokens, export=lambda p, d: export(spec.policy(full(p)), d),
                n_micro=n_micro, experience=experience, step_fn=step_fn, samples=samples,
-               evaluate=(lambda p: evaluate(spec.policy(p))) if evaluate is not None else None)
+               evaluate=(lambda p: evaluate(spec.policy(full(p)))) if evaluate is not None else None,
+               lora=lora_info)

@@ -54,10 +54,11 @@ def preference_batch(exp: dict) -> dict:
     return out
 
 
-def make_loss(graphdef, algo: Config, remat: bool = False):
-    """Offline DPO's loss with the reference in ``frozen``, plus ``kl``: the mean over all
+def make_loss(graphdef, algo: Config, remat: bool = False, ref_graphdef=None):
+    """Offline DPO's loss with the reference in ``frozen`` (merged with ``ref_graphdef``, default
+    ``graphdef``; with LoRA the base's, adapters off), plus ``kl``: the mean over all
     samples of ``Σ_t (logπ − logπ_ref)`` on the policy's own samples (TRL's ``objective/kl``)."""
-    inner = dpo.make_loss(graphdef, algo.dpo_config(), graphdef, remat)
+    inner = dpo.make_loss(graphdef, algo.dpo_config(), graphdef if ref_graphdef is None else ref_graphdef, remat)
     beta = algo.beta
 
     def loss_fn(params, batch, frozen, rng, extras):
@@ -83,7 +84,7 @@ def spec(cfg: RunConfig) -> online.OnlineSpec:
     algo: Config = cfg.algo
     return online.OnlineSpec(
         sampling=algo.sampling, reward=algo.reward, samples_per_prompt=2, reference="frozen",
-        make_loss=lambda s: make_loss(s.graphdef, algo, cfg.model.remat), to_batch=to_batch,
+        make_loss=lambda s: make_loss(s.graphdef, algo, cfg.model.remat, s.ref_graphdef), to_batch=to_batch,
         extras=dpo.initial_extras(algo.dpo_config()))
 
 

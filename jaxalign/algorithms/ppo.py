@@ -92,6 +92,46 @@ def build_critic(cfg: RunConfig, s: online.Setup):
     return nnx.split(critic)
 
 
+def build_lora_critic(cfg: RunConfig, s: online.Setup):
+    """``model.lora``: the critic as ``(graphdef, params)``, the policy's backbone on the SAME frozen
+    base arrays (no copy) with a second adapter set of its own (seeded ``seed + 1``) and a
+    zero-initialised value head; the adapters and the head train."""
+    import dataclasses
+
+    from jaxalign.algorithms.lora import _placed
+    from jaxalign.models.heads import scalar_head_from_lm
+    from jaxalign.models.lora import add_lora, strip_lora
+
+    if cfg.algo.critic_source() is not None:
+        raise JaxalignError("config key 'model.lora': ppo with LoRA builds its critic on the policy's frozen base; "
+                            "a critic from a reward model (ppo.critic_path / ppo.critic_init) is not supported, "
+                            "set ppo.critic_init: policy")
+    lm = strip_lora(nnx.merge(s.graphdef, s.params))  # a new module tree on the same arrays
+    spec = dataclasses.replace(cfg.model.lora, base_dtype=None, adapter=None)
+    _placed(add_lora(lm, spec, seed=cfg.seed + 1), s.mesh)
+    critic = scalar_head_from_lm(lm, seed=cfg.seed)
+    critic.score.weight[...] = jnp.zeros_like(critic.score.weight[...])
+    return nnx.split(critic)
+
+
+def lora_split(s: online.Setup, params) -> dict:
+    """``model.lora``: the trainable part of ``{"policy", "critic"}``: the policy's adapters; the
+    critic's adapters and its value head."""
+    from jaxalign.models.lora import split_params
+
+    return {"policy": split_params(params["policy"])[0],
+            "critic": split_params(params["critic"], nnx.PathContains("score"))[0]}
+
+
+def lora_join(trainable: dict, base) -> dict:
+    """The full ``{"policy", "critic"}`` tree of :func:`lora_split`'s part on the frozen ``base``
+    (the critic's backbone is the same base: one buffer per weight)."""
+    from jaxalign.models.lora import join_params
+
+    return {"policy": join_params(base, trainable["policy"]),
+            "critic": join_params(nnx.State({"backbone": base}), trainable["critic"])}
+
+
 class _WithPtx:
     """Prompt batches paired with PPO-ptx SFT batches; resumable as one iterator."""
 
@@ -147,7 +187,7 @@ def spec(cfg: RunConfig) -> online.OnlineSpec:
 
     def params(s):
         nonlocal critic_def
-        critic_def, critic_params = build_critic(cfg, s)
+        critic_def, critic_params = (build_critic if s.base is None else build_lora_critic)(cfg, s)
         common.say(cfg, f"ppo: preset {algo.preset}; critic from "
                         f"{algo.critic_source() or 'the policy backbone'}; {rows} rollouts per iteration, "
                         f"{n_mb} minibatch(es) x {algo.ppo_epochs} epoch(s)")
@@ -160,7 +200,8 @@ def spec(cfg: RunConfig) -> online.OnlineSpec:
                                                      clip_scope=algo.grad_clip_scope)
         step_fn = px.make_step(algo, loss_fn, tx, critic_def, t=t, num_minibatches=n_mb, epochs=algo.ppo_epochs,
                                n_micro=n_micro, policy_lr=policy_lr, critic_lr=critic_lr,
-                               warmup_steps=algo.critic_warmup_steps, remat=cfg.model.remat)
+                               warmup_steps=algo.critic_warmup_steps, remat=cfg.model.remat,
+                               critic_of=None if s.base is None else (lambda p, frozen: lora_join(p, frozen[0])["critic"]))
         return tx, policy_lr, step_fn
 
     def with_ptx(exp, metrics, batch):
@@ -175,7 +216,7 @@ def spec(cfg: RunConfig) -> online.OnlineSpec:
         reference="logps" if algo.kl_coef > 0 else None,
         make_loss=lambda s: make_loss(s.graphdef, critic_def, algo, algo.sampling.temperature, t, cfg.model.remat),
         extras=px.init_extras(algo.kl_coef), params=params, policy=lambda p: p["policy"], make_step=make_step,
-        n_micro=n_micro, **ptx_hooks)
+        n_micro=n_micro, lora_split=lora_split, lora_join=lora_join, **ptx_hooks)
 
 
 def build_job(cfg: RunConfig) -> Job:

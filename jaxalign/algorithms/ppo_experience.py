@@ -181,17 +181,21 @@ def make_optimizer(optim, critic_lr: float, total_updates: int, warmup_updates: 
 # --------------------------------------------------------------------------- the iteration
 
 def make_step(algo, loss_fn, tx, critic_def, *, t: int, num_minibatches: int, epochs: int, n_micro: int,
-              policy_lr: Callable, critic_lr: Callable, warmup_steps: int, remat: bool = False):
+              policy_lr: Callable, critic_lr: Callable, warmup_steps: int, remat: bool = False,
+              critic_of: Callable | None = None):
     """Pure ``step(state, experience, frozen) -> (state, metrics)`` of one PPO iteration: old
     values from the critic, :func:`prepare` (running moments and KL coefficient updated once),
-    then ``epochs`` passes over ``num_minibatches`` shuffled minibatches."""
+    then ``epochs`` passes over ``num_minibatches`` shuffled minibatches. ``critic_of(params,
+    frozen)``: the critic's full params (default ``params["critic"]``; with LoRA its adapters and
+    head joined to the frozen base)."""
     inner = make_minibatch_step(loss_fn, tx, num_minibatches=num_minibatches, epochs=epochs, n_micro=n_micro,
                                 schedule=policy_lr)
     updates = epochs * num_minibatches
 
     def step(state: TrainState, exp: dict[str, Any], frozen):
         n = exp["input_ids"].shape[0]
-        values = old_values(critic_def, state.params["critic"], exp, t, n // (num_minibatches * n_micro), remat)
+        critic = state.params["critic"] if critic_of is None else critic_of(state.params, frozen)
+        values = old_values(critic_def, critic, exp, t, n // (num_minibatches * n_micro), remat)
         buffer, extras, pre = prepare(algo, exp, jax.lax.stop_gradient(values), state.extras, t)
         new, metrics = inner(state.replace(extras=extras), buffer, frozen)
         metrics = dict(metrics, **pre)

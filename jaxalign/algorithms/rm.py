@@ -225,7 +225,11 @@ def rm_exporter(graphdef, tokenizer, cfg: RunConfig | None = None):
     from jaxalign.io.load import save_model
 
     def export(params, out_dir: Path):
+        from jaxalign.models.lora import has_lora, merged_model
+
         model = nnx.merge(graphdef, params)
+        if has_lora(model):  # model.lora: the adapters merged into the base (W + (alpha/r) B A)
+            model = merged_model(model)
         pad = export_pad_token(tokenizer, model.config)
         tok = tokenizer
         if pad is None:

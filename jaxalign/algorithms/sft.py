@@ -104,5 +104,5 @@ def build_job(cfg: RunConfig) -> Job:
     return Job(params=params, loss_fn=make_loss(graphdef, cfg.algo, cfg.model.remat),
                eval_loss_fn=make_eval_loss(graphdef, cfg.algo), tx=tx, schedule=schedule,
                total_steps=total, train_batches=batches, eval_batches=eval_batches, mesh=mesh,
-               count_tokens=common.real_tokens, export=common.lm_exporter(graphdef, tok),
+               count_tokens=common.real_tokens, export=common.lm_exporter(graphdef, tok, cfg.model.path),
                n_micro=n_micro)

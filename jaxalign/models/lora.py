@@ -44,8 +44,10 @@ def check_spec(spec) -> None:
 
 
 def targeted(model: CausalLM, targets=LORA_TARGETS):
-    """``(path, Linear)`` of every decoder linear layer named in ``targets``."""
-    return [(path, node) for path, node in nnx.iter_graph(model.layers)
+    """``(path, Linear)`` of every decoder linear layer named in ``targets`` (of a
+    :class:`~jaxalign.models.heads.ScalarHeadModel`: its backbone's)."""
+    layers = model.layers if hasattr(model, "layers") else model.backbone.layers
+    return [(path, node) for path, node in nnx.iter_graph(layers)
             if isinstance(node, Linear) and path and path[-1] in targets]
 
 
@@ -85,9 +87,11 @@ def has_lora(params) -> bool:
     return bool(jax.tree.leaves(nnx.filter_state(state, nnx.LoRAParam)))
 
 
-def split_params(params: nnx.State) -> tuple[nnx.State, nnx.State]:
-    """``(adapters, base)`` of a LoRA model's state; :func:`join_params` undoes it."""
-    return nnx.split_state(params, nnx.LoRAParam, ...)
+def split_params(params: nnx.State, also=None) -> tuple[nnx.State, nnx.State]:
+    """``(adapters, base)`` of a LoRA model's state; :func:`join_params` undoes it. ``also``: an
+    nnx filter of other variables that train beside the adapters (a reward model's score head)."""
+    trainable = nnx.LoRAParam if also is None else nnx.Any(nnx.LoRAParam, also)
+    return nnx.split_state(params, trainable, ...)
 
 
 def join_params(base: nnx.State, adapters: nnx.State) -> nnx.State:

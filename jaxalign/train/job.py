@@ -45,3 +45,6 @@ class Job:
     # completions of the latest ``evaluate`` (held-out prompts) or, without one, of the latest
     # experience; the loop logs the first ``train.log_samples`` of them at each eval.
     samples: Callable[[], list] | None = None
+    # ``model.lora``: :class:`jaxalign.algorithms.lora.LoraInfo` when ``params`` are the adapters
+    # and ``frozen`` is ``(base, inner)``; None otherwise.
+    lora: Any = None

@@ -66,7 +66,7 @@ def test_lora_dpo_lowers_the_loss_and_its_reference_is_the_base(tmp_path):
     job = algorithms.build_job(cfg)
     base, reference = job.frozen
     # The reference is the base itself (passed once, adapters off), not a copy.
-    assert reference is None and job._lora_ref_is_base
+    assert reference is None and job.lora.ref_is_base
     assert "no copy" in lora_algo.plan_note(job)
     out = run(cfg, job, tmp_path / "run")
     rows = [r for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in r]
@@ -139,8 +139,23 @@ def test_a_resumed_lora_run_is_bit_exact(tmp_path):
     assert len(jax.tree.leaves(a["state"].params)) == 14
 
 
-@pytest.mark.parametrize("algorithm", ["rm", "ppo", "grpo", "online-dpo", "raft"])
-def test_unsupported_algorithms_are_refused_by_key(algorithm):
-    cfg = tiny_cfg(algorithm, *FAST, *LORA)
+def test_every_builtin_algorithm_is_supported():
+    from jaxalign.algorithms.registry import BUILTIN
+
+    assert set(BUILTIN) <= set(lora_algo.SUPPORTED)
+
+
+def test_an_unsupported_setting_is_refused_by_key(tmp_path):
+    # PPO's LoRA critic shares the policy's frozen base: a critic from a reward model cannot.
+    cfg = tiny_cfg("ppo", *FAST, *LORA, f"ppo.critic_path={tmp_path}", "ppo.critic_init=reward_model")
     with pytest.raises(JaxalignError, match="model.lora"):
         algorithms.build_job(cfg)
+
+
+def test_the_peft_config_names_the_base_model(tmp_path):
+    cfg = tiny_cfg("sft", *FAST, *SMALLEST_MODEL, *LORA)
+    model = _model(cfg)
+    graphdef, params = nnx.split(model)
+    common.lm_exporter(graphdef, None, "org/base-model")(params, tmp_path / "out")
+    pc = json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())
+    assert pc["base_model_name_or_path"] == "org/base-model"
