@@ -117,6 +117,23 @@ def on_full(fn, ref_is_base: bool = False, join=join_adapters):
     return loss_fn
 
 
+def with_dropout(loss_fn, rate: float):
+    """``loss_fn`` whose forwards drop the adapters' inputs with probability ``rate``
+    (:mod:`jaxalign.models.lora_dropout`), from the step's key folded with a constant (NEFTune
+    uses the key itself); ``loss_fn`` unchanged for rate 0."""
+    if not rate or loss_fn is None:
+        return loss_fn
+    import jax
+
+    from jaxalign.models import lora_dropout
+
+    def dropped(adapters, batch, frozen, rng, extras):
+        with lora_dropout.active(jax.random.fold_in(rng, 0x1D0)):
+            return loss_fn(adapters, batch, frozen, rng, extras)
+
+    return dropped
+
+
 def _is_base(frozen, base) -> bool:
     import jax
 
@@ -168,6 +185,9 @@ def lora_job(job, cfg):
         export(join_params(base, params), out_dir)
 
     same = _is_base(job.frozen, base)
+    # The training loss drops adapter inputs (model.lora.dropout); evaluation never does, so it
+    # keeps the undropped loss even where the algorithm evaluates with its training loss.
     return dataclasses.replace(job, params=adapters, frozen=(base, None if same else job.frozen),
-                               loss_fn=on_full(job.loss_fn, same), eval_loss_fn=on_full(job.eval_loss_fn, same),
+                               loss_fn=with_dropout(on_full(job.loss_fn, same), cfg.model.lora.dropout),
+                               eval_loss_fn=on_full(job.eval_loss_fn or job.loss_fn, same),
                                export=None if export is None else export_lora, lora=LoraInfo(same, same))

@@ -261,7 +261,9 @@ def job(cfg: RunConfig, spec: OnlineSpec) -> Job:
         ref_is_base, join = spec.reference == "frozen", spec.lora_join or lora.join_adapters
         params = spec.lora_split(s, params) if spec.lora_split is not None else _adapters(params)
         frozen, lora_info = (s.base, None), lora.LoraInfo(ref_is_base, spec.reference is not None)
-        loss_fn = lora.on_full(loss_fn, ref_is_base, join)
+        # model.lora.dropout drops adapter inputs in the train step only (sampling, the
+        # reference and evaluation run undropped).
+        loss_fn = lora.with_dropout(lora.on_full(loss_fn, ref_is_base, join), cfg.model.lora.dropout)
         full = lambda p: join(p, s.base)  # noqa: E731 (the same arrays: no copy)
     total = common.num_steps(cfg, s.n_train_prompts)
     n_micro = spec.n_micro

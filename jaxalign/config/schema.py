@@ -22,11 +22,12 @@ class LoraSpec:
 
     rank: the adapters' rank r (``lora_A [r, in]``, ``lora_B [out, r]``, PEFT's layout).
     alpha: the adapter output is scaled by alpha / rank (PEFT's ``lora_alpha``).
-    dropout: dropout on the adapters' input; only 0 is supported for now.
+    dropout: dropout on the adapters' input (PEFT's lora_dropout), in training forwards only.
     targets: the linear layers that get an adapter (of q_proj, k_proj, v_proj, o_proj,
       gate_proj, up_proj, down_proj).
     init: ``default`` (A kaiming-uniform, B zero, as PEFT) or ``gaussian`` (A normal(0, 1/r), B zero).
-    base_dtype: dtype the frozen base weights are stored in (null: model.param_dtype);
+    base_dtype: dtype the frozen base weights are stored in (null: model.param_dtype): float32,
+      bfloat16, float16, or int8 / nf4 (QLoRA: the decoder's linear weights quantised by qwix);
       the adapters stay in model.param_dtype.
     adapter: a PEFT adapter directory (adapter_config.json + adapter_model.safetensors) to start from.
     """

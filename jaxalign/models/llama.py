@@ -17,8 +17,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign.models.config import ModelConfig
+from jaxalign.models import lora_dropout
 from jaxalign.models.kv_cache import TRANSPOSE_MIN_ROWS, KVCache  # noqa: F401  (KVCache re-exported)
 from jaxalign.models.matmul import mm
+from jaxalign.models.quant import dequantize
 from jaxalign.models.rope import (  # noqa: F401  (re-exported)
     apply_rope, positions_from_mask, positions_from_segments, rope_cos_sin, rope_inv_freq, rope_tables)
 
@@ -41,13 +43,28 @@ class Linear(nnx.Module):
         # nnx.LoRAParam, output scaled by lora_scale; None without one.
         self.lora_a = self.lora_b = None
         self.lora_scale = 0.0
+        # PEFT's lora_dropout on the adapter's input (jaxalign.models.lora_dropout); lora_index
+        # makes each adapted layer's mask independent.
+        self.lora_dropout = 0.0
+        self.lora_index = 0
+        # QLoRA (jaxalign.models.quant): with quant ("int8" / "nf4") the weight holds qwix's
+        # quantised values and weight_scale their scales; None: a plain float weight.
+        self.quant = None
+        self.weight_scale = None
+
+    def base_weight(self):
+        """The weight as a float array (dequantised to float32 when quantised), layout as stored."""
+        if self.quant is None:
+            return self.weight[...]
+        return dequantize(self.weight[...], self.weight_scale[...], self.quant)
 
     def __call__(self, x):
         t = self.transposed
-        y = mm("...i,io->...o" if t else "...i,oi->...o", x, self.weight[...], self.dtype)
+        y = mm("...i,io->...o" if t else "...i,oi->...o", x, self.base_weight(), self.dtype)
         if self.lora_a is not None:
             # Decoding stores the adapters transposed too ([in, r], [r, out]), as the weight.
-            h = mm("...i,ir->...r" if t else "...i,ri->...r", x, self.lora_a[...], self.dtype)
+            xa = lora_dropout.apply(x, self.lora_dropout, self.lora_index) if self.lora_dropout else x
+            h = mm("...i,ir->...r" if t else "...i,ri->...r", xa, self.lora_a[...], self.dtype)
             h = h * jnp.asarray(self.lora_scale, h.dtype)
             y = y + mm("...r,ro->...o" if t else "...r,or->...o", h, self.lora_b[...], self.dtype)
         if self.bias is not None:
@@ -307,10 +324,11 @@ class CausalLM(nnx.Module):
             # layer's weight slice and the stacked cache again (2x slower decode on CPU).
             layers = self.unstacked_layers(transpose=b >= TRANSPOSE_MIN_ROWS) if layers is None else layers
             ks, vs = [], []
-            for layer, kind, ck, cv in zip(layers, kinds, cache.k, cache.v, strict=True):
-                x, (k, v) = layer(x, *ctx[kind], (ck, cv), index)
-                ks.append(k)
-                vs.append(v)
+            with lora_dropout.active(None):  # decoding never drops
+                for layer, kind, ck, cv in zip(layers, kinds, cache.k, cache.v, strict=True):
+                    x, (k, v) = layer(x, *ctx[kind], (ck, cv), index)
+                    ks.append(k)
+                    vs.append(v)
             new_cache = KVCache(k=tuple(ks), v=tuple(vs), mask=key_mask, index=index + s)
             return self.norm(x), new_cache
 
@@ -332,6 +350,17 @@ class CausalLM(nnx.Module):
 
             xs = (layer_state, jnp.asarray(kinds))
 
+        drop_key = lora_dropout.current()
+        if drop_key is not None:
+            # LoRA dropout in a training forward: each scanned layer gets its own key.
+            inner = body
+
+            def body(h, xs_and_key):
+                xs, key = xs_and_key
+                with lora_dropout.active(key):
+                    return inner(h, xs)
+
+            xs = (xs, jax.random.split(drop_key, cfg.num_hidden_layers))
         if remat:
             body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
         x, _ = jax.lax.scan(body, x, xs)
@@ -346,6 +375,15 @@ class CausalLM(nnx.Module):
         product) the HF ``[out, in]`` order is the faster one; the sampler picks by batch size.
         """
         graphdef, state = nnx.split(self.layers)
+        if any(isinstance(n, Linear) and n.quant for _, n in nnx.iter_graph(self.layers)):
+            # QLoRA: dequantised once per call here, not in every decoding step.
+            copy = nnx.merge(graphdef, jax.tree.map(lambda x: x, state))
+            for _, lin in nnx.iter_graph(copy):
+                if isinstance(lin, Linear) and lin.quant:
+                    lin.weight = nnx.Param(lin.base_weight())
+                    lin.weight_scale = nnx.data(None)
+                    lin.quant = None
+            graphdef, state = nnx.split(copy)
         dtype = self.config.jnp_dtype
 
         def prepare(x):

@@ -20,8 +20,10 @@ import jax.numpy as jnp
 from jaxalign.errors import JaxalignError
 from jaxalign.models.families import LORA_TARGETS
 from jaxalign.models.llama import CausalLM, Linear
+from jaxalign.models.quant import QTYPES, check_shape, quantize
 
 INITS = ("default", "gaussian")
+FLOAT_BASES = ("float32", "bfloat16", "float16")
 
 
 def check_spec(spec) -> None:
@@ -30,16 +32,16 @@ def check_spec(spec) -> None:
         raise JaxalignError(f"config key 'model.lora.rank': must be a positive integer, got {spec.rank!r}")
     if not spec.alpha > 0:
         raise JaxalignError(f"config key 'model.lora.alpha': must be > 0, got {spec.alpha!r}")
-    if spec.dropout != 0:
-        raise JaxalignError(f"config key 'model.lora.dropout': only 0 is supported for now, got {spec.dropout!r}")
+    if not isinstance(spec.dropout, (int, float)) or not 0 <= spec.dropout < 1:
+        raise JaxalignError(f"config key 'model.lora.dropout': must be in [0, 1), got {spec.dropout!r}")
     if spec.init not in INITS:
         raise JaxalignError(f"config key 'model.lora.init': expected one of {', '.join(INITS)}, got {spec.init!r}")
     bad = [t for t in spec.targets if t not in LORA_TARGETS]
     if bad or not spec.targets:
         raise JaxalignError(f"config key 'model.lora.targets': {bad or 'empty'}; expected a non-empty list of "
                             f"{', '.join(LORA_TARGETS)}")
-    if spec.base_dtype not in (None, "float32", "bfloat16", "float16"):
-        raise JaxalignError(f"config key 'model.lora.base_dtype': expected float32, bfloat16 or float16, "
+    if spec.base_dtype not in (None, *FLOAT_BASES, *QTYPES):
+        raise JaxalignError(f"config key 'model.lora.base_dtype': expected {', '.join(FLOAT_BASES + QTYPES)}, "
                             f"got {spec.base_dtype!r}")
 
 
@@ -56,14 +58,19 @@ def add_lora(model: CausalLM, spec, *, seed: int = 0) -> CausalLM:
 
     A is kaiming-uniform (bound ``1/sqrt(in)``, PEFT's default) or normal(0, 1/r)
     (``init: gaussian``), B is zero; adapters are in the model's ``param_dtype``. With
-    ``spec.base_dtype`` the base weights are cast to it. On a mesh,
+    ``spec.base_dtype`` the base weights are cast to it, or, for ``int8`` / ``nf4`` (QLoRA), every
+    decoder ``Linear`` weight is quantised (:mod:`jaxalign.models.quant`; embeddings and norms
+    keep their dtype). ``spec.dropout``: PEFT's dropout on the adapters' input in training
+    forwards (:mod:`jaxalign.models.lora_dropout`). On a mesh,
     :func:`jaxalign.parallel.shard_model` afterwards places each adapter on the shardings of its
     base weight's logical axes (:mod:`jaxalign.parallel.rules`).
     """
     check_spec(spec)
     dtype = model.config.jnp_param_dtype
     key = jax.random.key(seed)
-    if spec.base_dtype is not None:
+    if spec.base_dtype in QTYPES:
+        quantize_base(model, spec.base_dtype)
+    elif spec.base_dtype is not None:
         bd = jnp.dtype(spec.base_dtype)
         base = nnx.state(model, nnx.Param)
         nnx.update(model, jax.tree.map(lambda x: x.astype(bd) if jnp.issubdtype(x.dtype, jnp.floating) else x, base))
@@ -78,6 +85,26 @@ def add_lora(model: CausalLM, spec, *, seed: int = 0) -> CausalLM:
         lin.lora_a = nnx.data(nnx.LoRAParam(a.astype(dtype)))
         lin.lora_b = nnx.data(nnx.LoRAParam(jnp.zeros((n, d_out, spec.rank), dtype)))
         lin.lora_scale = float(spec.alpha) / spec.rank
+        lin.lora_dropout = float(spec.dropout)
+        lin.lora_index = i
+    return model
+
+
+def quantize_base(model: CausalLM, qtype: str) -> CausalLM:
+    """Store every decoder ``Linear`` weight of ``model`` quantised to ``qtype`` (in place).
+
+    Deterministic (absmax scales, round-to-nearest), so a resumed run, which reloads the base
+    and quantises it again, gets the same base."""
+    for path, lin in nnx.iter_graph(model.layers):
+        if not isinstance(lin, Linear) or lin.quant is not None:
+            continue
+        why = check_shape(qtype, lin.weight.shape[-1])
+        if why:
+            raise JaxalignError(f"config key 'model.lora.base_dtype': {why} (layers.{'.'.join(map(str, path))})")
+        qvalue, scale = quantize(lin.weight[...], qtype)
+        lin.weight = nnx.Param(qvalue)
+        lin.weight_scale = nnx.data(nnx.Param(scale))
+        lin.quant = qtype
     return model
 
 
@@ -116,9 +143,17 @@ def base_graphdef(graphdef, params: nnx.State):
 
 def merged_model(model: CausalLM) -> CausalLM:
     """A new model without adapters whose weights are ``W + (alpha/r) B A`` (in float32, cast back
-    to W's dtype): the adapted model as one plain model, for export."""
+    to W's dtype; a quantised W is dequantised to ``model.param_dtype`` first): the adapted model
+    as one plain model, for export."""
     graphdef, state = nnx.split(model)
     out = nnx.merge(graphdef, jax.tree.map(lambda x: x, state))  # a separate module tree
+    dtype = model.config.jnp_param_dtype
+    for _, lin in nnx.iter_graph(out.layers):
+        if isinstance(lin, Linear) and lin.quant is not None:
+            # QLoRA: the dequantised base, in model.param_dtype (a plain model again).
+            lin.weight = nnx.Param(lin.base_weight().astype(dtype))
+            lin.weight_scale = nnx.data(None)
+            lin.quant = None
     for _, lin in targeted(out):
         if lin.lora_a is None:
             continue

@@ -119,6 +119,9 @@ for (_mod, _name), _axes in list(_PARAM_AXES.items()):
     if _name == "weight" and _mod.endswith("_proj"):
         _PARAM_AXES[(_mod, "lora_a")] = (None, _axes[1])
         _PARAM_AXES[(_mod, "lora_b")] = (_axes[0], None)
+        # QLoRA scales [out, in / block] (jaxalign.models.quant): the weight's axes; a dimension
+        # the mesh does not divide (int8's single column) replicates.
+        _PARAM_AXES[(_mod, "weight_scale")] = _axes
 
 
 def param_logical_axes(path: Sequence[str], ndim: int) -> tuple:

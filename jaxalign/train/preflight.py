@@ -72,8 +72,15 @@ def per_device_bytes(tree) -> int:
         sharding = getattr(x, "sharding", None)
         if sharding is not None and hasattr(sharding, "shard_shape"):
             shape = tuple(sharding.shard_shape(shape))
-        total += math.prod(shape) * np.dtype(x.dtype).itemsize
+        total += -(-math.prod(shape) * _bits(x.dtype) // 8)
     return total
+
+
+def _bits(dtype) -> int:
+    """Bits per element; 4-bit types (QLoRA's nf4 codes are uint4) count as XLA packs them, two
+    to a byte (numpy's itemsize says 1)."""
+    dtype = np.dtype(dtype)
+    return 4 if dtype.name in ("int4", "uint4", "float4_e2m1fn") else 8 * dtype.itemsize
 
 
 def device_limit(cfg, mesh) -> tuple[int | None, str]:

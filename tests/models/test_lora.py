@@ -104,8 +104,9 @@ def test_base_dtype_keeps_adapters_in_the_param_dtype():
     assert np.isfinite(np.asarray(model(IDS))).all()
 
 
-@pytest.mark.parametrize("field, value", [("rank", 0), ("alpha", 0.0), ("dropout", 0.1), ("init", "pissa"),
-                                          ("targets", ["qkv"]), ("targets", []), ("base_dtype", "int8")])
+@pytest.mark.parametrize("field, value", [("rank", 0), ("alpha", 0.0), ("dropout", 1.0), ("dropout", -0.1),
+                                          ("init", "pissa"), ("targets", ["qkv"]), ("targets", []),
+                                          ("base_dtype", "int4")])
 def test_bad_spec_names_its_key(field, value):
     with pytest.raises(JaxalignError, match=f"model.lora.{field}"):
         lora.check_spec(LoraSpec(**{field: value}))
