@@ -58,6 +58,7 @@ class Phase:
     outputs: int
     temp: int
     code: int
+    kv_cache: int | None = None  # sampling: the KV cache counted from the shapes (part of temp)
 
     @property
     def extra(self) -> int:
@@ -114,6 +115,8 @@ class Plan:
         for p in self.phases:
             rows.append((f"phase {p.name}: + {fmt_bytes(p.arguments)} args, {fmt_bytes(p.outputs)} out, "
                          f"{fmt_bytes(p.temp)} temp", p.extra))
+            if p.kv_cache is not None:
+                rows.append(("  of which the KV cache (counted from the shapes)", p.kv_cache))
         rows.append((f"peak (resident + {self.peak_phase.name})", self.peak))
         width = max(len(r[0]) for r in rows)
         lines = [f"memory plan per device ({self.devices} device(s), abstract: nothing allocated; "
@@ -170,6 +173,26 @@ def _worst_prompts(batch, length: int):
     return batch
 
 
+def kv_cache_bytes(graphdef, params, prompt_shape: tuple, num_samples: int, max_new_tokens: int, mesh) -> int:
+    """Per-device bytes of the sampler's KV cache, counted from the shapes: keys and values of
+    every layer for ``rows x (bucket(P) + max_new_tokens) x kv_heads x head_dim`` in the cache
+    dtype, ``rows = B x num_samples`` (``B`` padded to the batch shards), split as the sampler
+    constrains it (rows over the batch axes, heads over ``tensor``)."""
+    import flax.nnx as nnx
+
+    from jaxalign import parallel as shd
+    from jaxalign.models.kv_cache import cache_dtype
+    from jaxalign.rollout.sampler import prompt_bucket_length
+
+    mc = nnx.merge(graphdef, params).config
+    shards = shd.batch_shards(mesh)
+    rows = -(-prompt_shape[0] // shards) * shards * num_samples
+    shape = (rows, mc.num_key_value_heads, prompt_bucket_length(prompt_shape[1]) + max_new_tokens, mc.head_dim)
+    sharding = jax.sharding.NamedSharding(mesh, shd.logical_to_spec(("batch", "kv_heads", "seq", None), shape, mesh))
+    one = jax.ShapeDtypeStruct(shape, cache_dtype(mc.jnp_dtype), sharding=sharding)
+    return 2 * mc.num_hidden_layers * per_device_bytes(one)
+
+
 def _sampling_phases(record, mesh) -> list[Phase]:
     """The sampler and reference-forward phases of the first recorded experience."""
     from jaxalign import parallel as shd
@@ -181,6 +204,8 @@ def _sampling_phases(record, mesh) -> list[Phase]:
                          temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, n_eos=len(maker.eos),
                          num_samples=maker.num_samples, mesh=mesh).compile()
     phases = [_phase("sampling", gen, per_device_bytes(params))]
+    phases[0].kv_cache = kv_cache_bytes(maker.graphdef, params, prompt_shape, maker.num_samples, s.max_new_tokens,
+                                         mesh)
     if maker.ref_logps is not None:
         rows = prompt_shape[0] * maker.num_samples
         tok = jax.ShapeDtypeStruct((rows, width), np.int32, sharding=shd.batch_sharding(mesh, 2, rows=rows))

@@ -28,6 +28,9 @@ def cmd_train(args) -> int:
 
     # Before anything touches a device: join the other processes of a multi-process run.
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+    from jaxalign.algorithms.plan import check_before_run
+
+    check_before_run(cfg)  # online: the whole loop's abstract plan against a known limit, before any build
     job = algorithms.build_job(cfg)
     out = run(cfg, job)
     if not distributed.is_main():
