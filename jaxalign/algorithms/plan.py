@@ -285,13 +285,17 @@ def _reward_is_model(cfg) -> bool:
     return any(getattr(r, "kind", None) == "model" for r in rewards)
 
 
-def plan_knobs(cfg, mesh, online: bool) -> list[str]:
-    """:func:`jaxalign.train.preflight.knobs` and, online, the samples per prompt and the
-    minibatch size."""
+def plan_knobs(cfg, mesh, online: bool, plan: Plan | None = None) -> list[str]:
+    """:func:`jaxalign.train.preflight.knobs` and, online, the samples per prompt, the
+    minibatch size and (with a reference forward in the plan) the KL coefficient."""
     from jaxalign.algorithms.registry import section_of
 
     out = knobs(cfg, mesh, online)
     section, algo = section_of(cfg.algorithm), cfg.algo
+    if plan is not None and any(p.name == "reference forward" for p in plan.phases):
+        key = "beta" if hasattr(algo, "beta") else "kl_coef" if hasattr(algo, "kl_coef") else None
+        if key:
+            out.append(f"set {section}.{key}=0 (no reference model and no reference forward)")
     if online and hasattr(algo, "num_generations"):
         out.insert(0, f"lower {section}.num_generations (now {algo.num_generations}; rows sampled and "
                       "trained per prompt)")
@@ -305,7 +309,7 @@ def too_big_message(plan: Plan, cfg, mesh, online: bool) -> str:
     name, n = plan.largest()
     return (f"the run needs about {fmt_bytes(plan.peak)} per device at its peak ({plan.peak_phase.name}) but "
             f"{fmt_bytes(plan.limit)} is available ({plan.limit_source}); largest part: {name} {fmt_bytes(n)}; "
-            "to fit: " + "; ".join(plan_knobs(cfg, mesh, online)))
+            "to fit: " + "; ".join(plan_knobs(cfg, mesh, online, plan)))
 
 
 def check_before_run(cfg) -> Plan | None:

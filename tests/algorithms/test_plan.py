@@ -116,7 +116,8 @@ def test_refusal_names_the_largest_part_and_the_knobs(grpo_plan, tmp_path, capsy
     assert err[0].startswith(f"error: the run needs about {fmt_bytes(plan.peak)} per device at its peak "
                              f"({plan.peak_phase.name}) but {fmt_bytes(limit)} is available")
     assert f"largest part: {name} {fmt_bytes(n)}" in err[0]
-    for knob in ("grpo.num_generations (now 4", "grpo.sampling.max_new_tokens (now 16)", "train.micro_batch_size"):
+    for knob in ("grpo.num_generations (now 4", "grpo.sampling.max_new_tokens (now 16)", "train.micro_batch_size",
+                 "set grpo.beta=0"):
         assert knob in err[0], knob
     assert "does NOT fit (1 B over)" in out and not (tmp_path / "never").exists()
     # Training refuses the same way before it builds or writes anything.
