@@ -57,10 +57,14 @@ def model_from(cfg: RunConfig, mesh, tokenizer=None, seed_offset: int = 0):
     from jaxalign.io.load import load_model
     from jaxalign.models.llama import CausalLM
 
+    from jaxalign.models.abstract import active
+
     spec = cfg.model
     if spec.init == "pretrained":
         if spec.path is None:
             raise JaxalignError("config key 'model.path': required when model.init is 'pretrained'")
+        if active() is not None:  # jaxalign plan: the shapes from config.json, no weights read
+            return _abstract_model(cfg, _config_of(spec), mesh, tokenizer)
         try:
             model = load_model(spec.path, dtype=spec.param_dtype, compute_dtype=spec.dtype, mesh=mesh)
         except JaxalignError as e:
@@ -98,6 +102,8 @@ def model_from(cfg: RunConfig, mesh, tokenizer=None, seed_offset: int = 0):
     except TypeError as e:
         raise JaxalignError(f"config key 'model.config': {e}") from None
     check_positions(cfg, mc, "model.config.max_position_embeddings")
+    if active() is not None:
+        return _abstract_model(cfg, mc, mesh, tokenizer)
     abstract = nnx.eval_shape(lambda: CausalLM(mc, rngs=nnx.Rngs(0)))
     graphdef, abstract_state = nnx.split(abstract)
     shardings = shd.state_shardings(abstract_state, mesh)
@@ -105,6 +111,49 @@ def model_from(cfg: RunConfig, mesh, tokenizer=None, seed_offset: int = 0):
     state = jax.jit(lambda: nnx.state(CausalLM(mc, rngs=nnx.Rngs(cfg.seed + seed_offset))),
                     out_shardings=shardings)()
     return lora.adapt(cfg, nnx.merge(graphdef, state), mesh)
+
+
+def _config_of(spec) -> ModelConfig:
+    """The :class:`ModelConfig` of ``model.path`` from its ``config.json`` alone (a directory
+    with no weights is enough to plan)."""
+    from jaxalign.io.paths import resolve_model_path
+    from jaxalign.models.config import dtype_overrides
+
+    p = resolve_model_path(spec.path)
+    if not (p / "config.json").is_file():
+        raise JaxalignError(f"config key 'model.path': {spec.path}: jaxalign plan needs a directory with a "
+                            "config.json (or model.init: random with model.config)")
+    try:
+        return ModelConfig.from_json(p / "config.json", **dtype_overrides(spec.param_dtype, spec.dtype))
+    except JaxalignError as e:
+        raise JaxalignError(f"config key 'model.path': {e}") from None
+
+
+def _abstract_model(cfg: RunConfig, mc: ModelConfig, mesh, tokenizer=None):
+    """The policy (with ``model.lora``'s adapters) as ShapeDtypeStructs on their shardings:
+    nothing allocated (:mod:`jaxalign.models.abstract`)."""
+    import copy
+    import dataclasses
+
+    from jaxalign.models.abstract import with_shardings
+    from jaxalign.models.llama import CausalLM
+
+    check_positions(cfg, mc, "model.path")
+    if tokenizer is not None and len(tokenizer) > mc.vocab_size:
+        raise JaxalignError(f"config key 'model.tokenizer': the tokenizer has {len(tokenizer)} tokens but the "
+                            f"model's vocabulary only {mc.vocab_size}")
+    plan_cfg = cfg
+    if cfg.model.lora is not None and cfg.model.lora.adapter:  # its shape only: rank and targets
+        from jaxalign.io.peft import read_peft_config
+
+        pc = read_peft_config(cfg.model.lora.adapter)
+        lora_spec = dataclasses.replace(cfg.model.lora, adapter=None, rank=int(pc["r"]),
+                                        alpha=float(pc["lora_alpha"]), targets=list(pc["target_modules"]))
+        plan_cfg = copy.copy(cfg)
+        plan_cfg.model = dataclasses.replace(cfg.model, lora=lora_spec)
+    model = nnx.eval_shape(lambda: lora.adapt(plan_cfg, CausalLM(mc, rngs=nnx.Rngs(0)), None))
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, with_shardings(state, shd.state_shardings(state, mesh)))
 
 
 def check_positions(cfg: RunConfig, mc: ModelConfig, where: str) -> None:

@@ -332,6 +332,10 @@ class ExperienceMaker:
         return self.score_parts(rows, texts, columns)[0]
 
     def __call__(self, params, prompt_batch: dict, key):
+        from jaxalign.models.abstract import active
+
+        if active() is not None:  # jaxalign plan: record what would be sampled, sample nothing
+            return abstract_experience(self, active(), params, prompt_batch)
         t0 = time.perf_counter()
         rows = self.rows(params, prompt_batch, key)
         jax.block_until_ready(rows["input_ids"])
@@ -358,6 +362,31 @@ class ExperienceMaker:
         }
         metrics.update({f"reward/{name}": float(v.mean()) for name, v in parts.items()})
         return exp, (prompts, comps), metrics
+
+
+def abstract_experience(maker: ExperienceMaker, record, params, prompt_batch: dict):
+    """An experience of the shapes ``maker`` would return for ``prompt_batch`` (zeros, small:
+    token rows, no model), with the sampling recorded in ``record`` for the memory planner
+    (:mod:`jaxalign.models.abstract`): ``(maker, policy params, the sampler's prompt ids, the
+    rows' width)``."""
+    import collections
+
+    ids, mask = np.asarray(prompt_batch["prompt_ids"]), np.asarray(prompt_batch["prompt_mask"])
+    seen = (ids, mask) if maker.prompt_transform is None else maker.prompt_transform(ids, mask, maker.tokenizer)
+    n, t = ids.shape[0] * maker.num_samples, maker.sampling.max_new_tokens
+    width = ids.shape[1] + t
+    record.samplings.append((maker, params, np.asarray(seen[0]).shape, width))
+    comp = np.zeros((n, width), np.int32)
+    comp[:, ids.shape[1]:] = 1
+    exp = {"input_ids": jnp.zeros((n, width), jnp.int32), "attention_mask": jnp.ones((n, width), jnp.int32),
+           "completion_mask": jnp.asarray(comp), "old_logps": jnp.zeros((n, width), jnp.float32),
+           "lengths": jnp.full((n,), t, jnp.int32), "finished": jnp.zeros((n,), jnp.float32),
+           "scores": jnp.zeros((n,), jnp.float32)}
+    if maker.reward_filter is not None:
+        exp["raw_scores"] = exp["scores"]
+    if maker.ref_logps is not None:
+        exp["ref_logps"] = jnp.zeros((n, width), jnp.float32)
+    return exp, (None, None), collections.defaultdict(float)
 
 
 def reward_from(cfg: RewardConfig | list, tokenizer, mesh=None) -> Reward | RewardSum:

@@ -90,9 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     exp.set_defaults(func=model.cmd_export)
 
-    plan = sub.add_parser("plan", help="memory per device of a run's train step, and whether it fits")
+    plan = sub.add_parser("plan", help="memory per device of a whole run (sampling, reference, train step), planned from abstract shapes; and whether it fits")
     plan.add_argument("--config", required=True, help="YAML run config (its algorithm: key picks the algorithm)")
     plan.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    plan.add_argument("--devices", type=int, default=None,
+                      help="plan for a mesh of N devices (mesh.fsdp, or the -1 axis, takes them); on a CPU the "
+                           "N host devices are made (XLA_FLAGS=--xla_force_host_platform_device_count=N)")
+    plan.add_argument("--device-memory", default=None, metavar="BYTES",
+                      help="memory per device, e.g. 16GiB (sets train.device_memory_limit)")
     plan.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, as for training")
     plan.set_defaults(func=train.cmd_plan)
 

@@ -28,6 +28,9 @@ def cmd_train(args) -> int:
 
     # Before anything touches a device: join the other processes of a multi-process run.
     distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+    from jaxalign.algorithms.plan import check_before_run
+
+    check_before_run(cfg)  # online: the whole loop's abstract plan against a known limit, before any build
     job = algorithms.build_job(cfg)
     out = run(cfg, job)
     if not distributed.is_main():
@@ -43,20 +46,27 @@ def cmd_train(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    """``jaxalign plan``: the memory plan of a run config (exit 2 when it does not fit)."""
+    """``jaxalign plan``: the abstract memory plan of a run config (exit 2 when it does not fit)."""
+    import os
+    import sys
+
     from jaxalign.config import load_config
 
     cfg = load_config(args.config, args.overrides)
-    from jaxalign import algorithms
-    from jaxalign.train.preflight import plan_job
+    devices = getattr(args, "devices", None)
+    if devices and "jax" not in sys.modules and "xla_force_host_platform_device_count" not in os.environ.get(
+            "XLA_FLAGS", ""):
+        # A hypothetical mesh on this machine's CPU: as many host devices as asked (only
+        # possible before JAX starts; otherwise hypothetical_mesh says how).
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={devices}").strip()
+    from jaxalign.algorithms.plan import hypothetical_mesh, plan_config
+    from jaxalign.train.preflight import parse_bytes
 
-    job = algorithms.build_job(cfg)
-    est = plan_job(cfg, job)
-    print(json.dumps(est.to_dict()) if args.json else est.table(), flush=True)
-    if cfg.model.lora is not None and not args.json:
-        from jaxalign.algorithms.lora import plan_note
-
-        print(plan_note(job), flush=True)
-    if not est.fits:
-        raise JaxalignError(est.message)
+    memory = getattr(args, "device_memory", None)
+    hypothetical_mesh(cfg, devices, parse_bytes(memory, "--device-memory") if memory else None)
+    plan = plan_config(cfg)
+    print(json.dumps(plan.to_dict()) if args.json else plan.table(), flush=True)
+    if not plan.fits:
+        raise JaxalignError(plan.message)
     return 0

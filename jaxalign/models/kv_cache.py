@@ -22,8 +22,12 @@ def cache_dtype(dtype):
     at every decode step (a quarter of a bfloat16 decode step); stored as uint16 bit patterns
     instead, the loop copied both caches at every step. A float32 cache is written in place and
     its attention dots (a few % of the step) run in float32."""
+    from jaxalign.models.abstract import active
+
     dtype = jnp.dtype(dtype)
-    if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4 and jax.default_backend() == "cpu":
+    # jaxalign plan plans for an accelerator (its CPU devices stand in for them): the compute dtype.
+    if (jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4 and jax.default_backend() == "cpu"
+            and active() is None):
         return jnp.dtype(jnp.float32)
     return dtype
 

@@ -374,3 +374,33 @@ def generate(model_or_state, prompt_ids, prompt_mask, key, *, max_new_tokens: in
         tokens, attention_mask, completion_mask = (x[:, cut:] for x in (tokens, attention_mask, completion_mask))
     return Rollout(tokens=tokens, attention_mask=attention_mask, completion_mask=completion_mask,
                    logprobs=lps, lengths=lengths, finished=finished, prompt_length=p)
+
+
+def lower_generate(graphdef, state, prompt_shape: tuple[int, int], *, max_new_tokens: int,
+                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                   greedy: bool = False, n_eos: int = 1, num_samples: int = 1,
+                   buckets: Sequence[int] | None = DEFAULT_BUCKETS, mesh=None):
+    """:func:`generate`'s jitted program for a ``[B, P]`` prompt batch, lowered on abstract
+    arguments (``state`` may be ShapeDtypeStructs with shardings): nothing runs or is
+    allocated; ``.compile().memory_analysis()`` gives the sampler's memory (prefill, the KV
+    cache of ``B * num_samples`` rows of ``bucket(P) + max_new_tokens`` positions, decode)."""
+    if temperature == 0:
+        greedy = True
+    use_top_p = top_p is not None and top_p < 1 and not greedy
+    spec = _Spec(max_new_tokens=int(max_new_tokens), num_samples=int(num_samples), greedy=bool(greedy),
+                 top_k=None if greedy or top_k is None else int(top_k), use_top_p=use_top_p, n_eos=int(n_eos))
+    b, p = prompt_shape
+    width = prompt_bucket_length(p, buckets)
+    mesh = mesh if mesh is not None else _mesh_of(state)
+    rows = b if mesh is None else -(-b // shd.batch_shards(mesh)) * shd.batch_shards(mesh)
+
+    def arg(shape, dtype):
+        s = None if mesh is None else shd.batch_sharding(mesh, len(shape))
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=s)
+
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    scalar = jax.ShapeDtypeStruct((), jnp.float32)
+    return _generate_jit.lower(graphdef, state, arg((rows, width), jnp.int32), arg((rows, width), jnp.int32),
+                               arg((rows,), jnp.bool_), key, scalar, scalar,
+                               jax.ShapeDtypeStruct((n_eos,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32),
+                               spec=spec, mesh=mesh)

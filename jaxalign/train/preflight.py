@@ -13,7 +13,9 @@ The step is compiled through the same ``jax.jit`` object the loop calls, so the 
 this executable: the check costs no second compile. Offline algorithms are checked on their
 longest batch before anything is written; online ones (``Job.experience``) on their first
 experience batch, since its shape is known only once it is sampled. Sampling, evaluation and
-reward models outside the train step are not part of the estimate.
+reward models outside the train step are not part of this estimate; the whole loop is planned
+abstractly by :mod:`jaxalign.algorithms.plan` (``jaxalign plan``, and online runs with a known
+limit before they build anything).
 """
 
 from __future__ import annotations

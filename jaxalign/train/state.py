@@ -208,6 +208,8 @@ def frozen_copy(tree):
     alias another) sharing the policy's buffers would be invalidated by the first step.
     """
     def copy(x):
+        if isinstance(x, jax.ShapeDtypeStruct):  # an abstract build (jaxalign plan): no buffer to copy
+            return x
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             # A multi-process array: only its own sharding names where its shards live.
             return jax.device_put(x, x.sharding, may_alias=False)

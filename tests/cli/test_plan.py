@@ -63,10 +63,10 @@ def test_plan_over_the_limit_is_one_error_line_and_writes_nothing(planned, capsy
     out, err = capsys.readouterr()
     err = [l for l in err.splitlines() if l.strip() and not l.startswith("data.")]
     assert rc == 2 and len(err) == 1, err
-    assert err[0].startswith(f"error: the train step needs about {fmt_bytes(total)} per device but "
-                             f"{fmt_bytes(total - 1)} is available (train.device_memory_limit); to fit: ")
-    assert "data.max_length (now 128)" in err[0] and "sft.chunk_size" in err[0]
-    assert f"total (peak of the train step)" in out and fmt_bytes(total) in out
+    assert err[0].startswith(f"error: the run needs about {fmt_bytes(total)} per device at its peak (train step) "
+                             f"but {fmt_bytes(total - 1)} is available (train.device_memory_limit); largest part: ")
+    assert "; to fit: " in err[0] and "data.max_length (now 128)" in err[0] and "sft.chunk_size" in err[0]
+    assert "peak (resident + train step)" in out and fmt_bytes(total) in out
     assert "does NOT fit (1 B over)" in out
     assert not (tmp_path / "never").exists()
 
