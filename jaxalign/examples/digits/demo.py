@@ -3,10 +3,12 @@ digits diffusion model, and its report.
 
 1. splits scikit-learn's digits in two halves; fits the reward classifier on one;
 2. pre-trains the class-conditional diffusion model on the other (label dropout for guidance);
-3. measures the prompt-alignment reward (P(prompted digit)) on held-out seeds, unguided
-   (guidance 1) and guided (``--guidance``, the magic prompt);
-4. runs RAFT: candidates drawn *with* guidance, best of K per digit prompt (``--ranking local``)
-   or the top α of the batch (``global``), the plain conditional model fine-tuned on them;
+3. measures the prompt-alignment reward (P(prompted digit) × a realism gate) and the realism
+   rate on held-out seeds, unguided (guidance 1) and guided (``--guidance``, the magic prompt);
+4. runs RAFT: candidates drawn *with* guidance (from the frozen pre-trained model, or with
+   ``--proposal current`` from the model being fine-tuned), best of K per digit prompt
+   (``--ranking local``) or the top α of the batch (``global``), the plain conditional model
+   fine-tuned on them;
 5. measures the reward again and writes ``OUT/report.json``, ``OUT/report.md`` (the table) and
    ``OUT/samples.png`` (a grid of samples per digit: unguided before, guided before, unguided
    after, same seeds).
@@ -85,9 +87,11 @@ def table(report: dict) -> str:
     s = report["settings"]
     lines = [f"Prompt-alignment reward P(prompted digit), mean ± s.e. over {s['eval_seeds']} held-out seeds "
              f"× {s['eval_per_digit']} samples per digit; RAFT {s['ranking']} ranking, α = {s['alpha']}, "
-             f"candidates drawn with guidance {s['guidance']:g}, {s['iterations']} iterations"
+             f"candidates drawn with guidance {s['guidance']:g} from the {s['proposal']} model, {s['iterations']} "
+             f"iterations, fine-tuning lr {s['raft_lr']:g}"
              f"{', realism filter on' if s['realism_filter'] else ''}. 'realistic': the fraction of the samples "
-             "within the real digits' 99% PCA reconstruction error (a check the reward does not see).", "",
+             "within the real digits' 99% PCA reconstruction error (the reward's gate reads the PCA coordinates, "
+             "not this residual), ± s.e. over the seeds.", "",
              "| model | reward | realistic | " + " | ".join(str(d) for d in range(data.NUM_CLASSES)) + " |",
              "|---|---|---|" + "---|" * data.NUM_CLASSES]
     for r in report["rows"]:
@@ -127,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, help="classifier-free guidance of the candidates (default 3)")
     p.add_argument("--iterations", type=int, help="RAFT iterations")
     p.add_argument("--proposal", choices=pipeline.PROPOSALS,
-                   help="where the guided candidates come from: the model being fine-tuned (current, as in the "
-                        "paper) or the frozen pre-trained one (pretrained); default current")
-    p.add_argument("--raft-lr", dest="raft_lr", type=float, help="RAFT's fine-tuning learning rate")
+                   help="where the guided candidates come from: the frozen pre-trained model (pretrained, default) "
+                        "or the model being fine-tuned (current, as in the paper: guidance compounds and collapses)")
+    p.add_argument("--raft-lr", dest="raft_lr", type=float, help="RAFT's fine-tuning learning rate (default 3e-4)")
     p.add_argument("--prompts", type=int, help="digit prompts per RAFT iteration (a multiple of 10)")
     p.add_argument("--realism-filter", dest="realism_filter", action="store_true", default=None,
                    help="never keep candidates that fail the PCA realism check (a reward-hacking filter)")

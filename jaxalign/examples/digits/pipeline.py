@@ -68,7 +68,7 @@ class Settings:
     alpha: float = 0.125
     prompts: int = 80
     iterations: int = 30
-    raft_lr: float = 1e-3
+    raft_lr: float = 3e-4
     raft_p_uncond: float = 0.0
     epochs: int = 4
     num_minibatches: int = 4
@@ -76,7 +76,7 @@ class Settings:
     eval_per_digit: int = 20
     reward_steps: int = 400
     realism_filter: bool = False
-    proposal: str = "current"
+    proposal: str = "pretrained"
     seed: int = 0
 
     @classmethod
