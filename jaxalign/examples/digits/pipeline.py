@@ -81,10 +81,12 @@ class Settings:
 
     @classmethod
     def tiny(cls, **kw) -> "Settings":
-        """Seconds on a CPU: same code, small model, few steps."""
+        """Seconds on a CPU: same code, small model, few steps (XLA compiles are most of the time,
+        so the evaluation draws as many samples per call as a RAFT iteration: 10 × 16 = 20 prompts
+        × K = 8, one compiled sampler for both)."""
         base = dict(timesteps=20, sample_steps=5, hidden=64, depth=1, pretrain_steps=300, batch_size=32,
                     lr=1e-2, prompts=20, iterations=2, epochs=1, num_minibatches=1, eval_seeds=2,
-                    eval_per_digit=4, reward_steps=100)
+                    eval_per_digit=16, reward_steps=100)
         return cls(**{**base, **kw})
 
     def __post_init__(self):
