@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from jaxalign.config.checks import check_ranges, positive
 from jaxalign.config.schema import ModelSpec
 from jaxalign.errors import JaxalignError
 
@@ -63,20 +64,12 @@ class ApeConfig:
 
         if not isinstance(self.tasks, list) or not self.tasks or not all(isinstance(t, str) for t in self.tasks):
             bad("tasks", "expected a non-empty list of task names or JSONL files")
-        for key in ("train_size", "num_candidates", "num_demos", "proposal_tokens", "resample_top",
-                    "resample_variations", "answer_tokens", "batch_size"):
-            if getattr(self, key) < 1:
-                bad(key, f"must be >= 1, got {getattr(self, key)}")
-        if self.heldout_size is not None and self.heldout_size < 1:
-            bad("heldout_size", f"must be >= 1 or null, got {self.heldout_size}")
-        if self.resample_rounds < 0:
-            bad("resample_rounds", f"must be >= 0, got {self.resample_rounds}")
-        if not self.proposal_temperature > 0:
-            bad("proposal_temperature", f"must be > 0, got {self.proposal_temperature}")
+        check_ranges(self, {**positive("train_size", "num_candidates", "num_demos", "proposal_tokens", "resample_top",
+                                       "resample_variations", "answer_tokens", "batch_size", "heldout_size"),
+                            "resample_rounds": (0, None, True, True), "proposal_temperature": (0, None, False, True),
+                            "keep_quantile": (0.0, 1.0, True, True)}, "ape.")
         if self.metric not in METRICS:
             bad("metric", f"expected one of {', '.join(METRICS)}, got {self.metric!r}")
-        if not 0.0 <= self.keep_quantile <= 1.0:
-            bad("keep_quantile", f"must be in [0, 1], got {self.keep_quantile}")
         if not isinstance(self.stage_sizes, list) or not all(isinstance(s, int) and s >= 1 for s in self.stage_sizes):
             bad("stage_sizes", f"expected a list of positive integers, got {self.stage_sizes!r}")
         if sum(self.stage_sizes) > self.train_size:

@@ -38,13 +38,18 @@ def eval_user(instruction: str | None, x: str) -> str:
     return f"Input: {x}\nOutput:"
 
 
+# A list marker a model puts before its answer: "- ", "* ", "• ", "1. ", "1) ", "(1) ".
+_BULLET = re.compile(r"^(?:[-*•]|\(?\d{1,3}[.)])\s+")
+
+
 def clean_instruction(text: str, prefix: str = "") -> str:
     """A generated continuation of ``prefix`` as an instruction: its first line, whitespace
-    collapsed, quotes stripped, first letter capitalised, ending with a full stop; ``""`` when
+    collapsed, a leading bullet or list number and quotes stripped, first letter capitalised, ending with a full stop; ``""`` when
     nothing is left. ``"write the opposite word"`` (after "The instruction was to") ->
     ``"Write the opposite word."``"""
     line = next((ln for ln in text.strip().splitlines() if ln.strip()), "")
     line = " ".join(line.split()).strip(" \"'`")
+    line = _BULLET.sub("", line).strip(" \"'`")
     if prefix.endswith(" to") and line.lower().startswith("to "):
         line = line[3:]
     line = line.rstrip(" ,;:")

@@ -89,6 +89,22 @@ def check_number(value, key: str, lo=None, hi=None, lo_inclusive: bool = True, h
     return value
 
 
+def check_ranges(obj, ranges: dict, prefix: str = "") -> None:
+    """Check each attribute named in ``ranges`` (``name -> (lo, hi, lo_inclusive, hi_inclusive)``,
+    a bound None for none) with :func:`check_number`, the error naming ``prefix + name``; a None
+    value is skipped (the field's type allows it). For config-like sections outside
+    :class:`jaxalign.config.RunConfig`: ``ape:``, the digits example's settings."""
+    for name, (lo, hi, lo_inc, hi_inc) in ranges.items():
+        value = getattr(obj, name)
+        if value is not None:
+            check_number(value, prefix + name, lo, hi, lo_inc, hi_inc)
+
+
+def positive(*names: str) -> dict:
+    """``ranges`` entries for :func:`check_ranges`: each name must be >= 1."""
+    return {n: (1, None, True, True) for n in names}
+
+
 def _check_buckets(buckets) -> None:
     if buckets is None or buckets == "pow2":
         return

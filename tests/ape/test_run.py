@@ -1,5 +1,7 @@
-"""The whole pipeline through the CLI on configs/ape_tiny.yaml (the CI variant of `make demo-ape`):
-its files, its table, and the reported APE score against the no-instruction baseline."""
+"""The whole pipeline through the CLI on configs/ape_tiny.yaml (the CI variant of `make demo-ape`,
+a tiny random model on a tiny slice of one task): its files, its table and the invariants of its
+record. Whether the pipeline selects a better instruction is tested where the better one is known:
+tests/ape/test_search.py (a planted scorer); a random model's held-out scores are noise."""
 
 import json
 
@@ -8,7 +10,7 @@ import numpy as np
 from jaxalign.cli import main
 
 
-def test_tiny_pipeline_beats_no_instruction(tmp_path, capsys):
+def test_tiny_pipeline_writes_a_consistent_record(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(["ape", "--config", "configs/ape_tiny.yaml", "--run-dir", str(run_dir), "--quiet"]) == 0
     printed = capsys.readouterr().out
@@ -17,7 +19,7 @@ def test_tiny_pipeline_beats_no_instruction(tmp_path, capsys):
     (rec,) = out["tasks"]
     rows = {r["row"]: r for r in rec["table"]}
     assert rows["ape"]["instruction"] == rec["best"] and rows["none"]["instruction"] is None
-    assert rows["ape"]["logprob"] > rows["none"]["logprob"]  # held-out rows, never scored before
+    assert rec["heldout_rows"] == 3 and rec["train_rows"] == 6
     assert rec["best"] in printed
     # The filter's first stage saw every proposal; each later stage only the survivors.
     first, second = rec["rounds"]

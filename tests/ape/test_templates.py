@@ -24,3 +24,15 @@ def test_prompts_carry_their_parts():
     p = proposal_user([("hot", "cold"), ("up", "down")])
     assert "Input: hot\nOutput: cold\n\nInput: up\nOutput: down" in p
     assert "Input: Flip it." in variation_user("Flip it.")
+
+
+def test_clean_instruction_strips_list_markers():
+    for marker in ("- ", "* ", "• ", "1. ", "1) ", "(2) ", "12. "):
+        assert clean_instruction(f"{marker}write the opposite word", PROPOSAL_PREFIX) == "Write the opposite word."
+    assert clean_instruction('- "Give the plural."') == "Give the plural."
+    assert clean_instruction("1. to give the plural", PROPOSAL_PREFIX) == "Give the plural."
+    # Not a marker: a number that belongs to the text, a hyphen without a space, a lone bullet.
+    assert clean_instruction("3 words per answer") == "3 words per answer."
+    assert clean_instruction("1.5 times the input") == "1.5 times the input."
+    assert clean_instruction("-x flips the sign") == "-x flips the sign."
+    assert clean_instruction("- ") == ""

@@ -11,7 +11,8 @@ algorithms use (:func:`jaxalign.algorithms.raft.raft_iteration`, its local / glo
 - :mod:`.diffusion`: DDPM noise schedule, the denoising loss, the DDIM sampler with
   classifier-free guidance (pure functions);
 - :mod:`.denoiser`: the tiny class-conditional flax.nnx MLP that predicts the noise;
-- :mod:`.reward`: P(prompted digit | image) under a classifier fitted on the other half;
+- :mod:`.reward`: P(prompted digit | image) under an 11-way classifier (a "not a digit" class)
+  times a PCA-density gate, fitted on the other half, and the PCA realism check;
 - :mod:`.pipeline`: pre-training, RAFT iterations, held-out evaluation;
 - :mod:`.demo`: ``python -m jaxalign.examples.digits`` (``make demo-digits``): the report and a
   PNG grid.

@@ -3,10 +3,12 @@ digits diffusion model, and its report.
 
 1. splits scikit-learn's digits in two halves; fits the reward classifier on one;
 2. pre-trains the class-conditional diffusion model on the other (label dropout for guidance);
-3. measures the prompt-alignment reward (P(prompted digit)) on held-out seeds, unguided
-   (guidance 1) and guided (``--guidance``, the magic prompt);
-4. runs RAFT: candidates drawn *with* guidance, best of K per digit prompt (``--ranking local``)
-   or the top α of the batch (``global``), the plain conditional model fine-tuned on them;
+3. measures the prompt-alignment reward (P(prompted digit) × a realism gate) and the realism
+   rate on held-out seeds, unguided (guidance 1) and guided (``--guidance``, the magic prompt);
+4. runs RAFT: candidates drawn *with* guidance (from the frozen pre-trained model, or with
+   ``--proposal current`` from the model being fine-tuned), best of K per digit prompt
+   (``--ranking local``) or the top α of the batch (``global``), the plain conditional model
+   fine-tuned on them;
 5. measures the reward again and writes ``OUT/report.json``, ``OUT/report.md`` (the table) and
    ``OUT/samples.png`` (a grid of samples per digit: unguided before, guided before, unguided
    after, same seeds).
@@ -27,6 +29,7 @@ import numpy as np
 
 from jaxalign.examples.digits import data, pipeline
 from jaxalign.examples.digits.reward import DigitReward, Realism
+from jaxalign.errors import JaxalignError
 
 ROWS = (("unguided, before RAFT", "before", 1), ("guided (magic prompt), before RAFT", "before", "g"),
         ("unguided, after RAFT", "after", 1), ("guided, after RAFT", "after", "g"))
@@ -37,7 +40,7 @@ def run(s: pipeline.Settings, out: Path, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     halves = data.load_halves(s.seed)
-    reward = DigitReward(*halves["reward"])
+    reward = DigitReward(*halves["reward"], steps=s.reward_steps, seed=s.seed)
     acc = reward.accuracy(*halves["generator"])
     log(f"reward classifier: fitted on {len(halves['reward'][1])} digits; accuracy on the generator's "
         f"{len(halves['generator'][1])}: {acc:.3f}")
@@ -58,7 +61,8 @@ def run(s: pipeline.Settings, out: Path, log=print) -> dict:
     evals["after", 1], evals["after", "g"] = ev(state.params, 1.0), ev(state.params, s.guidance)
     report = {
         "settings": dataclasses.asdict(s), "classifier_accuracy": acc, "pretrain_losses": losses,
-        "rows": [{"name": name, **{f: evals[k][f] for f in ("mean", "se", "per_seed", "per_digit", "realistic")}}
+        "rows": [{"name": name, **{f: evals[k][f] for f in ("mean", "se", "per_seed", "per_digit", "realistic", "realistic_se",
+                                                          "realistic_per_seed")}}
                  for name, *k in ROWS for k in [tuple(k)]],
         "raft": [{k: m[k] for k in ("reward/all_mean", "reward/kept_mean", "filtered_fraction", "loss")}
                  for m in history],
@@ -83,13 +87,15 @@ def table(report: dict) -> str:
     s = report["settings"]
     lines = [f"Prompt-alignment reward P(prompted digit), mean ± s.e. over {s['eval_seeds']} held-out seeds "
              f"× {s['eval_per_digit']} samples per digit; RAFT {s['ranking']} ranking, α = {s['alpha']}, "
-             f"candidates drawn with guidance {s['guidance']:g}, {s['iterations']} iterations"
+             f"candidates drawn with guidance {s['guidance']:g} from the {s['proposal']} model, {s['iterations']} "
+             f"iterations, fine-tuning lr {s['raft_lr']:g}"
              f"{', realism filter on' if s['realism_filter'] else ''}. 'realistic': the fraction of the samples "
-             "within the real digits' 99% PCA reconstruction error (a check the reward does not see).", "",
+             "within the real digits' 99% PCA reconstruction error (the reward's gate reads the PCA coordinates, "
+             "not this residual), ± s.e. over the seeds.", "",
              "| model | reward | realistic | " + " | ".join(str(d) for d in range(data.NUM_CLASSES)) + " |",
              "|---|---|---|" + "---|" * data.NUM_CLASSES]
     for r in report["rows"]:
-        lines.append(f"| {r['name']} | {r['mean']:.3f} ± {r['se']:.3f} | {r['realistic']:.2f} | "
+        lines.append(f"| {r['name']} | {r['mean']:.3f} ± {r['se']:.3f} | {r['realistic']:.2f} ± {r['realistic_se']:.2f} | "
                      + " | ".join(f"{v:.2f}" for v in r["per_digit"]) + " |")
     return "\n".join(lines) + "\n"
 
@@ -124,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alpha", type=float, help="RAFT's kept fraction α (default 0.125)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance of the candidates (default 3)")
     p.add_argument("--iterations", type=int, help="RAFT iterations")
+    p.add_argument("--proposal", choices=pipeline.PROPOSALS,
+                   help="where the guided candidates come from: the frozen pre-trained model (pretrained, default) "
+                        "or the model being fine-tuned (current, as in the paper: guidance compounds and collapses)")
+    p.add_argument("--raft-lr", dest="raft_lr", type=float, help="RAFT's fine-tuning learning rate (default 3e-4)")
     p.add_argument("--prompts", type=int, help="digit prompts per RAFT iteration (a multiple of 10)")
     p.add_argument("--realism-filter", dest="realism_filter", action="store_true", default=None,
                    help="never keep candidates that fail the PCA realism check (a reward-hacking filter)")
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         over["prompts"] = make().prompts * round(1.0 / over.get("alpha", make().alpha))
     try:
         s = make(**over)
-    except ValueError as e:
+    except JaxalignError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     run(s, Path(a.out))

@@ -26,13 +26,18 @@ from flax import nnx
 
 from jaxalign.algorithms.raft import RANKINGS, Selection, raft_iteration
 from jaxalign.config import OptimConfig
+from jaxalign.config.checks import check_ranges, positive
 from jaxalign.examples.digits import diffusion
 from jaxalign.examples.digits.data import NUM_CLASSES, PIXELS, to_unit
 from jaxalign.examples.digits.denoiser import Denoiser
+from jaxalign.errors import JaxalignError
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.state import TrainState, make_minibatch_step, make_train_step
 
 EVAL_KEY_BASE = 1 << 20  # held-out evaluation keys: never used for training or RAFT sampling
+# Where RAFT's guided candidates come from: the model being fine-tuned (RAFT as in the paper) or
+# the frozen pre-trained one (guidance compounds otherwise: README, "Digits").
+PROPOSALS = ("current", "pretrained")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +47,12 @@ class Settings:
     the null label with probability p_uncond, for guidance); guidance: the "magic" CFG scale the
     RAFT candidates are drawn with; ranking / alpha: RAFT selection; prompts: digits per RAFT
     iteration (a multiple of 10, each digit equally often); iterations / raft_lr / epochs /
-    num_minibatches: RAFT's fine-tuning; eval_seeds × eval_per_digit: held-out evaluation samples
-    per digit; realism_filter: RAFT's reward-hacking filter, candidates that fail the PCA realism
+    num_minibatches: RAFT's fine-tuning (raft_p_uncond: its label dropout, so the null branch
+    that guidance subtracts is fine-tuned too); proposal: where the guided candidates come from,
+    ``current`` (the model being fine-tuned, as in the paper) or ``pretrained`` (the frozen
+    pre-trained model: guidance on a model already fine-tuned on guided samples compounds);
+    eval_seeds × eval_per_digit: held-out evaluation samples per digit; reward_steps: training
+    steps of the reward classifier; realism_filter: RAFT's reward-hacking filter, candidates that fail the PCA realism
     check (:class:`~jaxalign.examples.digits.reward.Realism`) are never kept; seed: everything else."""
 
     timesteps: int = 100
@@ -59,31 +68,46 @@ class Settings:
     alpha: float = 0.125
     prompts: int = 80
     iterations: int = 30
-    raft_lr: float = 1e-3
+    raft_lr: float = 3e-4
+    raft_p_uncond: float = 0.0
     epochs: int = 4
     num_minibatches: int = 4
     eval_seeds: int = 5
     eval_per_digit: int = 20
+    reward_steps: int = 400
     realism_filter: bool = False
+    proposal: str = "pretrained"
     seed: int = 0
 
     @classmethod
     def tiny(cls, **kw) -> "Settings":
-        """Seconds on a CPU: same code, small model, few steps."""
-        base = dict(timesteps=50, sample_steps=10, hidden=128, depth=2, pretrain_steps=600, batch_size=64,
-                    lr=3e-3, prompts=40, iterations=10, epochs=8, num_minibatches=2, eval_seeds=3,
-                    eval_per_digit=10)
+        """Seconds on a CPU: same code, small model, few steps (XLA compiles are most of the time,
+        so the evaluation draws as many samples per call as a RAFT iteration: 10 × 16 = 20 prompts
+        × K = 8, one compiled sampler for both)."""
+        base = dict(timesteps=20, sample_steps=5, hidden=64, depth=1, pretrain_steps=300, batch_size=32,
+                    lr=1e-2, prompts=20, iterations=2, epochs=1, num_minibatches=1, eval_seeds=2,
+                    eval_per_digit=16, reward_steps=100)
         return cls(**{**base, **kw})
 
     def __post_init__(self):
+        check_ranges(self, {**positive("timesteps", "sample_steps", "hidden", "depth", "pretrain_steps", "batch_size",
+                                       "prompts", "iterations", "epochs", "num_minibatches", "eval_seeds",
+                                       "eval_per_digit", "reward_steps"),
+                            "sample_steps": (1, self.timesteps, True, True), "lr": (0.0, None, False, True),
+                            "raft_lr": (0.0, None, False, True), "p_uncond": (0.0, 1.0, True, False),
+                            "raft_p_uncond": (0.0, 1.0, True, False),
+                            "guidance": (0.0, None, False, True), "alpha": (0.0, 1.0, False, True),
+                            "seed": (0, None, True, True)})
+        if self.proposal not in PROPOSALS:
+            raise JaxalignError(f"proposal must be one of {PROPOSALS}, got {self.proposal!r}")
         if self.ranking not in RANKINGS:
-            raise ValueError(f"ranking must be one of {RANKINGS}, got {self.ranking!r}")
+            raise JaxalignError(f"ranking must be one of {RANKINGS}, got {self.ranking!r}")
         if self.prompts % NUM_CLASSES:
-            raise ValueError(f"prompts must be a multiple of {NUM_CLASSES}, got {self.prompts}")
+            raise JaxalignError(f"prompts must be a multiple of {NUM_CLASSES}, got {self.prompts}")
         kept = self.selection().num_kept(self.prompts)
         if kept % self.num_minibatches:
-            raise ValueError(f"{kept} kept samples per iteration do not split into num_minibatches="
-                             f"{self.num_minibatches}")
+            raise JaxalignError(f"{kept} kept samples per iteration do not split into num_minibatches="
+                                f"{self.num_minibatches}")
 
     def selection(self) -> Selection:
         """RAFT's :class:`Selection` (local: K = 1/α candidates per prompt; global: one)."""
@@ -181,7 +205,7 @@ def raft(gen: Generator, params, reward_fn: Callable, *, guidance: float | None 
     updates = s.iterations * s.epochs * s.num_minibatches
     tx, schedule = make_optimizer(OptimConfig(lr=s.raft_lr, schedule="constant", grad_clip=1.0), updates)
     state = TrainState.create(params, tx, s.seed + 1)
-    ft_step = jax.jit(make_minibatch_step(gen.loss_fn(0.0), tx, num_minibatches=s.num_minibatches,
+    ft_step = jax.jit(make_minibatch_step(gen.loss_fn(s.raft_p_uncond), tx, num_minibatches=s.num_minibatches,
                                           epochs=s.epochs, schedule=schedule))
     labels = np.repeat(prompt_labels(s), k)  # row b·K + k: candidate k of prompt b
 
@@ -192,7 +216,8 @@ def raft(gen: Generator, params, reward_fn: Callable, *, guidance: float | None 
     history = []
     base = jax.random.key(s.seed)
     for i in range(s.iterations):
-        sample_fn = functools.partial(_sample_rows, gen, state.params, labels, guidance)
+        source = state.params if s.proposal == "current" else params
+        sample_fn = functools.partial(_sample_rows, gen, source, labels, guidance)
         res = raft_iteration(sample_fn, lambda smp: reward_fn(np.asarray(smp["x"]), np.asarray(smp["label"])),
                              sel, jax.random.fold_in(base, i), filter_fn=filter_fn, finetune_fn=finetune,
                              state=state)
@@ -207,13 +232,18 @@ def _sample_rows(gen: Generator, params, labels, guidance, key) -> dict:
     return {"x": gen.sample(params, key, labels, guidance), "label": jnp.asarray(labels)}
 
 
+def _mean_se(per_seed) -> tuple[float, float]:
+    a = np.asarray(per_seed, np.float64)
+    return float(a.mean()), (float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else float("nan"))
+
+
 def evaluate(gen: Generator, params, reward_fn: Callable, guidance: float = 1.0,
              realism: Callable | None = None) -> dict:
     """Mean reward over held-out seeds (keys never used in training): for each of ``eval_seeds``
     seeds, ``eval_per_digit`` samples of every digit. Returns ``mean``, ``se`` (standard error of
     the per-seed means), ``per_seed``, ``per_digit`` means and the first seed's ``samples``
-    ``[10, eval_per_digit, 64]``; with ``realism(x) -> [N] bool``, also ``realistic``: the
-    fraction of all samples it accepts."""
+    ``[10, eval_per_digit, 64]``; with ``realism(x) -> [N] bool``, also ``realistic`` (the
+    fraction of all samples it accepts), ``realistic_se`` and ``realistic_per_seed``."""
     s = gen.s
     labels = np.repeat(np.arange(NUM_CLASSES, dtype=np.int32), s.eval_per_digit)
     per_seed, per_digit, first, real = [], [], None, []
@@ -222,14 +252,14 @@ def evaluate(gen: Generator, params, reward_fn: Callable, guidance: float = 1.0,
         r = reward_fn(x, labels)
         per_seed.append(float(r.mean()))
         if realism is not None:
-            real.append(np.asarray(realism(x), np.float32))
+            real.append(float(np.mean(realism(x))))
         per_digit.append(r.reshape(NUM_CLASSES, -1).mean(axis=1))
         if first is None:
             first = x.reshape(NUM_CLASSES, s.eval_per_digit, PIXELS)
-    per_seed = np.asarray(per_seed)
-    se = float(per_seed.std(ddof=1) / np.sqrt(len(per_seed))) if len(per_seed) > 1 else float("nan")
-    out = {"mean": float(per_seed.mean()), "se": se, "per_seed": per_seed.tolist(),
+    mean, se = _mean_se(per_seed)
+    out = {"mean": mean, "se": se, "per_seed": per_seed,
            "per_digit": np.mean(per_digit, axis=0).tolist(), "samples": first}
     if realism is not None:
-        out["realistic"] = float(np.concatenate(real).mean())
+        out["realistic"], out["realistic_se"] = _mean_se(real)
+        out["realistic_per_seed"] = real
     return out

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxalign.errors import JaxalignError
 from jaxalign.examples.digits import data, pipeline
 
 
@@ -34,10 +35,12 @@ def test_sampler_is_deterministic_for_a_key(trained):
     assert np.all(np.abs(np.asarray(a)) <= 1.0)
 
 
-@pytest.mark.parametrize("ranking,prompts", [("local", 20), ("global", 160)])
-def test_raft_raises_a_planted_reward(trained, ranking, prompts):
+@pytest.mark.parametrize("ranking,prompts,proposal", [("local", 20, "current"), ("global", 160, "current"),
+                                                      ("local", 20, "pretrained")])
+def test_raft_raises_a_planted_reward(trained, ranking, prompts, proposal):
     gen, params = trained
-    gen.s = dataclasses.replace(pipeline.Settings.tiny(), ranking=ranking, prompts=prompts, iterations=4)
+    gen.s = dataclasses.replace(pipeline.Settings.tiny(), ranking=ranking, prompts=prompts, iterations=3,
+                                epochs=4, raft_lr=3e-3, proposal=proposal)
     before = pipeline.evaluate(gen, params, brightness, 1.0)
     state, hist = pipeline.raft(gen, params, brightness, guidance=1.0)
     after = pipeline.evaluate(gen, state.params, brightness, 1.0)
@@ -45,10 +48,32 @@ def test_raft_raises_a_planted_reward(trained, ranking, prompts):
     assert after["mean"] > before["mean"] + 3 * max(before["se"], after["se"]), (before, after)
 
 
+def test_pretrained_proposal_samples_the_frozen_model(trained):
+    # With proposal=pretrained every iteration's candidates come from the params RAFT started
+    # from: the same key gives the same candidates whatever the fine-tuning did.
+    gen, params = trained
+    seen = []
+    record = lambda x, labels: (seen.append(np.asarray(x)), brightness(x, labels))[1]
+    for proposal in ("pretrained", "current"):
+        gen.s = dataclasses.replace(pipeline.Settings.tiny(), iterations=2, proposal=proposal, seed=0)
+        seen.clear()
+        pipeline.raft(gen, params, record, guidance=1.0)
+        key1 = jax.random.fold_in(jax.random.key(0), 1)
+        labels = np.repeat(pipeline.prompt_labels(gen.s), gen.s.selection().samples_per_prompt)
+        frozen = np.asarray(gen.sample(params, key1, labels, 1.0))
+        assert np.array_equal(seen[1], frozen) == (proposal == "pretrained")
+
+
 def test_bad_settings_are_clear_errors():
-    with pytest.raises(ValueError, match="multiple of 10"):
+    with pytest.raises(JaxalignError, match="multiple of 10"):
         pipeline.Settings(prompts=15)
-    with pytest.raises(ValueError, match="ranking must be one of"):
+    with pytest.raises(JaxalignError, match="ranking must be one of"):
         pipeline.Settings(ranking="best")
-    with pytest.raises(ValueError, match="10 kept samples per iteration do not split into num_minibatches=4"):
+    with pytest.raises(JaxalignError, match="proposal must be one of"):
+        pipeline.Settings(proposal="teacher")
+    with pytest.raises(JaxalignError, match="10 kept samples per iteration do not split into num_minibatches=4"):
         pipeline.Settings(ranking="global", prompts=80)
+    with pytest.raises(JaxalignError, match="config key 'sample_steps': must be >= 1 and <= 100, got 101"):
+        pipeline.Settings(sample_steps=101)
+    with pytest.raises(JaxalignError, match="config key 'raft_lr': must be > 0.0, got 0"):
+        pipeline.Settings(raft_lr=0)
