@@ -39,16 +39,17 @@ def eos_ids(tokenizer) -> list[int]:
     return list(eos_token_ids(tokenizer))
 
 
-def make_logps_fn(graphdef, temperature: float):
+def make_logps_fn(graphdef, temperature: float, mesh=None):
     """Jitted ``logps(params, tokens, attention_mask) -> [N, L]`` at the sampling temperature,
-    aligned with ``tokens`` (the training forward; position 0 is 0)."""
+    aligned with ``tokens`` (the training forward; position 0 is 0); on a mesh each weight is
+    gathered where it is used, so the logits stay split by rows (:mod:`jaxalign.models.fsdp`)."""
+    from jaxalign.models.fsdp import traced_with
 
-    @jax.jit
     def logps(params, tokens, mask):
         logits = nnx.merge(graphdef, params)(tokens, mask)
         return shifted_token_logprobs(logits, tokens, temperature=temperature)
 
-    return logps
+    return jax.jit(traced_with(logps, mesh))
 
 
 # -- hooks of the experience phase ----------------------------------------------------------------
@@ -264,8 +265,8 @@ class ExperienceMaker:
         self.eos = eos_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos[0]
         # ref_graphdef: the reference's own graphdef (with LoRA: the base, adapters off, on the same arrays).
-        self.ref_logps = (make_logps_fn(graphdef if ref_graphdef is None else ref_graphdef, sampling.temperature)
-                          if ref_params is not None else None)
+        self.ref_logps = (make_logps_fn(graphdef if ref_graphdef is None else ref_graphdef, sampling.temperature,
+                                        mesh) if ref_params is not None else None)
 
     def sample(self, params, prompt_ids, prompt_mask, key, num_samples: int | None = None):
         """The sampler's rollout of these prompts (``num_samples`` per prompt, default the maker's)."""

@@ -264,13 +264,19 @@ def _parts(job, state, step: Estimate, record) -> list:
         parts.append(("frozen inputs of the step (reference)", step.frozen))
     if record.samplings:
         maker = record.samplings[0][0]
-        if maker.ref_params is not None:
+        # With LoRA the experience's reference is the frozen base itself (counted above), not a copy.
+        if maker.ref_params is not None and not (lora and _same_arrays(maker.ref_params, lora[0])):
             parts.append(("reference for the experience's log-probs", per_device_bytes(maker.ref_params)))
     return parts
 
 
 def _lora_job(job) -> bool:
-    return getattr(job, "_lora_ref_is_base", None) is not None
+    return job.lora is not None
+
+
+def _same_arrays(tree, other) -> bool:
+    a, b = jax.tree.leaves(tree), jax.tree.leaves(other)
+    return bool(a) and len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
 def _lora_note(job) -> str:

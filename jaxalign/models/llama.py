@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign.models.config import ModelConfig
-from jaxalign.models import lora_dropout
+from jaxalign.models import fsdp, lora_dropout
 from jaxalign.models.kv_cache import TRANSPOSE_MIN_ROWS, KVCache  # noqa: F401  (KVCache re-exported)
 from jaxalign.models.matmul import mm
 from jaxalign.models.quant import dequantize
@@ -60,13 +60,13 @@ class Linear(nnx.Module):
 
     def __call__(self, x):
         t = self.transposed
-        y = mm("...i,io->...o" if t else "...i,oi->...o", x, self.base_weight(), self.dtype)
+        y = mm("...i,io->...o" if t else "...i,oi->...o", x, fsdp.whole(self.base_weight()), self.dtype)
         if self.lora_a is not None:
             # Decoding stores the adapters transposed too ([in, r], [r, out]), as the weight.
             xa = lora_dropout.apply(x, self.lora_dropout, self.lora_index) if self.lora_dropout else x
-            h = mm("...i,ir->...r" if t else "...i,ri->...r", xa, self.lora_a[...], self.dtype)
+            h = mm("...i,ir->...r" if t else "...i,ri->...r", xa, fsdp.whole(self.lora_a[...]), self.dtype)
             h = h * jnp.asarray(self.lora_scale, h.dtype)
-            y = y + mm("...r,ro->...o" if t else "...r,or->...o", h, self.lora_b[...], self.dtype)
+            y = y + mm("...r,ro->...o" if t else "...r,or->...o", h, fsdp.whole(self.lora_b[...]), self.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
@@ -217,7 +217,7 @@ class Embedding(nnx.Module):
         self.weight = nnx.Param(_normal(rngs, (vocab, dim), param_dtype))
 
     def __call__(self, ids):
-        return jnp.take(self.weight[...], ids, axis=0)
+        return jnp.take(fsdp.whole(self.weight[...]), ids, axis=0)
 
 
 class CausalLM(nnx.Module):
@@ -257,7 +257,7 @@ class CausalLM(nnx.Module):
     def logits_from_hidden(self, hidden: jax.Array, table: jax.Array | None = None) -> jax.Array:
         """Logits ``[b, s, vocab]``; ``table``: the output embedding already cast (decode loops)."""
         dtype = self.config.jnp_dtype
-        logits = mm("bsd,vd->bsv", hidden, self.output_embedding() if table is None else table, dtype)
+        logits = mm("bsd,vd->bsv", hidden, fsdp.whole(self.output_embedding()) if table is None else table, dtype)
         return softcap(logits, self.config.final_logit_softcapping)
 
     def hidden_states(

@@ -158,3 +158,15 @@ mesh: {data: 1, fsdp: 1, tensor: 1}
     n = 2 * 128256 * 4096 + 2 * (2 * 4096 * 4096 + 2 * 1024 * 4096 + 3 * 8192 * 4096 + 2 * 4096) + 4096
     assert r["rc"] == 0 and r["params"] == 4 * n  # one device holds them all
     assert r["rss"] * 1024 < 2.5 * 2**30 < 4 * n  # ru_maxrss is in KiB on Linux
+
+
+def test_lora_grpo_plans_the_base_once_as_the_reference(grpo_plan):
+    """GRPO with LoRA: the experience's reference log-probs come from the frozen base itself, so
+    the plan holds the base once (as large as the full run's reference copy) and no second reference."""
+    _, full = grpo_plan
+    plan = plan_config(load_config(str(ROOT / "configs" / "grpo_lora_tiny.yaml"), ["grpo.beta=0.1"]))
+    parts, full_parts = dict(plan.parts), dict(full.parts)
+    assert "reference for the experience's log-probs" not in parts
+    assert parts["frozen base (LoRA; the reference when it is the base)"] == \
+        full_parts["reference for the experience's log-probs"] == tiny_param_bytes_per_device()
+    assert any(p.name == "reference forward" for p in plan.phases)
