@@ -40,9 +40,21 @@ def machine_info() -> dict:
     return info
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set so far, in bytes: Linux's ``VmHWM``, not ``ru_maxrss``,
+    which Linux carries over an exec from the process that forked this one (a benchmark started
+    by a large parent would report the parent's size); ``ru_maxrss`` where there is no /proc."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
+    except (OSError, StopIteration):
+        scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
 def peak_rss_gib() -> float:
-    """This process's peak resident set so far (``ru_maxrss``, KiB on Linux), in GiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """:func:`peak_rss_bytes` in GiB."""
+    return peak_rss_bytes() / 2**30
 
 
 def cpu_seconds() -> float:

@@ -14,6 +14,7 @@ import numpy as np
 from jaxalign.examples import demo
 
 import alignment_stages as st
+from _common import peak_rss_gib
 
 
 def _run(cfg, job, run_dir: Path, fresh: bool = True) -> dict:
@@ -117,7 +118,7 @@ def _prep_sft(work: Path, quick: bool, seed: int) -> dict:
     t = st.Clock()
     out = _run(cfg, algorithms.get("sft").build_job(cfg), work / "sft")
     info["sft"] = {"steps": out["steps"], "wall_s": t.wall(), "cpu_s": t.cpu(), "final_loss": out["metrics"].get("loss")}
-    info.update(load_end=st.load_avg(), peak_rss_gib=st.peak_rss_gib())
+    info.update(load_end=st.load_avg(), peak_rss_gib=peak_rss_gib())
     return _save_part(work, "prep-sft", info)
 
 
@@ -150,7 +151,7 @@ def _prep_rm(work: Path, quick: bool, seed: int) -> dict:
     out = _run(cfg, algorithms.get("rm").build_job(cfg), work / "rm")
     info["rm"] = {"steps": out["steps"], "lr": raw["optim"]["lr"], "wall_s": t.wall(), "cpu_s": t.cpu(),
                   "final_loss": out["metrics"].get("loss")}
-    info.update(load_end=st.load_avg(), peak_rss_gib=st.peak_rss_gib())
+    info.update(load_end=st.load_avg(), peak_rss_gib=peak_rss_gib())
     return _save_part(work, "prep-rm", info)
 
 
@@ -184,7 +185,7 @@ def _prep_eval(work: Path, quick: bool, seed: int) -> dict:
 
     rows["base"] = st.strip_arrays(st.evaluate(ev, nnx.split(base)[1], rm, ref))
     info["rows"] = {"base": rows["base"], "sft": rows["sft"]}
-    info.update(wall_s=clock.wall(), cpu_s=clock.cpu(), load_end=st.load_avg(), peak_rss_gib=st.peak_rss_gib())
+    info.update(wall_s=clock.wall(), cpu_s=clock.cpu(), load_end=st.load_avg(), peak_rss_gib=peak_rss_gib())
     _save_part(work, "prep-eval", {k: v for k, v in info.items() if k != "rows"})
     return _save_part(work, "prep", info)
 
@@ -289,6 +290,6 @@ def run_row(row: str, work: Path, quick: bool, *, seed: int = 0, budget_s: float
     res = st.evaluate(ev, policy, rm, ref)
     info.update(st.strip_arrays(res), steps=out["steps"], budget_cpu_s=cpu, budget_wall_s=wall,
                 ended_by=budget.ended_by or ("steps" if steps else None), skipped_steps=out["skipped"],
-                curves=curves, load_end=st.load_avg(), peak_rss_gib=st.peak_rss_gib(), **counts)
+                curves=curves, load_end=st.load_avg(), peak_rss_gib=peak_rss_gib(), **counts)
     (run_dir / "result.json").write_text(json.dumps(info, indent=1))
     return info

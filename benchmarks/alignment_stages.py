@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import resource
 import shutil
 import signal
 import time
@@ -335,10 +334,6 @@ class Budget:
             return experience(state, batch) if experience is not None else (batch, {})
 
         return hook
-
-
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def remove_checkpoints(run_dir: Path) -> None:

@@ -5,7 +5,7 @@
 Every case runs in its own subprocess (so peak memory is per case) on one CPU device.
 Memory is reported two ways:
 
-* ``peak_extra_mib``: the rise of the process's peak resident set (``ru_maxrss``) while the
+* ``peak_extra_mib``: the rise of the process's peak resident set (``VmHWM``) while the
   case runs, over the resident set just before it, with the logits already resident.
   A background thread also samples ``/proc/self/statm`` every ms (``sampled_extra_mib``).
 * ``xla_temp_mib``: XLA's compiled ``memory_analysis().temp_size_in_bytes`` (temporary
@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import cpu_name
+from _common import cpu_name, peak_rss_bytes
 
 CASES = [
     # name, logits dtype, chunk size, mode
@@ -54,10 +53,6 @@ CASES = [
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _maxrss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 class _Sampler(threading.Thread):
@@ -126,13 +121,13 @@ def child(args) -> None:
     device = jax.devices()[0]
     dev_stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     in_use_before = dev_stats.get("bytes_in_use") if dev_stats else None
-    rss_before, maxrss_before = _rss_bytes(), _maxrss_bytes()
+    rss_before, maxrss_before = _rss_bytes(), peak_rss_bytes()
     sampler = _Sampler()
     sampler.start()
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn(logits, ids))
     first = time.perf_counter() - t0
-    maxrss_after = _maxrss_bytes()
+    maxrss_after = peak_rss_bytes()
     dev_extra = None
     if in_use_before is not None:
         dev_extra = (device.memory_stats()["peak_bytes_in_use"] - in_use_before) / 2**20
@@ -219,7 +214,7 @@ def main():
         "jax": jax.__version__,
         "python": platform.python_version(),
         "command": "XLA_FLAGS= " + " ".join(["python", "benchmarks/logprobs.py"] + sys.argv[1:]),
-        "memory_method": "peak_extra_mib: ru_maxrss after the first call minus the RSS (/proc/self/statm) "
+        "memory_method": "peak_extra_mib: VmHWM after the first call minus the RSS (/proc/self/statm) "
                          "just before it, logits resident; sampled_extra_mib: RSS sampled every 1 ms; "
                          "xla_temp_mib: compiled.memory_analysis().temp_size_in_bytes; on a GPU, "
                          "device_peak_extra_mib: device memory_stats() peak_bytes_in_use after the first "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 
 import jax
 
@@ -50,6 +51,7 @@ def traced_with(fn, mesh):
     if mesh is None or mesh.devices.size <= 1:
         return fn
 
+    @functools.wraps(fn)  # jit names the executable after fn (logs, compile-count checks)
     def gathered(*args, **kwargs):
         with gathering(mesh):
             return fn(*args, **kwargs)

@@ -148,7 +148,7 @@ def merged_model(model: CausalLM) -> CausalLM:
     graphdef, state = nnx.split(model)
     out = nnx.merge(graphdef, jax.tree.map(lambda x: x, state))  # a separate module tree
     dtype = model.config.jnp_param_dtype
-    for _, lin in nnx.iter_graph(out.layers):
+    for _, lin in nnx.iter_graph(out):
         if isinstance(lin, Linear) and lin.quant is not None:
             # QLoRA: the dequantised base, in model.param_dtype (a plain model again).
             lin.weight = nnx.Param(lin.base_weight().astype(dtype))

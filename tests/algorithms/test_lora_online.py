@@ -44,13 +44,18 @@ def _base_model(cfg):
     return common.model_from(plain, common.mesh_from(plain), common.tokenizer_from(plain))
 
 
-def _one_step(job, cfg):
+def _one_step(job, cfg, plant_advantages=False):
     """``(experience batch, adapters before (host copies, a State), state, metrics after one step)``;
-    checks the base is bit-identical after it."""
+    checks the base is bit-identical after it. ``plant_advantages``: replace the batch's
+    advantages by +-1 so the policy gradient is non-zero whatever the tiny model sampled (its
+    8-token completions often score alike, which leaves only float noise as a gradient)."""
     start = jax.tree.map(np.array, jax.device_get(job.params))
     state = init_state(job, cfg.seed)
     base_before = _np(job.frozen[0])
     batch, _ = job.experience(state, next(job.train_batches))
+    if plant_advantages:
+        n = batch["advantages"].shape[0]
+        batch = {**batch, "advantages": np.where(np.arange(n) % 2 == 0, 1.0, -1.0).astype(np.float32)}
     host = {k: np.asarray(v) for k, v in batch.items()}
     state, metrics = compile_step(job, state)(state, global_batch(batch, job.mesh), job.frozen)
     assert np.isfinite(float(metrics["loss"]))
@@ -73,7 +78,7 @@ def test_grpo_trains_only_the_adapters_and_its_reference_is_the_base():
     base, inner = job.frozen
     assert inner is None and job.lora == lora_algo.LoraInfo(ref_is_base=False, base_reference=True)
     assert not lora.has_lora(base) and "no copy" in lora_algo.plan_note(job)
-    exp, adapters_before, state, metrics = _one_step(job, cfg)
+    exp, adapters_before, state, metrics = _one_step(job, cfg, plant_advantages=True)
     _only_b_moved(adapters_before, state)
     # The experience's reference log-probs are the base model's (built independently, no adapters).
     ref_model = _base_model(cfg)
@@ -82,7 +87,7 @@ def test_grpo_trains_only_the_adapters_and_its_reference_is_the_base():
     np.testing.assert_allclose(exp["ref_logps"], np.asarray(want), atol=2e-5, rtol=1e-5)
     # B = 0 at the start: the policy (base + adapters) gives exactly the reference's log-probs.
     graphdef = nnx.graphdef(common.model_from(cfg, common.mesh_from(cfg), common.tokenizer_from(cfg)))
-    policy = make_logps_fn(graphdef, cfg.algo.sampling.temperature)(lora.join_params(base, adapters_before),
+    policy = make_logps_fn(graphdef, cfg.algo.sampling.temperature, job.mesh)(lora.join_params(base, adapters_before),
                                                                     exp["input_ids"], exp["attention_mask"])
     np.testing.assert_array_equal(np.asarray(policy), exp["ref_logps"])
     assert float(metrics["kl_ref"]) == pytest.approx(0.0, abs=1e-6)

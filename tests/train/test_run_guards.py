@@ -197,7 +197,8 @@ def test_a_stale_export_directory_is_removed_on_the_next_start(two_steps, env, t
 
 
 def test_a_run_failing_at_its_first_step_keeps_config_yaml_and_prints_error_on_its_own_line(env, tmp_path):  # noqa: F811
-    """GRPO checks memory on its first experience batch, inside the loop (progress bar shown)."""
+    """GRPO's whole-loop memory plan refuses the resumed run before it writes anything (the
+    progress bars of the first run's output are on stderr too)."""
     run_dir = tmp_path / "run"
     base = [sys.executable, "-m", "jaxalign.cli", "grpo", "--config", "configs/grpo_tiny.yaml", "--run-dir",
             str(run_dir), "train.steps=1", "train.save_every=1", "train.plots=false", "train.save_final=false"]
@@ -208,5 +209,5 @@ def test_a_run_failing_at_its_first_step_keeps_config_yaml_and_prints_error_on_i
                       cwd=ROOT, env=env, timeout=TIMEOUT)
     assert out.returncode == 2, out.stderr[-3000:]
     errors = [l for l in out.stderr.splitlines() if "error: " in l]
-    assert len(errors) == 1 and errors[0].startswith("error: the train step needs about "), out.stderr[-3000:]
+    assert len(errors) == 1 and errors[0].startswith("error: the run needs about "), out.stderr[-3000:]
     assert (run_dir / "config.yaml").read_text() == config
