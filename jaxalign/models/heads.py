@@ -32,7 +32,7 @@ class ScalarHeadModel(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, backbone: CausalLM | None = None):
         self.backbone = backbone if backbone is not None else CausalLM(config, rngs=rngs)
         self.score = Linear(config.hidden_size, 1, bias=False, dtype=config.jnp_dtype,
-                            param_dtype=config.jnp_param_dtype, rngs=rngs)
+                            param_dtype=config.jnp_param_dtype, rngs=rngs, name="score")
         self.config = config
 
     def token_values(self, input_ids, attention_mask=None, *, remat: bool = False) -> jax.Array:

@@ -34,8 +34,12 @@ def _normal(rngs: nnx.Rngs, shape, dtype):
 class Linear(nnx.Module):
     """``y = x @ weight.T + bias`` with ``weight`` in torch layout ``[out, in]``."""
 
-    def __init__(self, d_in: int, d_out: int, *, bias: bool, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, d_in: int, d_out: int, *, bias: bool, dtype, param_dtype, rngs: nnx.Rngs,
+                 name: str | None = None):
         self.weight = nnx.Param(_normal(rngs, (d_out, d_in), param_dtype))
+        # The weight's logical axes [out, in] (by its name; jaxalign.parallel.rules): FSDP
+        # gathers it and scatters its gradient back to that sharding (jaxalign.models.fsdp).
+        self.axes = fsdp.weight_axes(name)
         self.bias = nnx.Param(jnp.zeros((d_out,), param_dtype)) if bias else None
         self.dtype = dtype
         self.transposed = False  # weight stored [in, out] (decoding, see CausalLM.unstacked_layers)
@@ -59,14 +63,15 @@ class Linear(nnx.Module):
         return dequantize(self.weight[...], self.weight_scale[...], self.quant)
 
     def __call__(self, x):
-        t = self.transposed
-        y = mm("...i,io->...o" if t else "...i,oi->...o", x, fsdp.whole(self.base_weight()), self.dtype)
+        t, ax = self.transposed, self.axes
+        w_ax = None if ax is None else (ax[::-1] if t else ax)
+        y = mm("...i,io->...o" if t else "...i,oi->...o", x, fsdp.whole(self.base_weight(), w_ax), self.dtype)
         if self.lora_a is not None:
             # Decoding stores the adapters transposed too ([in, r], [r, out]), as the weight.
             xa = lora_dropout.apply(x, self.lora_dropout, self.lora_index) if self.lora_dropout else x
-            h = mm("...i,ir->...r" if t else "...i,ri->...r", xa, fsdp.whole(self.lora_a[...]), self.dtype)
+            h = mm("...i,ir->...r" if t else "...i,ri->...r", xa, fsdp.whole(self.lora_a[...], fsdp.adapter_axes(ax, "a", t)), self.dtype)
             h = h * jnp.asarray(self.lora_scale, h.dtype)
-            y = y + mm("...r,ro->...o" if t else "...r,or->...o", h, fsdp.whole(self.lora_b[...]), self.dtype)
+            y = y + mm("...r,ro->...o" if t else "...r,or->...o", h, fsdp.whole(self.lora_b[...], fsdp.adapter_axes(ax, "b", t)), self.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
@@ -110,10 +115,10 @@ class Attention(nnx.Module):
         c = config
         kw = dict(dtype=c.jnp_dtype, param_dtype=c.jnp_param_dtype, rngs=rngs)
         q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
-        self.q_proj = Linear(c.hidden_size, q, bias=c.attention_bias, **kw)
-        self.k_proj = Linear(c.hidden_size, kv, bias=c.attention_bias, **kw)
-        self.v_proj = Linear(c.hidden_size, kv, bias=c.attention_bias, **kw)
-        self.o_proj = Linear(q, c.hidden_size, bias=c.attention_bias and c.family.o_bias, **kw)
+        self.q_proj = Linear(c.hidden_size, q, bias=c.attention_bias, **kw, name="q_proj")
+        self.k_proj = Linear(c.hidden_size, kv, bias=c.attention_bias, **kw, name="k_proj")
+        self.v_proj = Linear(c.hidden_size, kv, bias=c.attention_bias, **kw, name="v_proj")
+        self.o_proj = Linear(q, c.hidden_size, bias=c.attention_bias and c.family.o_bias, **kw, name="o_proj")
         self.n_heads, self.n_kv, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         # Qwen3 / Gemma 3 normalise each head's queries and keys (over head_dim) before RoPE.
         self.q_norm = _norm(c, c.head_dim) if c.family.qk_norm else None
@@ -163,9 +168,9 @@ class MLP(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         c = config
         kw = dict(bias=False, dtype=c.jnp_dtype, param_dtype=c.jnp_param_dtype, rngs=rngs)
-        self.gate_proj = Linear(c.hidden_size, c.intermediate_size, **kw)
-        self.up_proj = Linear(c.hidden_size, c.intermediate_size, **kw)
-        self.down_proj = Linear(c.intermediate_size, c.hidden_size, **kw)
+        self.gate_proj = Linear(c.hidden_size, c.intermediate_size, **kw, name="gate_proj")
+        self.up_proj = Linear(c.hidden_size, c.intermediate_size, **kw, name="up_proj")
+        self.down_proj = Linear(c.intermediate_size, c.hidden_size, **kw, name="down_proj")
         self.gelu = c.hidden_act == "gelu_pytorch_tanh"
 
     def __call__(self, x):
@@ -217,7 +222,7 @@ class Embedding(nnx.Module):
         self.weight = nnx.Param(_normal(rngs, (vocab, dim), param_dtype))
 
     def __call__(self, ids):
-        return jnp.take(fsdp.whole(self.weight[...]), ids, axis=0)
+        return jnp.take(fsdp.whole(self.weight[...], fsdp.weight_axes("embed_tokens")), ids, axis=0)
 
 
 class CausalLM(nnx.Module):
@@ -257,7 +262,7 @@ class CausalLM(nnx.Module):
     def logits_from_hidden(self, hidden: jax.Array, table: jax.Array | None = None) -> jax.Array:
         """Logits ``[b, s, vocab]``; ``table``: the output embedding already cast (decode loops)."""
         dtype = self.config.jnp_dtype
-        logits = mm("bsd,vd->bsv", hidden, fsdp.whole(self.output_embedding()) if table is None else table, dtype)
+        logits = mm("bsd,vd->bsv", hidden, fsdp.whole(self.output_embedding(), fsdp.weight_axes("lm_head")) if table is None else table, dtype)
         return softcap(logits, self.config.final_logit_softcapping)
 
     def hidden_states(

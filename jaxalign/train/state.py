@@ -74,7 +74,9 @@ def accumulate(loss_fn: LossFn, params, batch, frozen, rng, extras, n_micro: int
     reward mean) ends the step the same for any number of micro-batches, as a gradient-accumulating
     PyTorch loop that updates it in every forward would.
     """
-    micro = split_micro(batch, n_micro)
+    from jaxalign.models.fsdp import micro_rows_split
+
+    micro = micro_rows_split(split_micro(batch, n_micro)) if n_micro > 1 else split_micro(batch, n_micro)
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
 
     def one(mb, key, extras):
