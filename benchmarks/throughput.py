@@ -253,6 +253,7 @@ def main():
     ap.add_argument("--max-busy", type=float, default=0.5,
                     help="before each measurement wait until at most this fraction of the cores is busy")
     ap.add_argument("--max-wait", type=float, default=120, help="... but at most this many seconds (0: no wait)")
+    ap.add_argument("--sides", default="", help="only these sides, e.g. jaxalign-lora,trl-lora (default: all)")
     ap.add_argument("--lora", type=int, default=0, metavar="R",
                     help="DPO also with LoRA of rank R on all seven projections: jaxalign vs TRL + peft")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, a smoke run of every side")
@@ -278,6 +279,9 @@ def main():
     sides = {"sft": ["jaxalign", "torch"], "dpo": ["jaxalign", "trl", "torch"], "gen": ["jaxalign", "transformers"]}
     if args.lora:
         sides["dpo"] += ["jaxalign-lora", "trl-lora"]
+    if args.sides:
+        keep = set(args.sides.split(","))
+        sides = {what: [s for s in names if s in keep] for what, names in sides.items()}
     for what in ("sft", "dpo"):
         if what not in only:
             continue

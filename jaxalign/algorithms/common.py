@@ -115,16 +115,22 @@ def model_from(cfg: RunConfig, mesh, tokenizer=None, seed_offset: int = 0):
 
 def _config_of(spec) -> ModelConfig:
     """The :class:`ModelConfig` of ``model.path`` from its ``config.json`` alone (a directory
-    with no weights is enough to plan)."""
+    with no weights is enough to plan) or a GGUF file's header (the ``smollm2-135m-instruct``
+    alias)."""
     from jaxalign.io.paths import resolve_model_path
     from jaxalign.models.config import dtype_overrides
 
     p = resolve_model_path(spec.path)
-    if not (p / "config.json").is_file():
-        raise JaxalignError(f"config key 'model.path': {spec.path}: jaxalign plan needs a directory with a "
-                            "config.json (or model.init: random with model.config)")
+    overrides = dtype_overrides(spec.param_dtype, spec.dtype)
     try:
-        return ModelConfig.from_json(p / "config.json", **dtype_overrides(spec.param_dtype, spec.dtype))
+        if p.suffix == ".gguf" and p.is_file():  # the header only: no tensor data read
+            from jaxalign.io.gguf import gguf_config
+
+            return ModelConfig.from_hf_dict(gguf_config(p), source=str(p), **overrides)
+        if not (p / "config.json").is_file():
+            raise JaxalignError(f"{spec.path}: jaxalign plan needs a directory with a config.json or a .gguf file "
+                                "(or model.init: random with model.config)")
+        return ModelConfig.from_json(p / "config.json", **overrides)
     except JaxalignError as e:
         raise JaxalignError(f"config key 'model.path': {e}") from None
 

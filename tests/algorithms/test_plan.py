@@ -173,3 +173,21 @@ def test_lora_grpo_plans_the_base_once_as_the_reference(grpo_plan):
     assert parts["frozen base (LoRA; the reference when it is the base)"] == \
         full_parts["reference for the experience's log-probs"] == tiny_param_bytes_per_device()
     assert any(p.name == "reference forward" for p in plan.phases)
+
+
+def test_a_gguf_model_is_planned_from_its_header(tmp_path):
+    """``model.path`` a GGUF file (what the ``smollm2-135m-instruct`` alias resolves to): the plan
+    reads its header only and equals the concrete preflight of the model loaded from it."""
+    import numpy as np
+
+    from tests.io.test_gguf import tiny_hf_tensors, write_gguf
+
+    hf = tiny_hf_tensors(tied=True)
+    hf["model.embed_tokens.weight"] = np.random.default_rng(1).standard_normal((260, 32)).astype(np.float32)
+    path = write_gguf(tmp_path / "t.gguf", hf)
+    over = ["data.buckets=[128]", "model.init=pretrained", f"model.path={path}", "model.config=null"]
+    cfg = load_config(str(ROOT / "configs" / "sft_tiny.yaml"), over)
+    concrete = plan_job(cfg, algorithms.build_job(cfg))
+    plan = plan_config(load_config(str(ROOT / "configs" / "sft_tiny.yaml"), over))
+    for f in FIELDS:
+        assert getattr(plan.step, f) == getattr(concrete, f), f
