@@ -43,7 +43,7 @@ def make_logps_fn(graphdef, temperature: float, mesh=None):
     """Jitted ``logps(params, tokens, attention_mask) -> [N, L]`` at the sampling temperature,
     aligned with ``tokens`` (the training forward; position 0 is 0); on a mesh each weight is
     gathered where it is used, so the logits stay split by rows (:mod:`jaxalign.models.fsdp`)."""
-    from jaxalign.models.fsdp import traced_with
+    from jaxalign.parallel.fsdp import traced_with
 
     def logps(params, tokens, mask):
         logits = nnx.merge(graphdef, params)(tokens, mask)

@@ -9,53 +9,67 @@ multiplied in partial sums and all-reduced, so each device held all rows' MLP ac
 ``[rows, length, vocab]`` logits (found by ``jaxalign plan``; docs/design-notes.md). Gathering
 the weight (what FSDP does) keeps each device's activations to its own rows.
 
-The mesh reaches the layers through a context read while JAX traces (the jitted train step,
-the reference forward); outside it (one device, the sampler, which constrains its own
-activations) nothing changes.
+The layout (mesh, how a named weight is split, the batch axes) reaches the layers through a
+context read while JAX traces (the jitted train step, the reference forward); outside it (one
+device, the sampler, which constrains its own activations) nothing changes. The layout is made
+by :func:`jaxalign.parallel.fsdp.traced_with` from the logical-axis rules: this module, below
+``jaxalign.parallel`` in the layering, only reads it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
+from typing import Callable
 
 import jax
 
-_MESH: contextvars.ContextVar = contextvars.ContextVar("jaxalign_fsdp_mesh", default=None)
+_LAYOUT: contextvars.ContextVar = contextvars.ContextVar("jaxalign_fsdp_layout", default=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """What gathering needs: the ``mesh``; ``spec_of((layer_name, param_name), shape)``, the
+    PartitionSpec of a named parameter (None: unknown); the ``batch`` mesh axes."""
+
+    mesh: object
+    spec_of: Callable
+    batch: tuple = ()
 
 
 @contextlib.contextmanager
-def gathering(mesh):
-    """Within the block, :func:`whole` gathers weights over ``mesh`` (None or one device: off)."""
-    token = _MESH.set(mesh if mesh is not None and mesh.devices.size > 1 else None)
+def gathering(layout: Layout | None):
+    """Within the block, :func:`whole` gathers weights as ``layout`` says (None or one device: off)."""
+    on = layout is not None and layout.mesh is not None and layout.mesh.devices.size > 1
+    token = _LAYOUT.set(layout if on else None)
     try:
         yield
     finally:
-        _MESH.reset(token)
+        _LAYOUT.reset(token)
 
 
-def whole(w, axes=None):
+def whole(w, key=None):
     """``w`` replicated on every device of the mesh in force (an all-gather of its shards);
     ``w`` itself outside :func:`gathering`.
 
-    ``axes``: ``w``'s logical axes (:mod:`jaxalign.parallel.rules`). With them, the gradient
+    ``key``: ``(layer name, parameter name)``, e.g. ``("q_proj", "lora_a")``, which the layout
+    maps to ``w``'s own sharding (:mod:`jaxalign.parallel.rules`). With it, the gradient
     flowing back is constrained to ``w``'s own sharding (a reduce-scatter), so each layer's weight
     gradient lands split like the weight. Without, the gradient of a gathered weight is whole on
     every device, and the layer scan stacks whole gradients: the Llama-3-8B train step held every
     weight's gradient on every device (32 GiB of temporaries, whatever the micro-batch size).
     """
-    mesh = _MESH.get()
-    if mesh is None:
+    layout = _LAYOUT.get()
+    if layout is None:
         return w
     from jax.sharding import NamedSharding, PartitionSpec
 
-    if axes is None:
-        return jax.lax.with_sharding_constraint(w, NamedSharding(mesh, PartitionSpec()))
-    from jaxalign.parallel.rules import current_rules, logical_to_spec
-
-    spec = logical_to_spec(axes, w.shape, mesh, current_rules())
-    return _gather(mesh, spec)(w)
+    spec = None if key is None else layout.spec_of(key, w.shape)
+    if spec is None:
+        return jax.lax.with_sharding_constraint(w, NamedSharding(layout.mesh, PartitionSpec()))
+    return _gather(layout.mesh, spec)(w)
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,26 +94,6 @@ def _gather(mesh, spec):
     return gather
 
 
-def weight_axes(name: str | None) -> tuple | None:
-    """Logical axes of the ``weight`` of a layer named ``name`` (``q_proj``, ``embed_tokens``,
-    ``score``, ...; without the stacked ``layers`` axis), or None for an unknown name."""
-    from jaxalign.parallel.rules import _PARAM_AXES
-
-    return None if name is None else _PARAM_AXES.get((name, "weight"))
-
-
-def adapter_axes(axes: tuple | None, which: str, transposed: bool = False) -> tuple | None:
-    """Logical axes of a LoRA factor of a weight with ``axes`` (as stored: ``[out, in]``, or
-    ``[in, out]`` when ``transposed``): ``lora_a`` ``[r, in]`` follows the input axis, ``lora_b``
-    ``[out, r]`` the output axis, the rank is replicated (as :mod:`jaxalign.parallel.rules`)."""
-    if axes is None:
-        return None
-    out_ax, in_ax = axes[::-1] if transposed else axes
-    if which == "a":
-        return (in_ax, None) if transposed else (None, in_ax)
-    return (None, out_ax) if transposed else (out_ax, None)
-
-
 def micro_rows_split(micro):
     """Micro-batches ``[n_micro, m, ...]`` laid out with each micro-batch's ``m`` rows split over
     the batch axes (an all-to-all of the tokens, which are small), not whole micro-batches per
@@ -110,14 +104,15 @@ def micro_rows_split(micro):
     as many micro-batches as devices), and every device then held a whole micro-batch's
     activations (``jaxalign plan``: Llama-3-8B DPO train-step temporaries; docs/design-notes.md).
     """
-    mesh = _MESH.get()
-    if mesh is None:
+    layout = _LAYOUT.get()
+    if layout is None:
         return micro
+    import math
+
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from jaxalign.parallel.batch import batch_axes, batch_shards
-
-    axes, shards = batch_axes(mesh), batch_shards(mesh)
+    mesh, axes = layout.mesh, layout.batch
+    shards = math.prod(mesh.shape[a] for a in axes)
 
     def place(x):
         if not axes or x.ndim < 2 or x.shape[1] % shards:
@@ -128,14 +123,15 @@ def micro_rows_split(micro):
     return jax.tree.map(place, micro)
 
 
-def traced_with(fn, mesh):
-    """``fn`` traced inside :func:`gathering` over ``mesh``."""
-    if mesh is None or mesh.devices.size <= 1:
+def traced_with(fn, layout: Layout | None):
+    """``fn`` traced inside :func:`gathering` with ``layout`` (use
+    :func:`jaxalign.parallel.fsdp.traced_with`, which makes it from a mesh)."""
+    if layout is None or layout.mesh is None or layout.mesh.devices.size <= 1:
         return fn
 
     @functools.wraps(fn)  # jit names the executable after fn (logs, compile-count checks)
     def gathered(*args, **kwargs):
-        with gathering(mesh):
+        with gathering(layout):
             return fn(*args, **kwargs)
 
     return gathered

@@ -37,9 +37,9 @@ class Linear(nnx.Module):
     def __init__(self, d_in: int, d_out: int, *, bias: bool, dtype, param_dtype, rngs: nnx.Rngs,
                  name: str | None = None):
         self.weight = nnx.Param(_normal(rngs, (d_out, d_in), param_dtype))
-        # The weight's logical axes [out, in] (by its name; jaxalign.parallel.rules): FSDP
-        # gathers it and scatters its gradient back to that sharding (jaxalign.models.fsdp).
-        self.axes = fsdp.weight_axes(name)
+        # The layer's name (q_proj, ...): FSDP gathers its weights and scatters their gradients
+        # back to the sharding the rules give that name (jaxalign.models.fsdp).
+        self.param_name = name
         self.bias = nnx.Param(jnp.zeros((d_out,), param_dtype)) if bias else None
         self.dtype = dtype
         self.transposed = False  # weight stored [in, out] (decoding, see CausalLM.unstacked_layers)
@@ -63,15 +63,16 @@ class Linear(nnx.Module):
         return dequantize(self.weight[...], self.weight_scale[...], self.quant)
 
     def __call__(self, x):
-        t, ax = self.transposed, self.axes
-        w_ax = None if ax is None else (ax[::-1] if t else ax)
-        y = mm("...i,io->...o" if t else "...i,oi->...o", x, fsdp.whole(self.base_weight(), w_ax), self.dtype)
+        t = self.transposed
+        # Decoding's transposed layout is never gathered (no key: plain replication).
+        key = (lambda p: None) if t or self.param_name is None else (lambda p: (self.param_name, p))  # noqa: E731
+        y = mm("...i,io->...o" if t else "...i,oi->...o", x, fsdp.whole(self.base_weight(), key("weight")), self.dtype)
         if self.lora_a is not None:
             # Decoding stores the adapters transposed too ([in, r], [r, out]), as the weight.
             xa = lora_dropout.apply(x, self.lora_dropout, self.lora_index) if self.lora_dropout else x
-            h = mm("...i,ir->...r" if t else "...i,ri->...r", xa, fsdp.whole(self.lora_a[...], fsdp.adapter_axes(ax, "a", t)), self.dtype)
+            h = mm("...i,ir->...r" if t else "...i,ri->...r", xa, fsdp.whole(self.lora_a[...], key("lora_a")), self.dtype)
             h = h * jnp.asarray(self.lora_scale, h.dtype)
-            y = y + mm("...r,ro->...o" if t else "...r,or->...o", h, fsdp.whole(self.lora_b[...], fsdp.adapter_axes(ax, "b", t)), self.dtype)
+            y = y + mm("...r,ro->...o" if t else "...r,or->...o", h, fsdp.whole(self.lora_b[...], key("lora_b")), self.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
@@ -222,7 +223,7 @@ class Embedding(nnx.Module):
         self.weight = nnx.Param(_normal(rngs, (vocab, dim), param_dtype))
 
     def __call__(self, ids):
-        return jnp.take(fsdp.whole(self.weight[...], fsdp.weight_axes("embed_tokens")), ids, axis=0)
+        return jnp.take(fsdp.whole(self.weight[...], ("embed_tokens", "weight")), ids, axis=0)
 
 
 class CausalLM(nnx.Module):
@@ -262,7 +263,7 @@ class CausalLM(nnx.Module):
     def logits_from_hidden(self, hidden: jax.Array, table: jax.Array | None = None) -> jax.Array:
         """Logits ``[b, s, vocab]``; ``table``: the output embedding already cast (decode loops)."""
         dtype = self.config.jnp_dtype
-        logits = mm("bsd,vd->bsv", hidden, fsdp.whole(self.output_embedding(), fsdp.weight_axes("lm_head")) if table is None else table, dtype)
+        logits = mm("bsd,vd->bsv", hidden, fsdp.whole(self.output_embedding(), ("lm_head", "weight")) if table is None else table, dtype)
         return softcap(logits, self.config.final_logit_softcapping)
 
     def hidden_states(

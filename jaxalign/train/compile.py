@@ -44,7 +44,7 @@ def init_state(job: Job, seed: int = 0) -> TrainState:
 def make_step(job: Job):
     """The job's pure ``step(state, batch, frozen) -> (state, metrics)``: its own
     ``step_fn``, or the shared one-update step over ``n_micro`` micro-batches."""
-    from jaxalign.models.fsdp import traced_with
+    from jaxalign.parallel.fsdp import traced_with
 
     # FSDP: each weight gathered where it is used, activations split by rows (models/fsdp.py).
     return traced_with(job.step_fn or make_train_step(job.loss_fn, job.tx, job.n_micro, job.schedule), job.mesh)

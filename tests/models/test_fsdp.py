@@ -53,7 +53,7 @@ def test_weight_gradients_come_back_split_like_the_weights(sharded):
     """The gradient of a gathered weight is scattered back to the weight's own sharding (without
     it each layer's gradient was whole on every device, stacked over the layer scan), and equals
     one device's gradient."""
-    from jaxalign.models.fsdp import traced_with
+    from jaxalign.parallel.fsdp import traced_with
 
     g, params, placed, mesh, tokens, mask, batch = sharded
 
@@ -74,12 +74,13 @@ def test_micro_batches_are_split_over_the_devices_not_placed_whole(sharded):
     on 8 devices); the layout spreads every micro-batch's rows over the batch axes instead, with
     the same rows in each micro-batch."""
     from jaxalign.models.fsdp import gathering, micro_rows_split
+    from jaxalign.parallel.fsdp import layout
     from jaxalign.train.state import split_micro
 
     _, _, _, mesh, tokens, _, batch = sharded
 
     def split(b):
-        with gathering(mesh):
+        with gathering(layout(mesh)):
             return micro_rows_split(split_micro(b, 2))
 
     out = jax.jit(split)(batch[0])
