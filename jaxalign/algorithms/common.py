@@ -114,25 +114,15 @@ def model_from(cfg: RunConfig, mesh, tokenizer=None, seed_offset: int = 0):
 
 
 def _config_of(spec) -> ModelConfig:
-    """The :class:`ModelConfig` of ``model.path`` from its ``config.json`` alone (a directory
-    with no weights is enough to plan) or a GGUF file's header (the ``smollm2-135m-instruct``
-    alias)."""
-    from jaxalign.io.paths import resolve_model_path
-    from jaxalign.models.config import dtype_overrides
+    """The :class:`ModelConfig` of ``model.path`` without its weights (``config.json`` or a
+    GGUF header: a directory with no weights is enough to plan)."""
+    from jaxalign.io.load import load_model_config
 
-    p = resolve_model_path(spec.path)
-    overrides = dtype_overrides(spec.param_dtype, spec.dtype)
     try:
-        if p.suffix == ".gguf" and p.is_file():  # the header only: no tensor data read
-            from jaxalign.io.gguf import gguf_config
-
-            return ModelConfig.from_hf_dict(gguf_config(p), source=str(p), **overrides)
-        if not (p / "config.json").is_file():
-            raise JaxalignError(f"{spec.path}: jaxalign plan needs a directory with a config.json or a .gguf file "
-                                "(or model.init: random with model.config)")
-        return ModelConfig.from_json(p / "config.json", **overrides)
+        return load_model_config(spec.path, dtype=spec.param_dtype, compute_dtype=spec.dtype)
     except JaxalignError as e:
-        raise JaxalignError(f"config key 'model.path': {e}") from None
+        raise JaxalignError(f"config key 'model.path': {e} (to plan without a model on disk: model.init: random "
+                            "with model.config)") from None
 
 
 def _abstract_model(cfg: RunConfig, mc: ModelConfig, mesh, tokenizer=None):

@@ -32,7 +32,30 @@ def load_model(path, dtype: str | None = None, mesh=None, rules=None, compute_dt
         return load_hf(p, dtype=dtype, mesh=mesh, rules=rules, compute_dtype=compute_dtype)
     if p.suffix == ".gguf":
         return _load_gguf(p, dtype_overrides(dtype, compute_dtype), mesh, rules)
-    if not p.exists():
+    _not_a_model(path, p)
+
+
+def load_model_config(path, dtype: str | None = None, compute_dtype: str | None = None):
+    """The :class:`~jaxalign.models.config.ModelConfig` of what :func:`load_model` would load
+    from ``path`` (same paths, dtypes and errors), read from ``config.json`` or the GGUF header
+    alone: no weights are read (``jaxalign plan``)."""
+    from jaxalign.models.config import ModelConfig
+
+    p = resolve_model_path(path)
+    overrides = dtype_overrides(dtype, compute_dtype)
+    if p.is_dir():
+        from jaxalign.io.hf import read_config
+
+        return read_config(p, **overrides)
+    if p.suffix == ".gguf":
+        from jaxalign.io.gguf import gguf_config
+
+        return ModelConfig.from_hf_dict(gguf_config(p), source=str(p), **overrides)
+    _not_a_model(path, p)
+
+
+def _not_a_model(path, resolved: Path):
+    if not resolved.exists():
         raise JaxalignError(f"{path}: no such file or directory")
     raise JaxalignError(f"{path}: not a Hugging Face model directory or a .gguf file")
 

@@ -31,19 +31,20 @@ _LAYOUT: contextvars.ContextVar = contextvars.ContextVar("jaxalign_fsdp_layout",
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """What gathering needs: the ``mesh``; ``spec_of((layer_name, param_name), shape)``, the
-    PartitionSpec of a named parameter (None: unknown); the ``batch`` mesh axes."""
+    """What gathering needs, for a mesh of several devices: the ``mesh``;
+    ``spec_of((layer_name, param_name), shape)``, the PartitionSpec of a named parameter (None:
+    unknown); ``rows_sharding(ndim, rows)``, the sharding of a batch array (rows split over the
+    batch axes, or replicated when they do not divide ``rows``)."""
 
     mesh: object
     spec_of: Callable
-    batch: tuple = ()
+    rows_sharding: Callable
 
 
 @contextlib.contextmanager
 def gathering(layout: Layout | None):
-    """Within the block, :func:`whole` gathers weights as ``layout`` says (None or one device: off)."""
-    on = layout is not None and layout.mesh is not None and layout.mesh.devices.size > 1
-    token = _LAYOUT.set(layout if on else None)
+    """Within the block, :func:`whole` gathers weights as ``layout`` says (None: off)."""
+    token = _LAYOUT.set(layout)
     try:
         yield
     finally:
@@ -107,18 +108,15 @@ def micro_rows_split(micro):
     layout = _LAYOUT.get()
     if layout is None:
         return micro
-    import math
-
     from jax.sharding import NamedSharding, PartitionSpec
 
-    mesh, axes = layout.mesh, layout.batch
-    shards = math.prod(mesh.shape[a] for a in axes)
-
     def place(x):
-        if not axes or x.ndim < 2 or x.shape[1] % shards:
+        if x.ndim < 2:
             return x
-        spec = PartitionSpec(None, axes if len(axes) > 1 else axes[0], *([None] * (x.ndim - 2)))
-        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+        rows = layout.rows_sharding(x.ndim - 1, x.shape[1]).spec  # a micro-batch's own layout
+        if not any(rows):
+            return x
+        return jax.lax.with_sharding_constraint(x, NamedSharding(layout.mesh, PartitionSpec(None, *rows)))
 
     return jax.tree.map(place, micro)
 
@@ -126,7 +124,7 @@ def micro_rows_split(micro):
 def traced_with(fn, layout: Layout | None):
     """``fn`` traced inside :func:`gathering` with ``layout`` (use
     :func:`jaxalign.parallel.fsdp.traced_with`, which makes it from a mesh)."""
-    if layout is None or layout.mesh is None or layout.mesh.devices.size <= 1:
+    if layout is None:
         return fn
 
     @functools.wraps(fn)  # jit names the executable after fn (logs, compile-count checks)

@@ -62,10 +62,13 @@ class Linear(nnx.Module):
             return self.weight[...]
         return dequantize(self.weight[...], self.weight_scale[...], self.quant)
 
+    def _fsdp_key(self, param: str):
+        """``(layer name, param)`` for :func:`fsdp.whole`; None (plain replication) unnamed or in
+        decoding's transposed layout, which is never gathered."""
+        return None if self.transposed or self.param_name is None else (self.param_name, param)
+
     def __call__(self, x):
-        t = self.transposed
-        # Decoding's transposed layout is never gathered (no key: plain replication).
-        key = (lambda p: None) if t or self.param_name is None else (lambda p: (self.param_name, p))  # noqa: E731
+        t, key = self.transposed, self._fsdp_key
         y = mm("...i,io->...o" if t else "...i,oi->...o", x, fsdp.whole(self.base_weight(), key("weight")), self.dtype)
         if self.lora_a is not None:
             # Decoding stores the adapters transposed too ([in, r], [r, out]), as the weight.

@@ -6,7 +6,7 @@ layout; they do not import this layer."""
 from __future__ import annotations
 
 from jaxalign.models import fsdp as _fsdp
-from jaxalign.parallel.batch import batch_axes
+from jaxalign.parallel.batch import batch_sharding
 from jaxalign.parallel.rules import _PARAM_AXES, logical_to_spec
 
 
@@ -19,7 +19,7 @@ def layout(mesh) -> _fsdp.Layout | None:
         axes = _PARAM_AXES.get(tuple(key))
         return None if axes is None or len(axes) != len(shape) else logical_to_spec(axes, shape, mesh)
 
-    return _fsdp.Layout(mesh, spec_of, batch_axes(mesh))
+    return _fsdp.Layout(mesh, spec_of, lambda ndim, rows: batch_sharding(mesh, ndim, rows=rows))
 
 
 def traced_with(fn, mesh):
