@@ -18,6 +18,8 @@ _LAZY = {
     "bco_update": ("dpo", "bco_update"),
     "dpo_loss": ("dpo", "dpo_loss"),
     "grpo_advantages": ("group", "grpo_advantages"),
+    "completion_logprobs_from_hidden": ("head", "completion_logprobs_from_hidden"),
+    "head_token_logprobs": ("head", "head_token_logprobs"),
     "kl_shaped_rewards": ("group", "kl_shaped_rewards"),
     "rloo_advantages": ("group", "rloo_advantages"),
     "ift_loss": ("ift", "ift_loss"),
@@ -70,8 +72,8 @@ _LAZY = {
 
 __all__ = [
     "BCOState", "DPO_LOSS_TYPES", "RunningMoments", "adaptive_kl_coef", "bco_init", "bco_update",
-    "best_of_k", "dpo_loss", "entropy_from_logits", "filter_rewards", "gae", "group_policy_loss",
-    "grpo_advantages", "ift_loss", "ift_predicted_ids", "ift_weights", "KTO_LOSS_TYPES", "kl_penalty",
+    "best_of_k", "completion_logprobs_from_hidden", "dpo_loss", "entropy_from_logits", "filter_rewards", "gae", "group_policy_loss",
+    "grpo_advantages", "head_token_logprobs", "ift_loss", "ift_predicted_ids", "ift_weights", "KTO_LOSS_TYPES", "kl_penalty",
     "kto_kl", "kto_loss",
     "kl_shaped_rewards", "kwise_pairwise_loss", "last_token_index", "log_importance_weights",
     "masked_count", "masked_mean", "masked_sum", "masked_var", "masked_whiten", "neftune_noise",
