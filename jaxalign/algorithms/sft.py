@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jaxalign.algorithms import common
 from jaxalign.config import RunConfig
 from jaxalign.losses import neftune_noise, nll_loss, shifted_token_logprobs
+from jaxalign.losses.head import completion_logprobs_from_hidden
 from jaxalign.losses.segments import segment_counts, segment_starts, segment_sums
 from jaxalign.train.job import Job
 from jaxalign.train.optim import make_optimizer
@@ -26,18 +27,26 @@ def completion_logps(model, batch: dict, *, prefix: str = "", embeds=None, remat
 
     A packed batch (``segment_ids``, :mod:`jaxalign.data.packing`) runs with attention confined
     to each example, and no segment's first token counts either: its "prediction" would come
-    from the previous example's last token."""
+    from the previous example's last token.
+
+    With ``chunk_size`` the LM head runs only where the loss reads it, ``chunk_size`` tokens
+    at a time (:func:`jaxalign.losses.head.completion_logprobs_from_hidden`): the ``[B, S, V]``
+    logits and their gradient are never all live, and log-probs outside the mask are 0.
+    Without, the full head and :func:`shifted_token_logprobs` (every position's log-prob)."""
     ids, attn = batch[prefix + "input_ids"], batch[prefix + "attention_mask"]
     seg = batch.get(prefix + "segment_ids")
     packed = {} if seg is None else {"segment_ids": seg}
-    if embeds is None:
-        logits = model(ids, attn, remat=remat, **packed)
-    else:
-        logits = model(attention_mask=attn, inputs_embeds=embeds, remat=remat, **packed)
-    logps = shifted_token_logprobs(logits, ids, chunk_size=chunk_size)
     mask = jnp.asarray(batch[prefix + "completion_mask"], bool).at[:, 0].set(False)
     if seg is not None:
         mask &= ~segment_starts(seg)
+    inputs = {"input_ids": ids} if embeds is None else {"inputs_embeds": embeds}
+    if chunk_size is None:
+        logps = shifted_token_logprobs(model(attention_mask=attn, remat=remat, **inputs, **packed), ids)
+    else:
+        cfg = model.config
+        hidden = model.hidden_states(attention_mask=attn, remat=remat, **inputs, **packed)
+        logps = completion_logprobs_from_hidden(hidden, model.head_weight(), ids, mask, chunk_size=chunk_size,
+                                                softcap=cfg.final_logit_softcapping, dtype=cfg.jnp_dtype)
     return logps, mask
 
 

@@ -263,10 +263,15 @@ class CausalLM(nnx.Module):
         table = self.embed_tokens if self.lm_head is None else self.lm_head
         return table.weight[...]
 
+    def head_weight(self) -> jax.Array:
+        """:meth:`output_embedding` whole on every device in a sharded forward (FSDP gathers
+        it where it is used; its gradient goes back split like the weight)."""
+        return fsdp.whole(self.output_embedding(), ("lm_head", "weight"))
+
     def logits_from_hidden(self, hidden: jax.Array, table: jax.Array | None = None) -> jax.Array:
         """Logits ``[b, s, vocab]``; ``table``: the output embedding already cast (decode loops)."""
         dtype = self.config.jnp_dtype
-        logits = mm("bsd,vd->bsv", hidden, fsdp.whole(self.output_embedding(), ("lm_head", "weight")) if table is None else table, dtype)
+        logits = mm("bsd,vd->bsv", hidden, self.head_weight() if table is None else table, dtype)
         return softcap(logits, self.config.final_logit_softcapping)
 
     def hidden_states(

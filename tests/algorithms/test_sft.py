@@ -114,3 +114,41 @@ def test_sharded_step_equals_single_device_step():
     assert m8["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-5)
     assert _max_diff(s1.params, s8.params) < 1e-5
     assert _max_diff(s1.params, job1.params) > 1e-3
+
+
+@pytest.mark.parametrize("arch,tied,cap", [("LlamaForCausalLM", False, None), ("Gemma2ForCausalLM", True, 0.3)])
+@pytest.mark.parametrize("packed", [False, True])
+def test_completion_only_head_equals_full_head(arch, tied, cap, packed):
+    """``completion_logps`` with ``chunk_size`` (the head run only on completion positions, in
+    chunks) equals the full head on the completion positions: values and parameter gradients,
+    with Gemma's soft-cap and tied embeddings, packed rows too."""
+    import flax.nnx as nnx
+    import jax.numpy as jnp
+
+    from jaxalign.algorithms.sft import completion_logps
+    from jaxalign.models import ModelConfig, init_model
+
+    cfg = ModelConfig(vocab_size=61, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=8, architecture=arch,
+                      tie_word_embeddings=tied, final_logit_softcapping=cap,
+                      hidden_act="gelu_pytorch_tanh" if cap else "silu")
+    graphdef, params = nnx.split(init_model(cfg, seed=1))
+    rng = np.random.default_rng(0)
+    b, s = 3, 12
+    batch = {"input_ids": jnp.asarray(rng.integers(0, 61, (b, s)), jnp.int32),
+             "attention_mask": jnp.ones((b, s), jnp.int32).at[2, 9:].set(0),
+             "completion_mask": jnp.asarray(rng.random((b, s)) < 0.5).at[1].set(False).at[2, 9:].set(False)}
+    if packed:
+        batch["segment_ids"] = jnp.asarray([[1] * 5 + [2] * 7, [1] * 12, [1] * 3 + [2] * 6 + [0] * 3], jnp.int32)
+
+    def total(params, chunk):
+        logps, mask = completion_logps(nnx.merge(graphdef, params), batch, chunk_size=chunk)
+        return jnp.sum(jnp.where(mask, logps, 0.0)), (logps, mask)
+
+    (full_sum, (full, mask)), g_full = jax.value_and_grad(total, has_aux=True)(params, None)
+    (part_sum, (part, mask2)), g_part = jax.jit(jax.value_and_grad(total, has_aux=True), static_argnums=1)(params, 5)
+    np.testing.assert_array_equal(mask, mask2)
+    assert int(mask.sum()) > 5
+    np.testing.assert_allclose(np.where(mask, part, 0.0), np.where(mask, full, 0.0), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(part)[~np.asarray(mask)], 0.0)
+    assert _max_diff(g_part, g_full) < 1e-5
