@@ -71,13 +71,15 @@ def _compile_listener(sink: list, events: dict | None = None):
 
 
 def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype: str | None = None,
-                 random: bool = False, remat: bool | None = None, lora: int = 0) -> dict:
+                 random: bool = False, remat: bool | None = None, lora: int = 0,
+                 chunk_size: int | None = None) -> dict:
     """Time ``steps`` optimizer steps of ``jaxalign <alg>`` (configs/<alg>_smollm2.yaml) in this process.
 
     ``remat``: override ``model.remat`` (None: the config's value). ``lora``: the rank of LoRA
     adapters on all seven projections (alpha = 2 x rank, float32 base as the peers'; 0: full
     fine-tuning); the job is built as ``jaxalign <alg>`` builds it. Returns first-step time, XLA
     compile time inside it, median step, parameter count, peak RSS (or device peak) etc.
+    ``chunk_size``: ``<alg>.chunk_size`` (the LM head only on completion tokens, in chunks).
     """
     import jax
 
@@ -103,6 +105,8 @@ def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype
         over.append(f"model.dtype={dtype}")
     if remat is not None:
         over.append(f"model.remat={str(remat).lower()}")
+    if chunk_size:
+        over.append(f"{alg}.chunk_size={chunk_size}")
     if lora:
         from jaxalign.models.families import LORA_TARGETS
 
@@ -236,13 +240,16 @@ def main():
     ap.add_argument("--random", action="store_true", help="random model with SmolLM2-135M's config")
     ap.add_argument("--torch", dest="torch", action="store_true", help="also time eager PyTorch")
     ap.add_argument("--no-torch", dest="torch", action="store_false")
+    ap.add_argument("--chunk-size", type=int, default=None,
+                    help="<alg>.chunk_size: the LM head only on completion tokens, in chunks")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_step.json"))
     ap.add_argument("--child", choices=["jaxalign", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--alg", help=argparse.SUPPRESS)
     ap.set_defaults(torch=False)
     args = ap.parse_args()
     if args.child == "jaxalign":
-        return emit_result(run_jaxalign(args.alg, args.batch, args.seq, args.steps, args.dtype, args.random))
+        return emit_result(run_jaxalign(args.alg, args.batch, args.seq, args.steps, args.dtype, args.random,
+                                        chunk_size=args.chunk_size))
     if args.child == "torch":
         return emit_result(run_torch(args.alg, args.batch, args.seq, args.steps))
 
@@ -253,6 +260,7 @@ def main():
                    "--seq", str(args.seq), "--steps", str(args.steps)]
             cmd += ["--random"] if args.random else []
             cmd += ["--dtype", args.dtype] if args.dtype else []
+            cmd += ["--chunk-size", str(args.chunk_size)] if args.chunk_size and impl == "jaxalign" else []
             res = run_child(cmd, f"{impl} {alg}")
             res.update(implementation=impl, algorithm=alg, batch=args.batch, seq=args.seq)
             # Tokens a step processes: every token of every sequence (DPO: chosen and rejected).

@@ -33,7 +33,7 @@ from jaxalign import parallel as shd
 from jaxalign.algorithms import common
 from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
-from jaxalign.losses import shifted_token_logprobs
+from jaxalign.algorithms.sft import head_logps
 from jaxalign.losses.reward import kwise_pairwise_loss, pairwise_loss, plackett_luce_loss
 from jaxalign.losses.segments import segment_counts, segment_ends, segment_starts, segment_sums
 from jaxalign.models.heads import ScalarHeadModel, last_token_index, scalar_head_from_lm
@@ -67,8 +67,8 @@ def _packed_chosen_nll(model: ScalarHeadModel, h, batch, chunk_size):
     :func:`_sequence_nll` gives each chosen row unpacked)."""
     seg, ids = batch["segment_ids"], batch["input_ids"]
     k = batch["pair_valid"].shape[-1]
-    logps = shifted_token_logprobs(model.backbone.logits_from_hidden(h), ids, chunk_size=chunk_size)
     mask = batch["completion_mask"].astype(bool).at[:, 0].set(False) & ~segment_starts(seg)
+    logps = head_logps(model.backbone, h, ids, mask, chunk_size)
     sums = segment_sums(-logps, mask, seg, 2 * k)[:, 0::2]
     counts = segment_counts(mask, seg, 2 * k)[:, 0::2]
     return (sums / jnp.maximum(counts, 1.0)).reshape(-1)
@@ -76,9 +76,8 @@ def _packed_chosen_nll(model: ScalarHeadModel, h, batch, chunk_size):
 
 def _sequence_nll(model: ScalarHeadModel, h, ids, completion_mask, chunk_size):
     """Per-sequence token-mean NLL ``[N]`` of the completion tokens (the SFT loss of each row)."""
-    logits = model.backbone.logits_from_hidden(h)
-    logps = shifted_token_logprobs(logits, ids, chunk_size=chunk_size)
     mask = completion_mask.astype(bool).at[:, 0].set(False)
+    logps = head_logps(model.backbone, h, ids, mask, chunk_size)
     n = jnp.sum(mask, axis=-1)
     return -jnp.sum(jnp.where(mask, logps, 0.0), axis=-1) / jnp.maximum(n, 1)
 

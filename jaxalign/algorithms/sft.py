@@ -40,14 +40,19 @@ def completion_logps(model, batch: dict, *, prefix: str = "", embeds=None, remat
     if seg is not None:
         mask &= ~segment_starts(seg)
     inputs = {"input_ids": ids} if embeds is None else {"inputs_embeds": embeds}
+    hidden = model.hidden_states(attention_mask=attn, remat=remat, **inputs, **packed)
+    return head_logps(model, hidden, ids, mask, chunk_size), mask
+
+
+def head_logps(model, hidden, ids, mask, chunk_size: int | None):
+    """Shifted log-probs ``[B, S]`` of ``ids`` from the causal LM ``model``'s final hidden states:
+    the full head and every position (``chunk_size`` None), or only the ``mask`` positions, the
+    head in chunks of ``chunk_size`` tokens (0 elsewhere)."""
     if chunk_size is None:
-        logps = shifted_token_logprobs(model(attention_mask=attn, remat=remat, **inputs, **packed), ids)
-    else:
-        cfg = model.config
-        hidden = model.hidden_states(attention_mask=attn, remat=remat, **inputs, **packed)
-        logps = completion_logprobs_from_hidden(hidden, model.head_weight(), ids, mask, chunk_size=chunk_size,
-                                                softcap=cfg.final_logit_softcapping, dtype=cfg.jnp_dtype)
-    return logps, mask
+        return shifted_token_logprobs(model.logits_from_hidden(hidden), ids)
+    cfg = model.config
+    return completion_logprobs_from_hidden(hidden, model.head_weight(), ids, mask, chunk_size=chunk_size,
+                                           softcap=cfg.final_logit_softcapping, dtype=cfg.jnp_dtype)
 
 
 def packed_sequence_nll(logps, mask, segment_ids):

@@ -183,6 +183,9 @@ def test_lm_coef_adds_the_chosen_response_nll(tiny):
     assert m["nll"] == pytest.approx(nll, rel=1e-5)
     assert with_lm - base == pytest.approx(beta * nll, rel=1e-5)
     assert m["rm_loss"] == pytest.approx(base, rel=1e-6)
+    # the LM head only on the chosen completions, in chunks (rm.chunk_size)
+    _, _, m = _loss(graphdef, params, batch, loss="pairwise", lm_coef=beta, chunk_size=4)
+    assert m["nll"] == pytest.approx(nll, rel=1e-5)
     # ranked: the best (first) response of each prompt with a pair
     batch = _ranked_batch(np.random.default_rng(4), 3, 3, 12, vocab, [3, 1, 2])
     base, _, _ = _loss(graphdef, params, batch, loss="listwise")

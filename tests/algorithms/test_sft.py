@@ -116,6 +116,19 @@ def test_sharded_step_equals_single_device_step():
     assert _max_diff(s1.params, job1.params) > 1e-3
 
 
+
+def test_sharded_completion_only_head_equals_full_head_step():
+    """The train step with ``sft.chunk_size`` (head only on completion tokens, in chunks) on
+    data=2 x fsdp=2 x tensor=2 equals the 1-device step with the full head."""
+    cfg1, job1 = _job(["mesh.fsdp=1"])
+    cfg8, job8 = _job(["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "sft.chunk_size=8"])
+    b1, b8 = next(job1.train_batches), next(job8.train_batches)
+    s1, m1 = _step(cfg1, job1, b1, 1)
+    s8, m8 = _step(cfg8, job8, b8, 1)
+    assert m8["loss"] == pytest.approx(m1["loss"], rel=1e-5)
+    assert m8["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-5)
+    assert _max_diff(s1.params, s8.params) < 1e-5
+
 @pytest.mark.parametrize("arch,tied,cap", [("LlamaForCausalLM", False, None), ("Gemma2ForCausalLM", True, 0.3)])
 @pytest.mark.parametrize("packed", [False, True])
 def test_completion_only_head_equals_full_head(arch, tied, cap, packed):

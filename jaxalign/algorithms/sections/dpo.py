@@ -70,7 +70,8 @@ class Config(LossConfig):
       before training computes the reference log-probs of every pair; no reference model stays
       in memory). Reference-free losses (``reference_free``, ``simpo``) use neither.
     reference_path: the reference model (HF dir, .gguf or alias); default: the policy's start.
-    chunk_size: compute log-probs over the vocabulary in chunks of this many positions.
+    chunk_size: run the LM head only on completion tokens, this many positions per row at a
+      time (lower peak memory for large vocabularies); null: the full head at once.
     """
 
     reference_free: bool = False

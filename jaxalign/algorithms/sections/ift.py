@@ -34,7 +34,8 @@ class Config:
       lam_warmup_steps, then held).
     lam_start: λ at the first update of the linear schedule.
     lam_warmup_steps: updates of the linear ramp; null: optim.warmup_steps.
-    chunk_size: log-probs over the vocabulary in chunks of this many positions.
+    chunk_size: run the LM head only on completion tokens, this many positions per row at a
+      time (lower peak memory for large vocabularies); null: the full head at once.
     """
 
     lam: float = 0.2

@@ -28,7 +28,8 @@ class Config:
       ``λ_D·n_D / (λ_U·n_U)`` in [1, 4/3]; the run prints the ratio.
     reference_path: the reference model (HF dir, .gguf or alias); default: a frozen copy of the
       policy's starting weights.
-    chunk_size: compute log-probs over the vocabulary in chunks of this many positions.
+    chunk_size: run the LM head only on completion tokens, this many positions per row at a
+      time (lower peak memory for large vocabularies); null: the full head at once.
     """
 
     beta: float = 0.1

@@ -25,7 +25,8 @@ class Config:
     use_margin: pairwise only: subtract the data's per-pair ``margin`` when it has one.
     center_coef: pairwise only: weight ``c`` of ``c·mean((r_w + r_l)²)`` (≈ 0.01); 0 = off.
     lm_coef: weight β_rm of an LM loss on the chosen (best) response, as in PPO-max; 0 = off.
-    chunk_size: compute the LM loss's log-probs in chunks of this many positions.
+    chunk_size: run the LM head only on the chosen completions' tokens, this many positions per row at a
+      time (lower peak memory for large vocabularies); null: the full head at once.
     """
 
     loss: str = "pairwise"

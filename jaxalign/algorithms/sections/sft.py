@@ -21,8 +21,9 @@ class Config:
     neftune_alpha: NEFTune noise scale α (5, 10 or 15 in the paper); null turns it off.
     aggregation: ``token_mean`` (every completion token of the global batch weighs the same) or
       ``sequence_mean`` (each sequence's mean NLL, then the mean over sequences).
-    chunk_size: compute log-probs over the vocabulary in chunks of this many positions
-      (lower peak memory for large vocabularies); null: all at once.
+    chunk_size: run the LM head only on completion tokens, this many positions per row at a
+      time, fused with the log-softmax (the ``[B, S, V]`` logits and their gradient are never
+      all live; lower peak memory for large vocabularies); null: the full head at once.
     assistant_only_loss: conversational data (``messages`` rows) is trained on the assistant
       turns only, their end-of-turn token included (TRL's ``assistant_only_loss``), and so is a
       message completion holding a tool's result; false: on every token, system and user too.
