@@ -72,17 +72,17 @@ _LAZY = {
 
 __all__ = [
     "BCOState", "DPO_LOSS_TYPES", "RunningMoments", "adaptive_kl_coef", "bco_init", "bco_update",
-    "best_of_k", "completion_logprobs_from_hidden", "dpo_loss", "entropy_from_logits", "filter_rewards", "gae", "group_policy_loss",
-    "grpo_advantages", "head_token_logprobs", "ift_loss", "ift_predicted_ids", "ift_weights", "KTO_LOSS_TYPES", "kl_penalty",
-    "kto_kl", "kto_loss",
-    "kl_shaped_rewards", "kwise_pairwise_loss", "last_token_index", "log_importance_weights",
-    "masked_count", "masked_mean", "masked_sum", "masked_var", "masked_whiten", "neftune_noise",
-    "nll_loss", "normalize_and_clip", "num_top", "overlong_penalty", "pairwise_loss",
-    "per_token_rewards", "plackett_luce_loss", "policy_loss", "preference_accuracy",
-    "ranking_accuracy", "rloo_advantages", "running_moments_init", "running_moments_std",
-    "running_moments_update", "selection_metrics", "sequence_logprobs", "sft_loss", "shift_right",
-    "shifted_token_logprobs", "temporal_residual_embeddings", "token_logprobs", "top_fraction",
-    "update_and_normalize", "value_loss",
+    "best_of_k", "completion_logprobs_from_hidden", "dpo_loss", "entropy_from_logits",
+    "filter_rewards", "gae", "group_policy_loss", "grpo_advantages", "head_token_logprobs",
+    "ift_loss", "ift_predicted_ids", "ift_weights", "KTO_LOSS_TYPES", "kl_penalty", "kto_kl",
+    "kto_loss", "kl_shaped_rewards", "kwise_pairwise_loss", "last_token_index",
+    "log_importance_weights", "masked_count", "masked_mean", "masked_sum", "masked_var",
+    "masked_whiten", "neftune_noise", "nll_loss", "normalize_and_clip", "num_top",
+    "overlong_penalty", "pairwise_loss", "per_token_rewards", "plackett_luce_loss", "policy_loss",
+    "preference_accuracy", "ranking_accuracy", "rloo_advantages", "running_moments_init",
+    "running_moments_std", "running_moments_update", "selection_metrics", "sequence_logprobs",
+    "sft_loss", "shift_right", "shifted_token_logprobs", "temporal_residual_embeddings",
+    "token_logprobs", "top_fraction", "update_and_normalize", "value_loss",
 ]
 
 
