@@ -33,7 +33,7 @@ from jaxalign import parallel as shd
 from jaxalign.algorithms import common
 from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
-from jaxalign.algorithms.sft import head_logps
+from jaxalign.algorithms.logps import completion_token_logps
 from jaxalign.losses.reward import kwise_pairwise_loss, pairwise_loss, plackett_luce_loss
 from jaxalign.losses.segments import segment_counts, segment_ends, segment_starts, segment_sums
 from jaxalign.models.heads import ScalarHeadModel, last_token_index, scalar_head_from_lm
@@ -68,7 +68,7 @@ def _packed_chosen_nll(model: ScalarHeadModel, h, batch, chunk_size):
     seg, ids = batch["segment_ids"], batch["input_ids"]
     k = batch["pair_valid"].shape[-1]
     mask = batch["completion_mask"].astype(bool).at[:, 0].set(False) & ~segment_starts(seg)
-    logps = head_logps(model.backbone, h, ids, mask, chunk_size)
+    logps = completion_token_logps(model.backbone, h, ids, mask, chunk_size)
     sums = segment_sums(-logps, mask, seg, 2 * k)[:, 0::2]
     counts = segment_counts(mask, seg, 2 * k)[:, 0::2]
     return (sums / jnp.maximum(counts, 1.0)).reshape(-1)
@@ -77,7 +77,7 @@ def _packed_chosen_nll(model: ScalarHeadModel, h, batch, chunk_size):
 def _sequence_nll(model: ScalarHeadModel, h, ids, completion_mask, chunk_size):
     """Per-sequence token-mean NLL ``[N]`` of the completion tokens (the SFT loss of each row)."""
     mask = completion_mask.astype(bool).at[:, 0].set(False)
-    logps = head_logps(model.backbone, h, ids, mask, chunk_size)
+    logps = completion_token_logps(model.backbone, h, ids, mask, chunk_size)
     n = jnp.sum(mask, axis=-1)
     return -jnp.sum(jnp.where(mask, logps, 0.0), axis=-1) / jnp.maximum(n, 1)
 
@@ -184,7 +184,12 @@ def build_model(cfg: RunConfig, mesh, tokenizer) -> ScalarHeadModel:
                        scalar_head=True)
     model = scalar_head_from_lm(common.model_from(cfg, mesh, tokenizer), seed=cfg.seed)
     graphdef, state = nnx.split(model)
-    return nnx.merge(graphdef, jax.device_put(state, shd.state_shardings(state, mesh)))
+    model = nnx.merge(graphdef, jax.device_put(state, shd.state_shardings(state, mesh)))
+    if spec.lora is not None and spec.lora.adapter:
+        from jaxalign.io.peft import load_peft_head
+
+        load_peft_head(model, spec.lora.adapter)  # a reward model's adapter: its trained head too
+    return model
 
 
 def _eos_ids(tokenizer, config) -> set:
@@ -220,14 +225,20 @@ def export_pad_token(tokenizer, config) -> tuple[int, str] | None:
 def rm_exporter(graphdef, tokenizer, cfg: RunConfig | None = None):
     """``export(params, out_dir)``: the reward model as a HF ``*ForSequenceClassification``
     directory (one label, no LM head) plus the tokenizer, with a padding token chosen by
-    :func:`export_pad_token` in both ``config.json`` and the tokenizer."""
+    :func:`export_pad_token` in both ``config.json`` and the tokenizer; with LoRA, merged, and
+    ``out_dir/adapter`` the adapters and the head in PEFT's ``SEQ_CLS`` format."""
     from jaxalign.io.load import save_model
 
     def export(params, out_dir: Path):
         from jaxalign.models.lora import has_lora, merged_model
 
         model = nnx.merge(graphdef, params)
-        if has_lora(model):  # model.lora: the adapters merged into the base (W + (alpha/r) B A)
+        if has_lora(model):
+            # model.lora: the adapters and the head alone in PEFT's SEQ_CLS format, and the
+            # adapters merged into the base (W + (alpha/r) B A) for the full export.
+            from jaxalign.io.peft import save_peft
+
+            save_peft(model, Path(out_dir) / "adapter", base_model=cfg.model.path if cfg is not None else None)
             model = merged_model(model)
         pad = export_pad_token(tokenizer, model.config)
         tok = tokenizer

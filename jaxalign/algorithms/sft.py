@@ -11,9 +11,9 @@ import flax.nnx as nnx
 import jax.numpy as jnp
 
 from jaxalign.algorithms import common
+from jaxalign.algorithms.logps import completion_token_logps
 from jaxalign.config import RunConfig
-from jaxalign.losses import neftune_noise, nll_loss, shifted_token_logprobs
-from jaxalign.losses.head import completion_logprobs_from_hidden
+from jaxalign.losses import neftune_noise, nll_loss
 from jaxalign.losses.segments import segment_counts, segment_starts, segment_sums
 from jaxalign.train.job import Job
 from jaxalign.train.optim import make_optimizer
@@ -30,7 +30,7 @@ def completion_logps(model, batch: dict, *, prefix: str = "", embeds=None, remat
     from the previous example's last token.
 
     With ``chunk_size`` the LM head runs only where the loss reads it, ``chunk_size`` tokens
-    at a time (:func:`jaxalign.losses.head.completion_logprobs_from_hidden`): the ``[B, S, V]``
+    at a time (:mod:`jaxalign.algorithms.logps`): the ``[B, S, V]``
     logits and their gradient are never all live, and log-probs outside the mask are 0.
     Without, the full head and :func:`shifted_token_logprobs` (every position's log-prob)."""
     ids, attn = batch[prefix + "input_ids"], batch[prefix + "attention_mask"]
@@ -41,18 +41,7 @@ def completion_logps(model, batch: dict, *, prefix: str = "", embeds=None, remat
         mask &= ~segment_starts(seg)
     inputs = {"input_ids": ids} if embeds is None else {"inputs_embeds": embeds}
     hidden = model.hidden_states(attention_mask=attn, remat=remat, **inputs, **packed)
-    return head_logps(model, hidden, ids, mask, chunk_size), mask
-
-
-def head_logps(model, hidden, ids, mask, chunk_size: int | None):
-    """Shifted log-probs ``[B, S]`` of ``ids`` from the causal LM ``model``'s final hidden states:
-    the full head and every position (``chunk_size`` None), or only the ``mask`` positions, the
-    head in chunks of ``chunk_size`` tokens (0 elsewhere)."""
-    if chunk_size is None:
-        return shifted_token_logprobs(model.logits_from_hidden(hidden), ids)
-    cfg = model.config
-    return completion_logprobs_from_hidden(hidden, model.head_weight(), ids, mask, chunk_size=chunk_size,
-                                           softcap=cfg.final_logit_softcapping, dtype=cfg.jnp_dtype)
+    return completion_token_logps(model, hidden, ids, mask, chunk_size), mask
 
 
 def packed_sequence_nll(logps, mask, segment_ids):

@@ -47,31 +47,37 @@ def _put(x: Array, part: Array, start, axis: int) -> Array:
     return lax.dynamic_update_slice_in_dim(x, part, start, axis=axis % x.ndim)
 
 
-def _forward(chunk, cap, dtype, hidden, table, targets, temperature, n_chunks):
+def _forward(chunk, cap, dtype, entropy, hidden, table, targets, temperature, n_chunks):
     out = jnp.zeros(targets.shape, jnp.float32)
 
     def body(i, carry):
-        out, lse = carry
+        out, lse, ent = carry
         start = i * chunk
         z = _softcap(_raw_logits(_slice(hidden, start, chunk, -2), table, dtype), cap)
         o, l = _rows("logprobs", z, _slice(targets, start, chunk, -1), temperature)
-        return _put(out, o.astype(jnp.float32), start, -1), _put(lse, l.astype(jnp.float32), start, -1)
+        if entropy:
+            # The same chunk's logits, one more reduction: the metric costs no second head pass.
+            e = _rows("entropy", z, None, temperature)[0]
+            ent = _put(ent, e.astype(jnp.float32), start, -1)
+        return _put(out, o.astype(jnp.float32), start, -1), _put(lse, l.astype(jnp.float32), start, -1), ent
 
-    return lax.fori_loop(0, n_chunks, body, (out, jnp.zeros_like(out)))
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _head(chunk, cap, dtype, hidden, table, targets, temperature, n_chunks):
-    return _forward(chunk, cap, dtype, hidden, table, targets, temperature, n_chunks)[0]
-
-
-def _head_fwd(chunk, cap, dtype, hidden, table, targets, temperature, n_chunks):
-    out, lse = _forward(chunk, cap, dtype, hidden, table, targets, temperature, n_chunks)
-    return out, (hidden, table, targets, temperature, n_chunks, lse, out)
+    return lax.fori_loop(0, n_chunks, body, (out, jnp.zeros_like(out), jnp.zeros_like(out)))
 
 
-def _head_bwd(chunk, cap, dtype, res, g):
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _head(chunk, cap, dtype, entropy, hidden, table, targets, temperature, n_chunks):
+    out, _, ent = _forward(chunk, cap, dtype, entropy, hidden, table, targets, temperature, n_chunks)
+    return out, ent
+
+
+def _head_fwd(chunk, cap, dtype, entropy, hidden, table, targets, temperature, n_chunks):
+    out, lse, ent = _forward(chunk, cap, dtype, entropy, hidden, table, targets, temperature, n_chunks)
+    return (out, ent), (hidden, table, targets, temperature, n_chunks, lse, out)
+
+
+def _head_bwd(chunk, cap, dtype, entropy, res, cotangents):
     hidden, table, targets, temperature, n_chunks, lse, out = res
+    g = cotangents[0]  # the entropy is a metric: no gradient flows from it
 
     def body(i, carry):
         dh, dw, dt = carry
@@ -106,7 +112,8 @@ def head_token_logprobs(
     temperature: float | Array = 1.0,
     dtype=None,
     n_valid: Array | int | None = None,
-) -> Array:
+    with_entropy: bool = False,
+) -> Array | tuple[Array, Array]:
     """``out[..., n] = log softmax(softcap(hidden[..., n, :] · tableᵀ) / T)[targets[..., n]]``,
     computed ``chunk_size`` tokens at a time (axis -2 of ``hidden``), never all logits at once.
 
@@ -126,9 +133,12 @@ def head_token_logprobs(
       dtype: the head's compute dtype (default ``hidden.dtype``).
       n_valid: if given (may be traced), only positions ``< n_valid`` along axis -2 are computed
         (rounded up to whole chunks); the others are 0 with zero gradient.
+      with_entropy: also return the entropy of each position's distribution (the same as
+        :func:`jaxalign.losses.logprobs.entropy_from_logits`), from the same chunk's logits:
+        a metric, with **no gradient** (as if under ``stop_gradient``).
 
     Returns:
-      ``[..., N]`` float32 log-probs.
+      ``[..., N]`` float32 log-probs; with ``with_entropy``, ``(log-probs, entropies)``.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -150,8 +160,8 @@ def head_token_logprobs(
         n_chunks = jnp.minimum((jnp.asarray(n_valid, jnp.int32) + chunk - 1) // chunk, n_chunks)
     n_chunks = jnp.asarray(n_chunks, jnp.int32)
     t = jnp.asarray(temperature, jnp.promote_types(dtype, jnp.float32))
-    out = _head(chunk, softcap, dtype, hidden, table, targets.astype(jnp.int32), t, n_chunks)
-    return out[..., :n]
+    out, ent = _head(chunk, softcap, dtype, with_entropy, hidden, table, targets.astype(jnp.int32), t, n_chunks)
+    return (out[..., :n], lax.stop_gradient(ent[..., :n])) if with_entropy else out[..., :n]
 
 
 def completion_logprobs_from_hidden(
@@ -164,7 +174,8 @@ def completion_logprobs_from_hidden(
     softcap: float | None = None,
     temperature: float | Array = 1.0,
     dtype=None,
-) -> Array:
+    with_entropy: bool = False,
+) -> Array | tuple[Array, Array]:
     """:func:`jaxalign.losses.logprobs.shifted_token_logprobs` of a causal LM at the ``mask``
     positions only, from its final hidden states: ``[B, S]`` aligned with ``input_ids``, the
     log-prob of each masked token, 0 elsewhere (position 0 is never scored).
@@ -180,7 +191,8 @@ def completion_logprobs_from_hidden(
       table: ``[V, D]`` output embedding.
       input_ids: ``[B, S]`` token ids.
       mask: ``[B, S]`` tokens to score (aligned with ``input_ids``).
-      chunk_size, softcap, temperature, dtype: as :func:`head_token_logprobs`.
+      chunk_size, softcap, temperature, dtype, with_entropy: as :func:`head_token_logprobs`
+        (the entropies aligned as ``entropy_from_logits(..., shifted=True)``, 0 off the mask).
     """
     if hidden.ndim != 3 or input_ids.shape != hidden.shape[:2] or mask.shape != input_ids.shape:
         raise ValueError(f"shapes: hidden {hidden.shape}, input_ids {input_ids.shape}, mask {mask.shape}")
@@ -190,8 +202,11 @@ def completion_logprobs_from_hidden(
     h = jnp.take_along_axis(hidden, order[..., None], axis=1)
     tg = jnp.take_along_axis(next_ids, order, axis=1)
     n_valid = jnp.max(jnp.sum(scored, axis=-1))
-    lp = head_token_logprobs(h, table, tg, chunk_size=chunk_size, softcap=softcap,
-                             temperature=temperature, dtype=dtype, n_valid=n_valid)
+    out = head_token_logprobs(h, table, tg, chunk_size=chunk_size, softcap=softcap, temperature=temperature,
+                              dtype=dtype, n_valid=n_valid, with_entropy=with_entropy)
     rank = jnp.maximum(jnp.cumsum(scored, axis=-1) - 1, 0)  # where each scored position went
-    back = jnp.where(scored, jnp.take_along_axis(lp, rank, axis=1), 0.0)
-    return shift_right(back)
+
+    def back(x):
+        return shift_right(jnp.where(scored, jnp.take_along_axis(x, rank, axis=1), 0.0))
+
+    return (back(out[0]), back(out[1])) if with_entropy else back(out)

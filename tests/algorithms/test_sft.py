@@ -116,7 +116,6 @@ def test_sharded_step_equals_single_device_step():
     assert _max_diff(s1.params, job1.params) > 1e-3
 
 
-
 def test_sharded_completion_only_head_equals_full_head_step():
     """The train step with ``sft.chunk_size`` (head only on completion tokens, in chunks) on
     data=2 x fsdp=2 x tensor=2 equals the 1-device step with the full head."""
@@ -128,6 +127,7 @@ def test_sharded_completion_only_head_equals_full_head_step():
     assert m8["loss"] == pytest.approx(m1["loss"], rel=1e-5)
     assert m8["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-5)
     assert _max_diff(s1.params, s8.params) < 1e-5
+
 
 @pytest.mark.parametrize("arch,tied,cap", [("LlamaForCausalLM", False, None), ("Gemma2ForCausalLM", True, 0.3)])
 @pytest.mark.parametrize("packed", [False, True])

@@ -131,3 +131,48 @@ def test_bad_chunk_size():
     h, w, t, _ = make()
     with pytest.raises(ValueError, match="chunk_size"):
         head.head_token_logprobs(h, w, t, chunk_size=0)
+
+
+def full_entropy(h, w, cap=None, temperature=1.0):
+    """``H = -Σ_v p_v log p_v`` of ``softmax(softcap(h @ W.T) / T)``, written out."""
+    z = jnp.einsum("...nd,vd->...nv", h, w)
+    if cap is not None:
+        z = cap * jnp.tanh(z / cap)
+    logp = jax.nn.log_softmax(z / temperature, axis=-1)
+    return -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+
+
+@pytest.mark.parametrize("chunk", [4, 13])
+@pytest.mark.parametrize("cap,temperature", [(None, 1.0), (2.5, 0.7)])
+def test_entropy_from_the_same_chunks_equals_full_entropy_and_carries_no_gradient(chunk, cap, temperature):
+    """``with_entropy``: each position's entropy from the chunk's logits, and the log-probs'
+    gradient exactly as without it (the entropy is a metric: a cotangent on it changes nothing)."""
+    h, w, t, g = make(seed=3)
+    kw = dict(chunk_size=chunk, softcap=cap, temperature=temperature)
+    lp, ent = jax.jit(lambda h, w: head.head_token_logprobs(h, w, t, with_entropy=True, **kw))(h, w)
+    np.testing.assert_allclose(lp, full_logprobs(h, w, t, cap, temperature), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(ent, full_entropy(h, w, cap, temperature), atol=1e-5, rtol=1e-5)
+
+    def with_ent(h, w):
+        lp, ent = head.head_token_logprobs(h, w, t, with_entropy=True, **kw)
+        return jnp.sum(lp * g) + 10.0 * jnp.sum(ent)
+
+    plain = lambda h, w: jnp.sum(head.head_token_logprobs(h, w, t, **kw) * g)
+    for a, b in zip(jax.grad(with_ent, argnums=(0, 1))(h, w), jax.grad(plain, argnums=(0, 1))(h, w)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_completion_entropy_sits_on_the_completion_tokens():
+    """``completion_logprobs_from_hidden(..., with_entropy=True)``: the entropy aligned as
+    ``entropy_from_logits(shifted=True)`` on the masked tokens, 0 elsewhere."""
+    from jaxalign.losses.logprobs import entropy_from_logits
+
+    h, w, ids, _ = make(seed=4, n=11)
+    mask = jnp.asarray(np.random.default_rng(5).random(ids.shape) < 0.5).at[:, 0].set(False)
+    lp, ent = head.completion_logprobs_from_hidden(h, w, ids, mask, chunk_size=3, with_entropy=True)
+    want = entropy_from_logits(jnp.einsum("bnd,vd->bnv", h, w), shifted=True)
+    np.testing.assert_allclose(np.where(mask, ent, 0.0), np.where(mask, want, 0.0), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(ent)[~np.asarray(mask)], 0.0)
+    np.testing.assert_allclose(np.where(mask, lp, 0.0),
+                               np.where(mask, shifted_token_logprobs(jnp.einsum("bnd,vd->bnv", h, w), ids), 0.0),
+                               atol=1e-5)
