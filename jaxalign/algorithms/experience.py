@@ -39,15 +39,23 @@ def eos_ids(tokenizer) -> list[int]:
     return list(eos_token_ids(tokenizer))
 
 
-def make_logps_fn(graphdef, temperature: float, mesh=None):
-    """Jitted ``logps(params, tokens, attention_mask) -> [N, L]`` at the sampling temperature,
-    aligned with ``tokens`` (the training forward; position 0 is 0); on a mesh each weight is
-    gathered where it is used, so the logits stay split by rows (:mod:`jaxalign.models.fsdp`)."""
+def make_logps_fn(graphdef, temperature: float, mesh=None, chunk_size: int | None = None):
+    """Jitted ``logps(params, tokens, attention_mask, completion_mask=None) -> [N, L]`` at the
+    sampling temperature, aligned with ``tokens`` (the training forward; position 0 is 0); on a
+    mesh each weight is gathered where it is used, so the logits stay split by rows
+    (:mod:`jaxalign.models.fsdp`). With ``chunk_size`` and a ``completion_mask``, only the
+    completion tokens go through the LM head, in chunks (:mod:`jaxalign.algorithms.logps`);
+    every other position is 0."""
+    from jaxalign.algorithms.logps import completion_token_logps
     from jaxalign.parallel.fsdp import traced_with
 
-    def logps(params, tokens, mask):
-        logits = nnx.merge(graphdef, params)(tokens, mask)
-        return shifted_token_logprobs(logits, tokens, temperature=temperature)
+    def logps(params, tokens, mask, completion_mask=None):
+        model = nnx.merge(graphdef, params)
+        if chunk_size is None or completion_mask is None:
+            return shifted_token_logprobs(model(tokens, mask), tokens, temperature=temperature)
+        hidden = model.hidden_states(tokens, mask)
+        return completion_token_logps(model, hidden, tokens, completion_mask.astype(bool), chunk_size,
+                                      temperature=temperature)
 
     return jax.jit(traced_with(logps, mesh))
 
@@ -253,11 +261,15 @@ class ExperienceMaker:
     columns). ``reward_filter(rows, completions, scores) -> scores`` (see :class:`RewardFilter`)
     runs after the reward: ``scores`` are then the filtered ones, ``raw_scores`` the reward's,
     and the reward metrics describe the raw ones.
+
+    ``chunk_size``: the reference's forward runs the LM head on the completion tokens only, in
+    chunks of this many (``ref_logps`` is 0 elsewhere; every consumer masks by completion).
     """
 
     def __init__(self, graphdef, tokenizer, reward: Reward | RewardSum, sampling: SamplingConfig, *,
                  num_samples: int = 1, ref_params=None, mesh=None, prompt_transform: Callable | None = None,
-                 reward_filter: Callable | None = None, columns: dict | None = None, ref_graphdef=None):
+                 reward_filter: Callable | None = None, columns: dict | None = None, ref_graphdef=None,
+                 chunk_size: int | None = None):
         self.graphdef, self.tokenizer, self.reward, self.sampling = graphdef, tokenizer, reward, sampling
         self.columns = columns
         self.num_samples, self.ref_params, self.mesh = num_samples, ref_params, mesh
@@ -266,7 +278,7 @@ class ExperienceMaker:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos[0]
         # ref_graphdef: the reference's own graphdef (with LoRA: the base, adapters off, on the same arrays).
         self.ref_logps = (make_logps_fn(graphdef if ref_graphdef is None else ref_graphdef, sampling.temperature,
-                                        mesh) if ref_params is not None else None)
+                                        mesh, chunk_size) if ref_params is not None else None)
 
     def sample(self, params, prompt_ids, prompt_mask, key, num_samples: int | None = None):
         """The sampler's rollout of these prompts (``num_samples`` per prompt, default the maker's)."""
@@ -351,7 +363,8 @@ class ExperienceMaker:
             exp["raw_scores"] = jnp.asarray(scores, jnp.float32)
             exp["scores"] = jnp.asarray(filt(rows, comps, exp["raw_scores"]), jnp.float32)
         if self.ref_logps is not None:
-            exp["ref_logps"] = self.ref_logps(self.ref_params, rows["input_ids"], rows["attention_mask"])
+            exp["ref_logps"] = self.ref_logps(self.ref_params, rows["input_ids"], rows["attention_mask"],
+                                              rows["completion_mask"])
             jax.block_until_ready(exp["ref_logps"])
         t2 = time.perf_counter()
         lengths = np.asarray(rows["lengths"])

@@ -16,8 +16,9 @@ import jax
 from jaxalign.algorithms import online
 from jaxalign.algorithms.experience import DynamicSampling, OverlongPenalty
 from jaxalign.config import RunConfig
-from jaxalign.losses import (entropy_from_logits, group_policy_loss, grpo_advantages, kl_penalty, kl_shaped_rewards,
-                             masked_mean, rloo_advantages, shifted_token_logprobs)
+from jaxalign.algorithms.logps import completion_token_logps
+from jaxalign.losses import (group_policy_loss, grpo_advantages, kl_penalty, kl_shaped_rewards, masked_mean,
+                             rloo_advantages)
 from jaxalign.losses import policy_gradient as pg
 from jaxalign.algorithms.sections.grpo import (  # noqa: F401 (re-exported)
     ADVANTAGES, Config, DEFAULT_BETA, DEFAULT_IMPORTANCE_SAMPLING, OverlongConfig)
@@ -46,16 +47,16 @@ def make_loss(graphdef, algo: Config, temperature: float, remat: bool = False,
 
     def loss_fn(params, batch, frozen, rng, extras):
         model = nnx.merge(graphdef, params)
-        logits = model(batch["input_ids"], batch["attention_mask"], remat=remat)
-        logps = shifted_token_logprobs(logits, batch["input_ids"], temperature=temperature)
         mask = batch["completion_mask"].astype(bool)
+        hidden = model.hidden_states(batch["input_ids"], batch["attention_mask"], remat=remat)
+        logps, entropies = completion_token_logps(model, hidden, batch["input_ids"], mask, algo.chunk_size,
+                                                  temperature=temperature, with_entropy=True)
         loss, m = group_policy_loss(
             logps, batch["old_logps"], batch["advantages"][:, None], mask, loss=algo.loss,
             importance_sampling=algo.ratio_level, clip_eps=algo.clip_eps, clip_eps_high=algo.clip_eps_high,
             aggregation=aggregation, max_completion_length=l_max,
             ref_logps=batch["ref_logps"] if use_kl_loss else None, beta=beta)
-        entropy = masked_mean(entropy_from_logits(jax.lax.stop_gradient(logits), temperature=temperature,
-                                                  shifted=True), mask)
+        entropy = masked_mean(entropies, mask)
         metrics = {k: m[k] for k in ("clipfrac", "clip_low", "clip_high", "approx_kl")}
         metrics["entropy"] = entropy
         if "ref_logps" in batch:

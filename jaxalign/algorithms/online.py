@@ -165,7 +165,8 @@ def setup(cfg: RunConfig, *, num_samples: int, sampling: SamplingConfig, reward:
     rew = reward_from(reward, tok, mesh)
     maker = ExperienceMaker(graphdef, tok, rew, sampling, num_samples=num_samples, ref_params=ref, mesh=mesh,
                             prompt_transform=prompt_transform, reward_filter=reward_filter,
-                            columns=columns_by_row(train), ref_graphdef=ref_graphdef)
+                            columns=columns_by_row(train), ref_graphdef=ref_graphdef,
+                            chunk_size=getattr(cfg.algo, "chunk_size", None))
     return Setup(graphdef, params, ref, tok, mesh, maker, prompts, ev, len(train), columns_by_row(ev),
                  base=base, ref_graphdef=ref_graphdef)
 

@@ -209,7 +209,7 @@ def _sampling_phases(record, mesh) -> list[Phase]:
     if maker.ref_logps is not None:
         rows = prompt_shape[0] * maker.num_samples
         tok = jax.ShapeDtypeStruct((rows, width), np.int32, sharding=shd.batch_sharding(mesh, 2, rows=rows))
-        ref = maker.ref_logps.lower(maker.ref_params, tok, tok).compile()
+        ref = maker.ref_logps.lower(maker.ref_params, tok, tok, tok).compile()  # ids, attention, completion
         phases.append(_phase("reference forward", ref, per_device_bytes(maker.ref_params)))
     return phases
 

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 
 import flax.nnx as nnx
-import jax
 import jax.numpy as jnp
 
 from jaxalign.algorithms import common, online
 from jaxalign.algorithms import ppo_experience as px
 from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
-from jaxalign.losses import (entropy_from_logits, masked_mean, nll_loss, policy_loss, token_logprobs,
-                             value_loss)
+from jaxalign.algorithms.logps import slot_token_logps
+from jaxalign.losses import masked_mean, nll_loss, policy_loss, value_loss
 from jaxalign.train.job import Job
 from jaxalign.algorithms.sections.ppo import (  # noqa: F401 (re-exported)
     CLIP_SCOPES, CRITIC_INITS, Config, PRESETS, PRESET_VALUES)
@@ -44,21 +43,23 @@ def make_loss(policy_def, critic_def, algo: Config, temperature: float, t: int, 
         p = length - t
         mask = px.completion_slice(batch["completion_mask"], t).astype(bool)
         policy = nnx.merge(policy_def, params["policy"])
-        logits = policy(ids, attn, remat=remat)[:, p - 1:length - 1]  # predict the completion slots
-        logps = token_logprobs(logits, ids[:, p:], temperature=temperature)
+        hidden = policy.hidden_states(ids, attn, remat=remat)[:, p - 1:length - 1]  # predict the completion slots
+        logps, entropies = slot_token_logps(policy, hidden, ids[:, p:], algo.chunk_size, temperature=temperature,
+                                            n_valid=jnp.max(jnp.sum(mask, axis=-1)), with_entropy=True)
         pg, pm = policy_loss(logps, px.completion_slice(batch["old_logps"], t), batch["advantages"], mask,
                              clip_eps=algo.clip_eps)
         critic = nnx.merge(critic_def, params["critic"])
         values = critic.token_values(ids, attn, remat=remat)[:, p - 1:length - 1]
         vl, vm = value_loss(values, batch["values"], batch["returns"], mask, clip_eps=algo.value_clip or None)
-        entropy = masked_mean(entropy_from_logits(jax.lax.stop_gradient(logits), temperature=temperature), mask)
+        entropy = masked_mean(entropies, mask)
         loss = pg + algo.vf_coef * vl
         metrics = {"pg_loss": pg, "value_loss": vl, "clipfrac": pm["clipfrac"], "approx_kl": pm["approx_kl"],
                    "vf_clipfrac": vm["vf_clipfrac"], "value_error": vm["value_error"], "entropy": entropy}
         if use_ptx:
             from jaxalign.algorithms.sft import completion_logps
 
-            ptx_logps, ptx_mask = completion_logps(policy, batch, prefix="ptx_", remat=remat)
+            ptx_logps, ptx_mask = completion_logps(policy, batch, prefix="ptx_", remat=remat,
+                                                   chunk_size=algo.chunk_size)
             ptx, _ = nll_loss(ptx_logps, ptx_mask)
             loss = loss + algo.ptx_coef * ptx
             metrics["ptx_loss"] = ptx

@@ -247,7 +247,7 @@ class TextRaft:
 def make_loss(graphdef, algo: Config, remat: bool = False):
     """The fine-tuning loss: SFT NLL on the kept rows' completion tokens only (prompt tokens,
     padding and rows that were not kept carry none; each row is one sample)."""
-    return sft.make_loss(graphdef, sft.Config(aggregation=algo.aggregation), remat)
+    return sft.make_loss(graphdef, sft.Config(aggregation=algo.aggregation, chunk_size=algo.chunk_size), remat)
 
 
 def spec(cfg: RunConfig) -> online.OnlineSpec:

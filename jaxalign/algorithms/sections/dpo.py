@@ -7,6 +7,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from jaxalign.errors import JaxalignError
+from jaxalign.algorithms.sections import check_chunk_size
 from jaxalign.losses.names import DPO_LOSS_TYPES as LOSS_TYPES
 from jaxalign.losses.names import dpo_loss_types
 
@@ -101,8 +102,7 @@ class Config(LossConfig):
             raise JaxalignError(f"config key 'dpo.discopop_tau': must be > 0, got {self.discopop_tau}")
         if self.rpo_alpha is not None and self.rpo_alpha < 0:
             raise JaxalignError(f"config key 'dpo.rpo_alpha': must be >= 0, got {self.rpo_alpha}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise JaxalignError(f"config key 'dpo.chunk_size': must be >= 1, got {self.chunk_size}")
+        check_chunk_size("dpo", self.chunk_size)
         if cfg.data.packing and {"aot", "aot_pair"} & set(self.loss_types()):
             raise JaxalignError("config key 'dpo.loss_type': aot and aot_pair sort over the whole batch, "
                                 "which packed batches (data.packing) do not keep fixed; set data.packing=false")

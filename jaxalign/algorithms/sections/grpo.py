@@ -7,6 +7,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from jaxalign.errors import JaxalignError
+from jaxalign.algorithms.sections import check_chunk_size
 from jaxalign.losses import names as pg
 from jaxalign.algorithms.sections.sampling import SamplingConfig
 from jaxalign.rewards import RewardConfig, validate_reward
@@ -68,6 +69,9 @@ class Config:
     dynamic_sampling / max_refills: DAPO's dynamic sampling: drop the groups whose rewards are
       all equal and refill with more prompts, at most ``max_refills`` extra samplings per step.
     overlong: DAPO's overlong reward shaping (see ``OverlongConfig``); None: off.
+    chunk_size: run the LM head only on completion tokens, this many positions per row at a
+      time (policy and reference forwards; the entropy metric from the same chunks); null: the
+      full head at once.
     sampling / reward: see ``SamplingConfig`` and ``RewardConfig``.
     """
 
@@ -83,6 +87,7 @@ class Config:
     dynamic_sampling: bool = False
     max_refills: int = 4
     overlong: OverlongConfig | None = None
+    chunk_size: int | None = None
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
 
@@ -106,6 +111,7 @@ class Config:
         return pg.canonical_aggregation(self.aggregation)
 
     def validate(self, cfg: RunConfig) -> None:
+        check_chunk_size("grpo", self.chunk_size)
         if self.advantage not in ADVANTAGES:
             raise JaxalignError(f"config key 'grpo.advantage': {self.advantage!r} is not one of {ADVANTAGES}")
         if self.num_generations < 2:

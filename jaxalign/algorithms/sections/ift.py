@@ -7,6 +7,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from jaxalign.errors import JaxalignError
+from jaxalign.algorithms.sections import check_chunk_size
 
 if TYPE_CHECKING:
     from jaxalign.config import RunConfig
@@ -58,5 +59,4 @@ class Config:
             raise JaxalignError(f"config key 'ift.lam_noise': must be >= 0, got {self.lam_noise}")
         if self.lam_warmup_steps is not None and self.lam_warmup_steps <= 0:
             raise JaxalignError(f"config key 'ift.lam_warmup_steps': must be > 0, got {self.lam_warmup_steps}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise JaxalignError(f"config key 'ift.chunk_size': must be >= 1, got {self.chunk_size}")
+        check_chunk_size("ift", self.chunk_size)

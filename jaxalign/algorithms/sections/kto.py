@@ -7,6 +7,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from jaxalign.errors import JaxalignError
+from jaxalign.algorithms.sections import check_chunk_size
 from jaxalign.losses.names import KTO_LOSS_TYPES as LOSS_TYPES
 
 if TYPE_CHECKING:
@@ -48,8 +49,7 @@ class Config:
         for key in ("desirable_weight", "undesirable_weight"):
             if getattr(self, key) <= 0:
                 raise JaxalignError(f"config key 'kto.{key}': must be > 0, got {getattr(self, key)}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise JaxalignError(f"config key 'kto.chunk_size': must be >= 1, got {self.chunk_size}")
+        check_chunk_size("kto", self.chunk_size)
         mb = cfg.train.micro_batch_size or cfg.train.batch_size
         if self.loss_type == "kto" and mb < 2:
             key = "train.micro_batch_size" if cfg.train.micro_batch_size else "train.batch_size"

@@ -7,6 +7,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from jaxalign.errors import JaxalignError
+from jaxalign.algorithms.sections import check_chunk_size
 from jaxalign.losses.names import dpo_loss_types
 from jaxalign.algorithms.sections import dpo
 from jaxalign.algorithms.sections.sampling import SamplingConfig
@@ -32,18 +33,23 @@ class Config(dpo.LossConfig):
     ``label_smoothing`` as in the ``dpo:`` section: ``sigmoid`` = DPO, ``ipo``, ``hinge``, ...,
     or a weighted list), and:
 
+    chunk_size: run the LM head only on completion tokens, this many positions per row at a
+      time (policy and reference forwards); null: the full head at once.
     sampling: how the two completions are drawn (temperature 0.9 by default).
     reward: how they are scored (``missing_eos_penalty``: subtracted when a completion has no EOS).
     """
 
+    chunk_size: int | None = None
     sampling: OnlineDPOSampling = dataclasses.field(default_factory=OnlineDPOSampling)
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
 
     def dpo_config(self) -> dpo.Config:
         """The equivalent offline ``dpo:`` section (reference: the policy's starting copy)."""
-        return dpo.Config(**{f.name: getattr(self, f.name) for f in dataclasses.fields(dpo.LossConfig)})
+        return dpo.Config(**{f.name: getattr(self, f.name) for f in dataclasses.fields(dpo.LossConfig)},
+                          chunk_size=self.chunk_size)
 
     def validate(self, cfg: RunConfig) -> None:
+        check_chunk_size("online_dpo", self.chunk_size)
         self.validate_loss(SECTION)
         types = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
         if set(dpo_loss_types(types)) <= set(dpo.REFERENCE_FREE_TYPES):

@@ -7,6 +7,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from jaxalign.errors import JaxalignError
+from jaxalign.algorithms.sections import check_chunk_size
 from jaxalign.losses.names import KL_ESTIMATORS
 from jaxalign.algorithms.sections.sampling import SamplingConfig
 from jaxalign.rewards import RewardConfig, reward_model_path, validate_reward
@@ -64,6 +65,8 @@ class Config:
     ptx_data: an SFT dataset (PPO-ptx: ``ptx_coef ×`` its LM loss joins every update; as many
       rows per iteration as rollouts). Null: off.
     ptx_coef: the weight of the PPO-ptx LM loss (with ptx_data).
+    chunk_size: run the LM head only on completion tokens, this many positions per row at a
+      time (policy, reference and PPO-ptx forwards); null: the full head at once.
     sampling / reward: see ``SamplingConfig`` and ``RewardConfig``.
     """
 
@@ -91,6 +94,7 @@ class Config:
     grad_clip_scope: str = "joint"
     ptx_coef: float = 1.0
     ptx_data: str | None = None
+    chunk_size: int | None = None
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
 
@@ -101,6 +105,7 @@ class Config:
                 setattr(self, k, v)
 
     def validate(self, cfg: RunConfig) -> None:
+        check_chunk_size("ppo", self.chunk_size)
         if self.preset not in PRESETS:
             raise JaxalignError(f"config key 'ppo.preset': {self.preset!r} is not one of {PRESETS}")
         self.resolve()

@@ -8,6 +8,7 @@ import re
 from typing import TYPE_CHECKING
 
 from jaxalign.errors import JaxalignError
+from jaxalign.algorithms.sections import check_chunk_size
 from jaxalign.losses.names import num_top
 from jaxalign.algorithms.sections import sft
 from jaxalign.algorithms.sections.sampling import SamplingConfig
@@ -63,6 +64,8 @@ class Config:
       (LMFlow: 4 epochs at per-device batch 1 over the kept set): 2 epochs over small minibatches,
       ``num_minibatches: null`` = as many as divide the kept samples, up to 4.
     aggregation: the SFT loss's ``token_mean`` or ``sequence_mean``.
+    chunk_size: run the LM head only on completion tokens, this many positions per row at a
+      time (the fine-tuning loss); null: the full head at once.
     sampling / reward: see :class:`SamplingConfig` and :class:`RewardConfig`.
     """
 
@@ -74,6 +77,7 @@ class Config:
     num_minibatches: int | None = None
     epochs: int = 2
     aggregation: str = "token_mean"
+    chunk_size: int | None = None
     sampling: RaftSampling = dataclasses.field(default_factory=RaftSampling)
     reward: RewardConfig = dataclasses.field(default_factory=RewardConfig)
 
@@ -81,6 +85,7 @@ class Config:
         return Selection(self.ranking, self.alpha)
 
     def validate(self, cfg: RunConfig) -> None:
+        check_chunk_size("raft", self.chunk_size)
         if self.ranking not in RANKINGS:
             raise JaxalignError(f"config key 'raft.ranking': {self.ranking!r} is not one of {RANKINGS}")
         if not 0.0 < self.alpha <= 1.0:

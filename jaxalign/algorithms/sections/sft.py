@@ -7,6 +7,7 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 from jaxalign.errors import JaxalignError
+from jaxalign.algorithms.sections import check_chunk_size
 
 if TYPE_CHECKING:
     from jaxalign.config import RunConfig
@@ -42,5 +43,4 @@ class Config:
             raise JaxalignError(f"config key 'sft.aggregation': {self.aggregation!r} is not one of {AGGREGATIONS}")
         if self.neftune_alpha is not None and self.neftune_alpha < 0:
             raise JaxalignError(f"config key 'sft.neftune_alpha': must be >= 0, got {self.neftune_alpha}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise JaxalignError(f"config key 'sft.chunk_size': must be >= 1, got {self.chunk_size}")
+        check_chunk_size("sft", self.chunk_size)
