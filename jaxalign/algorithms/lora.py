@@ -64,7 +64,7 @@ def adapt(cfg, model, mesh):
             spec = dataclasses.replace(spec, rank=int(pc["r"]), alpha=float(pc["lora_alpha"]),
                                        targets=list(pc["target_modules"]))
             _placed(add_lora(model, spec, seed=cfg.seed), mesh)
-            load_peft(model, spec.adapter)
+            load_peft(model, spec.adapter, skip_head=cfg.algorithm == "rm")  # rm: its head, once built
         except JaxalignError as e:
             raise JaxalignError(f"config key 'model.lora.adapter': {e}") from None
         return model

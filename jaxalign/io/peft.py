@@ -2,7 +2,13 @@
 tensors named as ``peft.PeftModel`` saves them for a causal LM
 (``base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight``, ``[r, in]``; ``lora_B``
 ``[out, r]``), so ``PeftModel.from_pretrained(base, dir)`` loads what jaxalign trained and
-jaxalign starts from an adapter PEFT trained (``model.lora.adapter``)."""
+jaxalign starts from an adapter PEFT trained (``model.lora.adapter``).
+
+A reward model (:class:`~jaxalign.models.heads.ScalarHeadModel`) is saved as PEFT saves a
+``SEQ_CLS`` adapter: the same LoRA tensors (``*ForSequenceClassification`` keeps the decoder
+under ``model.``) plus its full-rank head as a module to save, ``base_model.model.score.weight``
+``[1, hidden]``, which PEFT puts over the base's fresh head when it loads the adapter onto
+``AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)``."""
 
 from __future__ import annotations
 
@@ -19,6 +25,12 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 _PREFIX = "base_model.model.model.layers"
 _KIND = {"lora_a": "lora_A", "lora_b": "lora_B"}
+_HEAD = "base_model.model.score.weight"
+
+
+def _score_head(model):
+    """The reward model's head ``Linear`` (``score``), or None for a causal LM."""
+    return model.score if hasattr(model, "score") and hasattr(model, "backbone") else None
 
 
 def _adapter_layers(model):
@@ -28,8 +40,9 @@ def _adapter_layers(model):
 
 
 def save_peft(model, out_dir, *, base_model: str | None = None) -> Path:
-    """Write the adapters of ``model`` (a :class:`~jaxalign.models.llama.CausalLM` with adapters)
-    as a PEFT LoRA adapter directory; returns it."""
+    """Write the adapters of ``model`` (a :class:`~jaxalign.models.llama.CausalLM` with adapters,
+    or a reward model: its head too, see the module docstring) as a PEFT LoRA adapter
+    directory; returns it."""
     from safetensors.numpy import save_file
 
     layers = _adapter_layers(model)
@@ -43,12 +56,17 @@ def save_peft(model, out_dir, *, base_model: str | None = None) -> Path:
             arr = np.asarray(jax.device_get(getattr(lin, attr)[...]))
             for i in range(arr.shape[0]):
                 tensors[f"{_PREFIX}.{i}.{name}.{kind}.weight"] = np.ascontiguousarray(arr[i])
+    head = _score_head(model)
+    if head is not None:
+        tensors[_HEAD] = np.ascontiguousarray(np.asarray(jax.device_get(head.weight[...])))
     rank = layers[0][1].lora_a.shape[1]
     config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+        "peft_type": "LORA", "task_type": "CAUSAL_LM" if head is None else "SEQ_CLS",
+        "base_model_name_or_path": base_model,
         "r": int(rank), "lora_alpha": float(layers[0][1].lora_scale * rank), "lora_dropout": 0.0,
         "target_modules": sorted({name.split(".")[-1] for name, _ in layers}), "bias": "none",
-        "fan_in_fan_out": False, "use_rslora": False, "modules_to_save": None, "init_lora_weights": True,
+        "fan_in_fan_out": False, "use_rslora": False, "modules_to_save": None if head is None else ["score"],
+        "init_lora_weights": True,
     }
     save_file(tensors, str(out_dir / WEIGHTS_NAME), metadata={"format": "pt"})
     (out_dir / CONFIG_NAME).write_text(json.dumps(config, indent=2))
@@ -76,9 +94,12 @@ def read_peft_config(path) -> dict:
     return cfg
 
 
-def load_peft(model, path) -> None:
+def load_peft(model, path, *, skip_head: bool = False) -> None:
     """Set the adapters of ``model`` (built with the adapter's rank and targets, see
-    :func:`jaxalign.models.lora.add_lora`) from the PEFT adapter directory ``path``, in place."""
+    :func:`jaxalign.models.lora.add_lora`) from the PEFT adapter directory ``path``, in place;
+    a reward model's head too when the adapter holds one (a ``SEQ_CLS`` adapter). ``skip_head``:
+    leave that head to :func:`load_peft_head` (the reward model is built around ``model``
+    afterwards); without it, a head tensor and a model without a head is an error."""
     from safetensors.numpy import load_file
 
     weights = Path(path) / WEIGHTS_NAME
@@ -103,7 +124,36 @@ def load_peft(model, path) -> None:
             value = jnp.asarray(np.stack(rows), var[...].dtype)
             sharding = getattr(var[...], "sharding", None)
             var[...] = value if sharding is None else jax.device_put(value, sharding)
+    if _HEAD in tensors and skip_head:
+        used.add(_HEAD)  # the caller puts it on the reward model's head (load_peft_head)
+    elif _HEAD in tensors and _score_head(model) is not None:
+        _set_head(model, tensors[_HEAD], weights)
+        used.add(_HEAD)
     extra = sorted(set(tensors) - used)
     if extra:
         raise JaxalignError(f"{weights}: {len(extra)} tensors this model has no adapter for, e.g. {extra[0]!r} "
                             "(adapters on other modules are not supported)")
+
+
+def _set_head(model, value, where) -> None:
+    head = _score_head(model)
+    want = tuple(head.weight.shape)
+    if value.shape != want:
+        raise JaxalignError(f"{where}: tensor {_HEAD!r} has shape {value.shape}, the reward model's head "
+                            f"expects {want}")
+    arr = jnp.asarray(value, head.weight[...].dtype)
+    sharding = getattr(head.weight[...], "sharding", None)
+    head.weight[...] = arr if sharding is None else jax.device_put(arr, sharding)
+
+
+def load_peft_head(model, path) -> bool:
+    """Set the reward model ``model``'s head from the PEFT adapter directory ``path`` (a
+    ``SEQ_CLS`` adapter's ``score`` module to save), in place; False if the adapter has none."""
+    from safetensors.numpy import load_file
+
+    weights = Path(path) / WEIGHTS_NAME
+    tensors = {k.replace(".default.", "."): v for k, v in load_file(str(weights)).items()}
+    if _HEAD not in tensors:
+        return False
+    _set_head(model, tensors[_HEAD], weights)
+    return True

@@ -78,3 +78,52 @@ def test_bad_adapter_directories_name_the_problem(tmp_path):
     narrower = lora.add_lora(init_model(CFG, seed=0), LoraSpec(rank=2, targets=["q_proj"]), seed=1)
     with pytest.raises(JaxalignError, match="has shape"):
         load_peft(narrower, tmp_path)
+
+
+def _trained_rm():
+    """A reward model with nonzero adapters and a trained (random) head."""
+    from jaxalign.models.heads import scalar_head_from_lm
+
+    return scalar_head_from_lm(_trained(["q_proj", "v_proj", "up_proj"]), seed=5)
+
+
+def test_peft_loads_a_reward_model_adapter_and_its_head(tmp_path):
+    """A reward model's adapter (``SEQ_CLS``: LoRA tensors + the ``score`` head as a module to
+    save) loaded by PEFT onto ``AutoModelForSequenceClassification`` of the base gives
+    jaxalign's scores; without the head's tensor the scores would be the base's fresh head's."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    rm = _trained_rm()
+    save_model(init_model(CFG, seed=0), tmp_path / "base")
+    save_peft(rm, tmp_path / "adapter")
+    cfg = read_peft_config(tmp_path / "adapter")
+    assert cfg["task_type"] == "SEQ_CLS" and cfg["modules_to_save"] == ["score"]
+    base = transformers.AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "base", num_labels=1, pad_token_id=96, attn_implementation="eager", dtype=torch.float32)
+    tuned = peft.PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        got = tuned(input_ids=torch.tensor(IDS)).logits[:, 0].numpy()
+    want = np.asarray(rm(IDS, np.ones_like(IDS)))
+    assert np.abs(want).max() > 1e-2
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_reward_model_adapter_loads_back_with_its_head(tmp_path):
+    """jaxalign reads its own reward-model adapter back (adapters, then the head once the reward
+    model is built around the LM, as ``rm`` does); an LM cannot take the head silently."""
+    from jaxalign.io.peft import load_peft_head
+    from jaxalign.models.heads import scalar_head_from_lm
+
+    rm = _trained_rm()
+    save_peft(rm, tmp_path)
+    lm = lora.add_lora(init_model(CFG, seed=0), LoraSpec(rank=4, alpha=8, targets=["q_proj", "v_proj", "up_proj"]),
+                       seed=9)
+    with pytest.raises(JaxalignError, match="score.weight"):
+        load_peft(lm, tmp_path)
+    load_peft(lm, tmp_path, skip_head=True)
+    fresh = scalar_head_from_lm(lm, seed=11)
+    mask = np.ones_like(IDS)
+    assert np.abs(np.asarray(fresh(IDS, mask)) - np.asarray(rm(IDS, mask))).max() > 1e-3
+    assert load_peft_head(fresh, tmp_path)
+    np.testing.assert_array_equal(np.asarray(fresh(IDS, mask)), np.asarray(rm(IDS, mask)))
