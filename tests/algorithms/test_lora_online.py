@@ -226,6 +226,32 @@ def test_rm_trains_the_adapters_and_the_head_only():
     np.testing.assert_allclose(np.asarray(lora.merged_model(model)(ids)), np.asarray(model(ids)), atol=1e-5)
 
 
+def test_rm_exports_a_peft_adapter_that_starts_an_rm_run(tmp_path):
+    """A LoRA reward model's export holds ``adapter/`` (SEQ_CLS, head included), and an ``rm``
+    run with ``model.lora.adapter`` on it starts from the trained adapters and head: its
+    scores equal the trained model's; a fresh run's differ."""
+    from jaxalign.algorithms import rm
+
+    cfg = tiny_cfg("rm", *FAST, *SMALLEST_MODEL, *LORA, *CONSTANT, "train.batch_size=4")
+    job = algorithms.build_job(cfg)
+    start = jax.tree.map(np.array, jax.device_get(job.params))
+    state = init_state(job, cfg.seed)
+    state, _ = compile_step(job, state)(state, global_batch(next(job.train_batches), job.mesh), job.frozen)
+    tok = common.tokenizer_from(cfg)
+    graphdef = nnx.graphdef(rm.build_model(cfg, common.mesh_from(cfg), tok))
+    rm.rm_exporter(graphdef, tok)(lora.join_params(job.frozen[0], state.params), tmp_path / "final")
+    trained = nnx.merge(graphdef, lora.join_params(job.frozen[0], state.params))
+    ids = np.arange(40).reshape(2, 20) % 200 + 3
+    again = tiny_cfg("rm", *FAST, *SMALLEST_MODEL, *CONSTANT, "train.batch_size=4",
+                     f"model.lora.adapter={tmp_path / 'final' / 'adapter'}")
+    started = algorithms.build_job(again)
+    model = nnx.merge(nnx.graphdef(rm.build_model(again, common.mesh_from(again), tok)),
+                      lora.join_params(started.frozen[0], started.params))
+    fresh = nnx.merge(graphdef, lora.join_params(job.frozen[0], start))
+    assert np.abs(np.asarray(fresh(ids)) - np.asarray(trained(ids))).max() > 1e-4
+    np.testing.assert_allclose(np.asarray(model(ids)), np.asarray(trained(ids)), atol=1e-6)
+
+
 @pytest.mark.parametrize("algorithm,over", [
     ("ppo", ["ppo.sampling.max_new_tokens=8", "ppo.critic_warmup_steps=0", "ppo.num_generations=2",
              "ppo.minibatch_size=4"]),
