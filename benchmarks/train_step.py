@@ -242,14 +242,17 @@ def main():
     ap.add_argument("--no-torch", dest="torch", action="store_false")
     ap.add_argument("--chunk-size", type=int, default=None,
                     help="<alg>.chunk_size: the LM head only on completion tokens, in chunks")
+    ap.add_argument("--remat", choices=["config", "on", "off"], default="config",
+                    help="jaxalign's model.remat: the config's value, or on/off")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_step.json"))
     ap.add_argument("--child", choices=["jaxalign", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--alg", help=argparse.SUPPRESS)
     ap.set_defaults(torch=False)
     args = ap.parse_args()
     if args.child == "jaxalign":
+        remat = None if args.remat == "config" else args.remat == "on"
         return emit_result(run_jaxalign(args.alg, args.batch, args.seq, args.steps, args.dtype, args.random,
-                                        chunk_size=args.chunk_size))
+                                        remat=remat, chunk_size=args.chunk_size))
     if args.child == "torch":
         return emit_result(run_torch(args.alg, args.batch, args.seq, args.steps))
 
@@ -261,6 +264,7 @@ def main():
             cmd += ["--random"] if args.random else []
             cmd += ["--dtype", args.dtype] if args.dtype else []
             cmd += ["--chunk-size", str(args.chunk_size)] if args.chunk_size and impl == "jaxalign" else []
+            cmd += ["--remat", args.remat] if impl == "jaxalign" else []
             res = run_child(cmd, f"{impl} {alg}")
             res.update(implementation=impl, algorithm=alg, batch=args.batch, seq=args.seq)
             # Tokens a step processes: every token of every sequence (DPO: chosen and rejected).
