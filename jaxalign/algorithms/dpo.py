@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign import parallel as shd
-from jaxalign.algorithms import common, lora
+from jaxalign.algorithms import common, data_setup, lora
 from jaxalign.algorithms.sft import completion_logps
 from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
@@ -165,7 +165,7 @@ def build_job(cfg: RunConfig) -> Job:
     algo: Config = cfg.algo
     mesh = common.mesh_from(cfg)
     tok = common.tokenizer_from(cfg)
-    train, ev = common.datasets_from(cfg, tok, ("preference",))
+    train, ev = data_setup.datasets_from(cfg, tok, ("preference",))
     mode = algo.reference_mode()
     model = ref_graphdef = frozen = ref_vocab = None
     if mode == "precomputed":
@@ -200,13 +200,13 @@ def build_job(cfg: RunConfig) -> Job:
             del ref
         else:
             ref_graphdef, frozen = lora.reference(graphdef, params)  # LoRA: the base, no copy
-    batches, eval_batches = common.batch_iterators(cfg, train, ev, tok.pad_token_id)
+    batches, eval_batches = data_setup.batch_iterators(cfg, train, ev, tok.pad_token_id)
     total = common.num_steps(cfg, len(train), batches)
     tx, schedule = make_optimizer(cfg.optim, total)
     loss_fn = make_loss(graphdef, algo, ref_graphdef, cfg.model.remat)
     return Job(params=params, loss_fn=loss_fn, eval_loss_fn=make_loss(graphdef, algo, ref_graphdef),
                tx=tx, schedule=schedule, total_steps=total, train_batches=batches,
                eval_batches=eval_batches, mesh=mesh, frozen=frozen, extras=initial_extras(algo),
-               count_tokens=common.real_tokens, export=common.lm_exporter(graphdef, tok, cfg.model.path),
+               count_tokens=data_setup.real_tokens, export=common.lm_exporter(graphdef, tok, cfg.model.path),
                n_micro=common.micro_batches(cfg))
 

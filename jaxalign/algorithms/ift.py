@@ -14,7 +14,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from jaxalign.algorithms import common
+from jaxalign.algorithms import common, data_setup
 from jaxalign.algorithms.sft import completion_logps, loss_weight
 from jaxalign.config import RunConfig
 from jaxalign.losses import ift_loss, ift_predicted_ids
@@ -100,8 +100,8 @@ def build_job(cfg: RunConfig) -> Job:
     """Tokenizer, data, model and optimizer for an IFT run."""
     mesh = common.mesh_from(cfg)
     tok = common.tokenizer_from(cfg)
-    train, ev = common.datasets_from(cfg, tok, ("sft",))
-    batches, eval_batches = common.batch_iterators(cfg, train, ev, tok.pad_token_id)
+    train, ev = data_setup.datasets_from(cfg, tok, ("sft",))
+    batches, eval_batches = data_setup.batch_iterators(cfg, train, ev, tok.pad_token_id)
     model = common.model_from(cfg, mesh, tok)
     graphdef, params = nnx.split(model)
     total = common.num_steps(cfg, len(train))
@@ -113,5 +113,5 @@ def build_job(cfg: RunConfig) -> Job:
                eval_loss_fn=make_loss(graphdef, cfg.algo, warmup, train=False),
                extras=initial_extras(), tx=tx, schedule=schedule,
                total_steps=total, train_batches=batches, eval_batches=eval_batches, mesh=mesh,
-               count_tokens=common.real_tokens, export=common.lm_exporter(graphdef, tok, cfg.model.path),
+               count_tokens=data_setup.real_tokens, export=common.lm_exporter(graphdef, tok, cfg.model.path),
                n_micro=n_micro)

@@ -26,7 +26,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from jaxalign.algorithms import common, dpo, lora
+from jaxalign.algorithms import common, data_setup, dpo, lora
 from jaxalign.algorithms.sft import completion_logps
 from jaxalign.config import RunConfig
 from jaxalign.losses import kto_loss, sequence_logprobs
@@ -119,7 +119,7 @@ def build_job(cfg: RunConfig) -> Job:
     algo: Config = cfg.algo
     mesh = common.mesh_from(cfg)
     tok = common.tokenizer_from(cfg)
-    train, ev = common.datasets_from(cfg, tok, ("unpaired", "preference"), convert=as_unpaired)
+    train, ev = data_setup.datasets_from(cfg, tok, ("unpaired", "preference"), convert=as_unpaired)
     _balance(cfg, train)
     model = common.model_from(cfg, mesh, tok)
     vocab = model.config.vocab_size
@@ -132,11 +132,11 @@ def build_job(cfg: RunConfig) -> Job:
         del ref
     else:
         ref_graphdef, frozen = lora.reference(graphdef, params)  # LoRA: the base, no copy
-    batches, eval_batches = common.batch_iterators(cfg, train, ev, tok.pad_token_id)
+    batches, eval_batches = data_setup.batch_iterators(cfg, train, ev, tok.pad_token_id)
     total = common.num_steps(cfg, len(train))
     tx, schedule = make_optimizer(cfg.optim, total)
     return Job(params=params, loss_fn=make_loss(graphdef, algo, ref_graphdef, cfg.model.remat),
                eval_loss_fn=make_loss(graphdef, algo, ref_graphdef), tx=tx, schedule=schedule,
                total_steps=total, train_batches=batches, eval_batches=eval_batches, mesh=mesh,
-               frozen=frozen, extras={}, count_tokens=common.real_tokens,
+               frozen=frozen, extras={}, count_tokens=data_setup.real_tokens,
                export=common.lm_exporter(graphdef, tok, cfg.model.path), n_micro=common.micro_batches(cfg))

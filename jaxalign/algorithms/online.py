@@ -16,7 +16,7 @@ import flax.nnx as nnx
 import jax
 import numpy as np
 
-from jaxalign.algorithms import common
+from jaxalign.algorithms import common, data_setup
 from jaxalign.algorithms.experience import ExperienceMaker, SamplingConfig, reward_from
 from jaxalign.algorithms.registry import section_of
 from jaxalign.config import RunConfig
@@ -136,8 +136,8 @@ def setup(cfg: RunConfig, *, num_samples: int, sampling: SamplingConfig, reward:
 
     mesh = common.mesh_from(cfg)
     tok = common.tokenizer_from(cfg)
-    train, ev = common.datasets_from(cfg, tok, ("prompt",))
-    prompts, _ = common.batch_iterators(cfg, train, [], tok.pad_token_id)
+    train, ev = data_setup.datasets_from(cfg, tok, ("prompt",))
+    prompts, _ = data_setup.batch_iterators(cfg, train, [], tok.pad_token_id)
     model = common.model_from(cfg, mesh, tok)
     context = model.config.max_position_embeddings
     if cfg.data.max_prompt_length + sampling.max_new_tokens > context:
@@ -311,7 +311,7 @@ def job(cfg: RunConfig, spec: OnlineSpec) -> Job:
     export = common.lm_exporter(s.graphdef, s.tokenizer, cfg.model.path)
     return Job(params=params, loss_fn=loss_fn, tx=tx, schedule=schedule, total_steps=total,
                train_batches=batches, mesh=s.mesh, frozen=frozen, extras=spec.extras,
-               count_tokens=common.real_tokens, export=lambda p, d: export(spec.policy(full(p)), d),
+               count_tokens=data_setup.real_tokens, export=lambda p, d: export(spec.policy(full(p)), d),
                n_micro=n_micro, experience=experience, step_fn=step_fn, samples=samples,
                evaluate=(lambda p: evaluate(spec.policy(full(p)))) if evaluate is not None else None,
                lora=lora_info)

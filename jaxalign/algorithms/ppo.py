@@ -20,7 +20,7 @@ from __future__ import annotations
 import flax.nnx as nnx
 import jax.numpy as jnp
 
-from jaxalign.algorithms import common, online
+from jaxalign.algorithms import common, data_setup, online
 from jaxalign.algorithms import ppo_experience as px
 from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
@@ -159,7 +159,7 @@ class _WithPtx:
 def _ptx_batches(cfg: RunConfig, tok, rows: int):
     from jaxalign.data import BatchIterator, batch_kind
 
-    examples = common._load(cfg, tok, cfg.algo.ptx_data, "ppo.ptx_data")
+    examples = data_setup._load(cfg, tok, cfg.algo.ptx_data, "ppo.ptx_data")
     if batch_kind(examples[0]) != "sft":
         raise JaxalignError(f"config key 'ppo.ptx_data': {cfg.algo.ptx_data} holds {batch_kind(examples[0])!r} "
                             "data; PPO-ptx needs SFT data (prompt, completion)")

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign import parallel as shd
-from jaxalign.algorithms import common
+from jaxalign.algorithms import common, data_setup
 from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
 from jaxalign.algorithms.logps import completion_token_logps
@@ -265,7 +265,7 @@ def build_job(cfg: RunConfig) -> Job:
     algo: Config = cfg.algo
     mesh = common.mesh_from(cfg)
     tok = common.tokenizer_from(cfg)
-    train, ev = common.datasets_from(cfg, tok, ("preference", "ranked"))
+    train, ev = data_setup.datasets_from(cfg, tok, ("preference", "ranked"))
     from jaxalign.data import batch_kind
     from jaxalign.data.sources import describe
 
@@ -276,7 +276,7 @@ def build_job(cfg: RunConfig) -> Job:
     if algo.loss != "pairwise" and kind == "preference":
         common.say(cfg, f"rm: {algo.loss} loss on preference data: each pair is a ranking of K=2"
                         + ("; the data's margins are not used" if any("margin" in e for e in train) else ""))
-    batches, eval_batches = common.batch_iterators(cfg, train, ev, tok.pad_token_id)
+    batches, eval_batches = data_setup.batch_iterators(cfg, train, ev, tok.pad_token_id)
     model = build_model(cfg, mesh, tok)
     graphdef, params = nnx.split(model)
     del model
@@ -285,5 +285,5 @@ def build_job(cfg: RunConfig) -> Job:
     return Job(params=params, loss_fn=make_loss(graphdef, algo, cfg.model.remat),
                eval_loss_fn=make_loss(graphdef, algo), tx=tx, schedule=schedule, total_steps=total,
                train_batches=batches, eval_batches=eval_batches, mesh=mesh,
-               count_tokens=common.real_tokens, export=rm_exporter(graphdef, tok, cfg),
+               count_tokens=data_setup.real_tokens, export=rm_exporter(graphdef, tok, cfg),
                n_micro=common.micro_batches(cfg))

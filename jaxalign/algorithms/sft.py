@@ -10,7 +10,7 @@ import dataclasses
 import flax.nnx as nnx
 import jax.numpy as jnp
 
-from jaxalign.algorithms import common
+from jaxalign.algorithms import common, data_setup
 from jaxalign.algorithms.logps import completion_token_logps
 from jaxalign.config import RunConfig
 from jaxalign.losses import neftune_noise, nll_loss
@@ -98,8 +98,8 @@ def build_job(cfg: RunConfig) -> Job:
     n_micro = common.micro_batches(cfg)  # config errors first, before any slow work
     mesh = common.mesh_from(cfg)
     tok = common.tokenizer_from(cfg)
-    train, ev = common.datasets_from(cfg, tok, ("sft",))
-    batches, eval_batches = common.batch_iterators(cfg, train, ev, tok.pad_token_id)
+    train, ev = data_setup.datasets_from(cfg, tok, ("sft",))
+    batches, eval_batches = data_setup.batch_iterators(cfg, train, ev, tok.pad_token_id)
     total = common.num_steps(cfg, len(train), batches)
     model = common.model_from(cfg, mesh, tok)
     graphdef, params = nnx.split(model)
@@ -107,5 +107,5 @@ def build_job(cfg: RunConfig) -> Job:
     return Job(params=params, loss_fn=make_loss(graphdef, cfg.algo, cfg.model.remat),
                eval_loss_fn=make_eval_loss(graphdef, cfg.algo), tx=tx, schedule=schedule,
                total_steps=total, train_batches=batches, eval_batches=eval_batches, mesh=mesh,
-               count_tokens=common.real_tokens, export=common.lm_exporter(graphdef, tok, cfg.model.path),
+               count_tokens=data_setup.real_tokens, export=common.lm_exporter(graphdef, tok, cfg.model.path),
                n_micro=n_micro)

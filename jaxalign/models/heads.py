@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign.models.config import ModelConfig
-from jaxalign.models.llama import CausalLM, Linear
+from jaxalign.models.llama import CausalLM
+from jaxalign.models.modules import Linear
 
 
 def last_token_index(attention_mask: jax.Array) -> jax.Array:

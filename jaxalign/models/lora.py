@@ -19,7 +19,8 @@ import jax.numpy as jnp
 
 from jaxalign.errors import JaxalignError
 from jaxalign.models.families import LORA_TARGETS
-from jaxalign.models.llama import CausalLM, Linear
+from jaxalign.models.llama import CausalLM
+from jaxalign.models.modules import Linear
 from jaxalign.models.quant import QTYPES, check_shape, quantize
 
 INITS = ("default", "gaussian")

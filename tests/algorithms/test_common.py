@@ -54,11 +54,12 @@ def _expected(max_length, max_prompt_length, drop):
 def _load(capsys, *overrides):
     """The warning lines on stderr while loading the data of the tiny SFT config + ``overrides``."""
     from jaxalign.algorithms import common
+    from jaxalign.algorithms import data_setup
 
     cfg = tiny_cfg("sft", *overrides)
     tok = common.tokenizer_from(cfg)
     capsys.readouterr()
-    common.datasets_from(cfg, tok, ("sft",))
+    data_setup.datasets_from(cfg, tok, ("sft",))
     return [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from jaxalign.algorithms import common, dpo
+from jaxalign.algorithms import data_setup
 from jaxalign.config import load_config
 from jaxalign.data import collate
 from jaxalign.errors import JaxalignError
@@ -427,7 +428,7 @@ def test_cli_tiny_config_learns_the_preferences(tmp_path, capsys):
 
     cfg = load_config(tmp_path / "config.yaml", algorithm="dpo")
     tok = common.tokenizer_from(cfg)
-    train, _ = common.datasets_from(cfg, tok, ("preference",))
+    train, _ = data_setup.datasets_from(cfg, tok, ("preference",))
     start = common.model_from(cfg, common.mesh_from(cfg), tok)
     final = load_model(tmp_path / "final")
     seqs = [(e[f"{s}_ids"], e[f"{s}_mask"]) for e in train for s in ("chosen", "rejected")]

@@ -97,6 +97,7 @@ def test_packed_run_resumed_inside_an_epoch_is_bit_exact(tmp_path, monkeypatch):
     import shutil
 
     from jaxalign.algorithms import common
+    from jaxalign.algorithms import data_setup
     from tests.algorithms.conftest import tiny_cfg
 
     args = [*SMALL_MODEL, "train.steps=6", "train.save_every=3", "train.log_every=1", "train.eval_every=0",
@@ -104,8 +105,8 @@ def test_packed_run_resumed_inside_an_epoch_is_bit_exact(tmp_path, monkeypatch):
             "optim.warmup_steps=0"]
     cfg = tiny_cfg("sft", *args)
     tok = common.tokenizer_from(cfg)
-    train, _ = common.datasets_from(cfg, tok, ("sft",))
-    it, _ = common.batch_iterators(cfg, train, [], tok.pad_token_id)
+    train, _ = data_setup.datasets_from(cfg, tok, ("sft",))
+    it, _ = data_setup.batch_iterators(cfg, train, [], tok.pad_token_id)
     assert it.batches_per_epoch > 6  # step 3 is inside the first packed epoch
     assert run_cli("sft", tmp_path / "ref", *args) == 0
     assert run_cli("sft", tmp_path / "run", *args) == 0

@@ -296,14 +296,14 @@ def test_one_iteration_updates_moments_once_and_warmup_freezes_the_policy():
 
 
 def test_ptx_batches_resume_with_the_prompts():
-    from jaxalign.algorithms import common
+    from jaxalign.algorithms import common, data_setup
 
     cfg = tiny_cfg("ppo", *FAST + ["ppo.ptx_data=shipped:sft_tiny.jsonl"])
     tok = common.tokenizer_from(cfg)
-    train, _ = common.datasets_from(cfg, tok, ("prompt",))
+    train, _ = data_setup.datasets_from(cfg, tok, ("prompt",))
 
     def make():
-        prompts, _ = common.batch_iterators(cfg, train, [], tok.pad_token_id)
+        prompts, _ = data_setup.batch_iterators(cfg, train, [], tok.pad_token_id)
         return ppo._WithPtx(prompts, ppo._ptx_batches(cfg, tok, 32))
 
     it = make()

@@ -66,9 +66,10 @@ def chat_file(tmp_path):
 
 def _examples(cfg):
     from jaxalign.algorithms import common
+    from jaxalign.algorithms import data_setup
 
     tok = common.tokenizer_from(cfg)
-    train, _ = common.datasets_from(cfg, tok, ("sft",))
+    train, _ = data_setup.datasets_from(cfg, tok, ("sft",))
     return tok, sorted(train, key=lambda e: e["row"])
 
 

@@ -240,7 +240,7 @@ def _texts(tok, examples):
 
 
 def test_a_weighted_list_in_a_run_config(tmp_path, tok, two_files):
-    from jaxalign.algorithms.common import datasets_from
+    from jaxalign.algorithms.data_setup import datasets_from
     from jaxalign.data import BatchIterator
 
     a, b = two_files
@@ -263,7 +263,7 @@ def test_a_weighted_list_in_a_run_config(tmp_path, tok, two_files):
 
 
 def test_hub_dataset_with_split_and_columns_in_a_run_config(tmp_path, tok, hub_cache, ds_dir):
-    from jaxalign.algorithms.common import datasets_from
+    from jaxalign.algorithms.data_setup import datasets_from
 
     add_repo(hub_cache, "tiny-org/qa", ds_dir, repo_type="dataset")
     cfg = _cfg(tmp_path, "data.train=tiny-org/qa:test", "data.columns={question: prompt, response: completion, id: null}")
@@ -275,7 +275,7 @@ def test_hub_dataset_with_split_and_columns_in_a_run_config(tmp_path, tok, hub_c
 
 
 def test_data_subset_skips_single_files_but_a_source_subset_does_not(tmp_path, tok, hub_cache, ds_dir):
-    from jaxalign.algorithms.common import datasets_from
+    from jaxalign.algorithms.data_setup import datasets_from
 
     add_repo(hub_cache, "tiny-org/qa", ds_dir, repo_type="dataset")
     lm = write_rows(LM_TRAIN[:2], tmp_path / "lm.jsonl", "jsonl")
@@ -287,7 +287,7 @@ def test_data_subset_skips_single_files_but_a_source_subset_does_not(tmp_path, t
 
 
 def test_sources_of_two_kinds_are_refused(tmp_path, tok, two_files):
-    from jaxalign.algorithms.common import datasets_from
+    from jaxalign.algorithms.data_setup import datasets_from
 
     a, _ = two_files
     pref = write_rows([{"prompt": "p", "chosen": "c", "rejected": "r"}], tmp_path / "pref.jsonl", "jsonl")
@@ -300,7 +300,7 @@ def test_sources_of_two_kinds_are_refused(tmp_path, tok, two_files):
 def test_prompt_columns_stay_with_their_rows_in_a_mixture(tmp_path, tok):
     """Two prompt sources both have a row 0, and a weight repeats rows: the mixture's rows are
     renumbered, so the column lookup by row (the rewards' answers) stays one to one."""
-    from jaxalign.algorithms.common import datasets_from
+    from jaxalign.algorithms.data_setup import datasets_from
     from jaxalign.data import columns_by_row
 
     a = write_rows([{"prompt": f"a{i}", "answer": i} for i in range(3)], tmp_path / "a.jsonl", "jsonl")
@@ -317,7 +317,7 @@ def test_prompt_columns_stay_with_their_rows_in_a_mixture(tmp_path, tok):
 
 
 def test_a_weight_that_keeps_no_rows_is_refused(tmp_path, tok, two_files):
-    from jaxalign.algorithms.common import datasets_from
+    from jaxalign.algorithms.data_setup import datasets_from
 
     a, _ = two_files
     with pytest.raises(JaxalignError) as e:
