@@ -17,8 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxalign.algorithms import common, dpo
-from jaxalign.algorithms import data_setup
+from jaxalign.algorithms import common, data_setup, dpo
 from jaxalign.config import load_config
 from jaxalign.data import collate
 from jaxalign.errors import JaxalignError
@@ -227,8 +226,8 @@ def one_step_each():
         return wrapped
 
     with pytest.MonkeyPatch.context() as mp:
-        for name in ("tokenizer_from", "datasets_from", "model_from"):
-            mp.setattr(common, name, memo(name, getattr(common, name)))
+        for module, name in ((common, "tokenizer_from"), (data_setup, "datasets_from"), (common, "model_from")):
+            mp.setattr(module, name, memo(name, getattr(module, name)))
         jobs = {name: dpo.build_job(cfg_of(*SMALL, "train.batch_size=4", *ov)) for name, ov in CASES.items()}
     dev = jax.devices()[0]
     first = jobs["sigmoid"]
