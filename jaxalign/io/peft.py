@@ -94,18 +94,31 @@ def read_peft_config(path) -> dict:
     return cfg
 
 
+def _read_tensors(path) -> tuple[Path, dict]:
+    """``(weights file, {PEFT name: array})`` of an adapter directory, adapter names (``.default.``)
+    dropped as PEFT drops them when it saves."""
+    from safetensors.numpy import load_file
+
+    weights = Path(path) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise JaxalignError(f"{path}: no {WEIGHTS_NAME}")
+    return weights, {k.replace(".default.", "."): v for k, v in load_file(str(weights)).items()}
+
+
+def _assign(var, value) -> None:
+    """``var[...] = value`` in ``var``'s dtype, on ``var``'s sharding when it has one."""
+    arr = jnp.asarray(value, var[...].dtype)
+    sharding = getattr(var[...], "sharding", None)
+    var[...] = arr if sharding is None else jax.device_put(arr, sharding)
+
+
 def load_peft(model, path, *, skip_head: bool = False) -> None:
     """Set the adapters of ``model`` (built with the adapter's rank and targets, see
     :func:`jaxalign.models.lora.add_lora`) from the PEFT adapter directory ``path``, in place;
     a reward model's head too when the adapter holds one (a ``SEQ_CLS`` adapter). ``skip_head``:
     leave that head to :func:`load_peft_head` (the reward model is built around ``model``
     afterwards); without it, a head tensor and a model without a head is an error."""
-    from safetensors.numpy import load_file
-
-    weights = Path(path) / WEIGHTS_NAME
-    if not weights.is_file():
-        raise JaxalignError(f"{path}: no {WEIGHTS_NAME}")
-    tensors = {k.replace(".default.", "."): v for k, v in load_file(str(weights)).items()}
+    weights, tensors = _read_tensors(path)
     n = model.config.num_hidden_layers
     used = set()
     for name, lin in _adapter_layers(model):
@@ -121,9 +134,7 @@ def load_peft(model, path, *, skip_head: bool = False) -> None:
                                         f"expects {tuple(var.shape[1:])}")
                 rows.append(tensors[key])
                 used.add(key)
-            value = jnp.asarray(np.stack(rows), var[...].dtype)
-            sharding = getattr(var[...], "sharding", None)
-            var[...] = value if sharding is None else jax.device_put(value, sharding)
+            _assign(var, np.stack(rows))
     if _HEAD in tensors and skip_head:
         used.add(_HEAD)  # the caller puts it on the reward model's head (load_peft_head)
     elif _HEAD in tensors and _score_head(model) is not None:
@@ -141,18 +152,13 @@ def _set_head(model, value, where) -> None:
     if value.shape != want:
         raise JaxalignError(f"{where}: tensor {_HEAD!r} has shape {value.shape}, the reward model's head "
                             f"expects {want}")
-    arr = jnp.asarray(value, head.weight[...].dtype)
-    sharding = getattr(head.weight[...], "sharding", None)
-    head.weight[...] = arr if sharding is None else jax.device_put(arr, sharding)
+    _assign(head.weight, value)
 
 
 def load_peft_head(model, path) -> bool:
     """Set the reward model ``model``'s head from the PEFT adapter directory ``path`` (a
     ``SEQ_CLS`` adapter's ``score`` module to save), in place; False if the adapter has none."""
-    from safetensors.numpy import load_file
-
-    weights = Path(path) / WEIGHTS_NAME
-    tensors = {k.replace(".default.", "."): v for k, v in load_file(str(weights)).items()}
+    weights, tensors = _read_tensors(path)
     if _HEAD not in tensors:
         return False
     _set_head(model, tensors[_HEAD], weights)
