@@ -127,8 +127,10 @@ def reference(tmp_path_factory, env):
 
 def test_sigkill_at_any_step_then_rerun_is_bit_exact(reference, env, tmp_path):
     run = Run(tmp_path / "run", env, "train.save_every=1")
-    run.wait_for(lambda: len(checkpoint_steps(run.run_dir)) >= 1, "the first checkpoint")
-    time.sleep(random.uniform(0.0, 0.6))  # somewhere in the middle: a step, a save, a metrics write
+    # Somewhere in the middle (a step, a save, a metrics write): after a random step's
+    # checkpoint, an event rather than a time, so a fast machine cannot finish the run first.
+    k = random.randint(1, STEPS - 4)
+    run.wait_for(lambda: checkpoint_steps(run.run_dir)[-1:] >= [k], f"the checkpoint of step {k}")
     run.proc.send_signal(signal.SIGKILL)
     assert run.wait() == -signal.SIGKILL
     done = checkpoint_steps(run.run_dir)
@@ -180,8 +182,14 @@ _SAVE_THEN_DIE = textwrap.dedent("""
     ck = Checkpointer(sys.argv[1], keep=3)
     ck.save(1, {"w": jnp.full((4,), 1.0), "x": jnp.zeros((8,))}, {"step": 1})
     ck.wait()
-    # A 256 MB step 2: save() returns while the write goes on in the background; die during it.
+    # A 256 MB step 2: save() returns while the write goes on in the background. Die once its
+    # temporary directory exists (waiting for that event, not for a time: CI once killed the
+    # process before Orbax had created it, and the test had nothing half-written to look at).
     ck.save(2, {"w": jnp.full((4,), 2.0), "x": jnp.ones((64, 1024, 1024))}, {"step": 2})
+    import pathlib, time
+    d, deadline = pathlib.Path(sys.argv[1]), time.monotonic() + 120
+    while not any(p.name.startswith("2") for p in d.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.001)
     os.kill(os.getpid(), signal.SIGKILL)
 """)
 
