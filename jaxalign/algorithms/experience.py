@@ -27,7 +27,10 @@ import numpy as np
 
 from jaxalign.data import batch_columns
 from jaxalign.losses import shifted_token_logprobs
+from jaxalign.parallel import host_rows
+from jaxalign.parallel.distributed import to_host
 from jaxalign.rewards import Reward, RewardConfig, RewardSum
+from jaxalign.rewards.processes import parts_over_processes
 from jaxalign.algorithms.sections.sampling import SamplingConfig  # noqa: F401 (re-exported)
 from jaxalign.algorithms.experience_hooks import (  # noqa: F401 (re-exported: the hooks lived here)
     DynamicSampling, GenerationTemplate, OverlongPenalty, RewardFilter, eos_ids, join_prompt)
@@ -94,8 +97,10 @@ class ExperienceMaker:
         self.eos = eos_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos[0]
         # ref_graphdef: the reference's own graphdef (with LoRA: the base, adapters off, on the same arrays).
-        self.ref_logps = (make_logps_fn(graphdef if ref_graphdef is None else ref_graphdef, sampling.temperature,
-                                        mesh, chunk_size) if ref_params is not None else None)
+        # Several processes: whole host rows in, whole host rows out (jaxalign.parallel.host_rows).
+        self.ref_logps = (host_rows.on_mesh(make_logps_fn(graphdef if ref_graphdef is None else ref_graphdef,
+                                                          sampling.temperature, mesh, chunk_size), mesh)
+                          if ref_params is not None else None)
 
     def sample(self, params, prompt_ids, prompt_mask, key, num_samples: int | None = None):
         """The sampler's rollout of these prompts (``num_samples`` per prompt, default the maker's)."""
@@ -103,9 +108,11 @@ class ExperienceMaker:
 
         s = self.sampling
         n = self.num_samples if num_samples is None else num_samples
-        return generate((self.graphdef, params), prompt_ids, prompt_mask, key, max_new_tokens=s.max_new_tokens,
+        roll = generate((self.graphdef, params), prompt_ids, prompt_mask, key, max_new_tokens=s.max_new_tokens,
                         temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, eos_token_ids=self.eos,
                         pad_token_id=self.pad_id, num_samples=n, mesh=self.mesh)
+        # Several processes: the rollout is split over all of them; every one gets all its rows.
+        return to_host(roll) if host_rows.multi() else roll
 
     def rows(self, params, prompt_batch: dict, key, prompt_transform: Callable | None = None) -> dict:
         """Sample and lay out the rows: ``input_ids``, ``attention_mask``, ``completion_mask``,
@@ -154,8 +161,9 @@ class ExperienceMaker:
     def score_parts(self, rows: dict, texts=(None, None), columns: dict | None = None):
         """``(scores, {name: component scores})`` of the rows (``texts``: their decoded prompts
         and completions when the reward reads text; ``columns``: aligned with the rows)."""
-        return self.reward.parts(*texts, tokens=rows["input_ids"], attention_mask=rows["attention_mask"],
-                                 finished=np.asarray(rows["finished"]), columns=columns)
+        return parts_over_processes(self.reward, *texts, tokens=rows["input_ids"],
+                                    attention_mask=rows["attention_mask"], finished=np.asarray(rows["finished"]),
+                                    columns=columns)
 
     def score(self, rows: dict, texts=(None, None), columns: dict | None = None) -> np.ndarray:
         """The reward of the rows (see :meth:`score_parts`)."""

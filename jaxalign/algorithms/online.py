@@ -21,6 +21,7 @@ from jaxalign.algorithms.experience import ExperienceMaker, SamplingConfig, rewa
 from jaxalign.algorithms.registry import section_of
 from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
+from jaxalign.parallel import host_rows
 from jaxalign.rewards import RewardConfig
 from jaxalign.train.job import Job
 from jaxalign.train.optim import make_optimizer
@@ -212,9 +213,9 @@ def make_evaluate(cfg: RunConfig, s: Setup, num_samples: int | None = None) -> C
             key = jax.random.fold_in(jax.random.key(cfg.seed), i)
             roll = maker.sample(params, b["prompt_ids"], b["prompt_mask"], key, num_samples=g)
             texts = maker.decode(roll) if maker.reward.needs_text else (None, None)
-            scores, own = maker.reward.parts(*texts, tokens=roll.tokens, attention_mask=roll.attention_mask,
-                                             finished=np.asarray(roll.finished),
-                                             columns=maker.columns_of(b, g, s.eval_columns or {}))
+            scores, own = maker.score_parts({"input_ids": roll.tokens, "attention_mask": roll.attention_mask,
+                                             "finished": roll.finished}, texts,
+                                            maker.columns_of(b, g, s.eval_columns or {}))
             if len(samples) < cfg.train.log_samples:  # only the rows shown are decoded
                 rows = {"input_ids": roll.tokens, "attention_mask": roll.attention_mask,
                         "completion_mask": roll.completion_mask}
@@ -281,7 +282,7 @@ def job(cfg: RunConfig, spec: OnlineSpec) -> Job:
         # More prompts for the dynamic-sampling hook: from the loop's own iterator, so the
         # checkpointed iterator state covers them and a resumed run draws the same.
         try:
-            return spec.prompts_of(next(batches))
+            return spec.prompts_of(host_rows.gather_rows(next(batches)))
         except StopIteration:
             return None
 
@@ -289,6 +290,9 @@ def job(cfg: RunConfig, spec: OnlineSpec) -> Job:
     last_exp: dict = {}  # without held-out prompts, the samples come from the latest experience
 
     def experience(state, batch):
+        # Several processes: the whole batch on every process, cut back to this process's rows at
+        # the end (jaxalign.parallel.host_rows); one process: the batch itself.
+        batch = host_rows.gather_rows(batch)
         policy, key = spec.policy(full(state.params)), sample_key(state.rng)
         if spec.dynamic_sampling is None:
             exp, _, metrics = s.maker(policy, spec.prompts_of(batch), key)
@@ -297,7 +301,8 @@ def job(cfg: RunConfig, spec: OnlineSpec) -> Job:
                                                  spec.prompts_of(batch), key, draw)
         if evaluate is None and cfg.train.log_samples:
             last_exp.update(exp=exp)  # references only: decoded when the loop asks for samples
-        return spec.to_batch(exp, metrics, batch) if spec.to_batch is not None else (exp, metrics)
+        train, metrics = spec.to_batch(exp, metrics, batch) if spec.to_batch is not None else (exp, metrics)
+        return host_rows.own_rows(train), metrics
 
     def samples() -> list[dict]:
         if evaluate is not None:

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from jaxalign.errors import JaxalignError
+from jaxalign.parallel import host_rows
 
 
 def reward_model_scorer(path: str, tokenizer=None, mesh=None):
@@ -27,8 +28,10 @@ def reward_model_scorer(path: str, tokenizer=None, mesh=None):
     def score(params, tokens, mask):
         return nnx.merge(graphdef, params)(tokens, mask)
 
+    on_mesh = host_rows.on_mesh(score, mesh)  # several processes: placed by rows, brought back whole
+
     def scorer(tokens, mask):
-        return np.asarray(jax.device_get(score(params, tokens, mask)))
+        return np.asarray(jax.device_get(on_mesh(params, tokens, mask)))
 
     scorer.params = params
     return scorer

@@ -122,9 +122,6 @@ def _run_locked(cfg: RunConfig, job: Job, run_dir: Path) -> dict:
     main = distributed.is_main()  # several processes: only process 0 logs and writes files
     quiet = cfg.quiet or not main
     log = (lambda *a: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    if job.experience is not None and jax.process_count() > 1:
-        raise JaxalignError(f"{cfg.algorithm} samples on the host: multi-process runs support the "
-                            "offline algorithms (sft, rm, dpo, ift) for now; run it as one process")
 
     from jaxalign.config.report_to import parse_report_to
 

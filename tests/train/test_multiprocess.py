@@ -14,10 +14,6 @@ import json
 import math
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import jax
@@ -27,6 +23,7 @@ from safetensors.numpy import load_file
 
 from jaxalign.cli import main
 from jaxalign.train.metrics import read_metrics
+from tests.multiproc import Processes
 from tests.procenv import HANG_S, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,21 +39,7 @@ NOT_COMPARED = ("step_time", "tokens_per_s")  # timings (tokens are compared, se
 # Step functions of the reward margins (compared themselves): a margin within float noise of 0
 # (all of them at step 1, where the policy is the reference) may flip them.
 STEP_FUNCTIONS = ("accuracy", "rewards/accuracies")
-# What an unusable platform says (no cross-process collectives on CPU): the only reason to skip.
-UNSUPPORTED = ("Multiprocess computations aren't implemented", "make_gloo_tcp_collectives",
-               "gloo is not available", "collectives are not supported")
-
-# Words may be split by a newline: another thread's message can land inside one (then removed first).
-GLOO_MESSAGE = re.compile(r"\[Gloo\]\s+Rank\s+\d+\s+is\s+connected\s+to\s+\d+\s+peer\s+ranks\.\s+Expected\s+"
-                          r"number\s+of\s+connected\s+peer\s+ranks\s+is\s+:\s+\d+")
-
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def argv(run_dir: Path, *extra: str, quiet: bool = True) -> list[str]:
@@ -70,66 +53,6 @@ def env():
     # what this test is about). The session's compilation cache: the resumed run reuses the
     # first run's programs.
     return subprocess_env(devices=4)
-
-
-class Processes:
-    """``n`` processes of one multi-process ``jaxalign dpo`` run (stdout/stderr in files)."""
-
-    def __init__(self, run_dir: Path, env: dict, *extra: str, n: int = 2, quiet: bool = True):
-        port = free_port()
-        self.logs = run_dir.parent / f"{run_dir.name}.logs.{time.monotonic_ns()}"
-        self.logs.mkdir(parents=True)
-        self.procs = []
-        for i in range(n):
-            cmd = [sys.executable, "-m", "jaxalign.cli",
-                   *argv(run_dir, "--coordinator", f"localhost:{port}", "--num-processes", str(n),
-                         "--process-id", str(i), *extra, quiet=quiet)]
-            with open(self.logs / f"{i}.out", "w") as out, open(self.logs / f"{i}.err", "w") as err:
-                self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err))
-
-    def _read(self, name: str) -> str:
-        # gloo (CPU collectives) reports every connection it opens, from several threads at once:
-        # its messages can share a line ("...: 1[Gloo] Rank 1 ...: 1" then an empty line), or one
-        # can land inside another ("[Gloo] Rank 6 is connected to [Gloo] Rank 7 ...: 7\n7 peer
-        # ranks. ...: 7"). Keep jaxalign's own output: gloo messages out until none is left (the
-        # inner one first, then the outer one it split), then the lines left blank by them.
-        text, before = (self.logs / name).read_text(), None
-        while text != before:
-            before, text = text, GLOO_MESSAGE.sub("", text)
-        return "".join(line for line in text.splitlines(True) if line.strip())
-
-    def stdout(self, i: int) -> str:
-        return self._read(f"{i}.out")
-
-    def stderr(self, i: int) -> str:
-        return self._read(f"{i}.err")
-
-    def wait(self, timeout: float = TIMEOUT) -> list[int]:
-        """Exit codes; on a timeout every process is killed and the test fails with their output."""
-        deadline = time.monotonic() + timeout
-        codes = []
-        for p in self.procs:
-            try:
-                codes.append(p.wait(timeout=max(deadline - time.monotonic(), 0.1)))
-            except subprocess.TimeoutExpired:
-                for q in self.procs:
-                    q.kill()
-                    q.wait()
-                pytest.fail(f"the processes did not finish in {timeout} s\n{self.report()}")
-        return codes
-
-    def report(self) -> str:
-        return "\n".join(f"--- process {i} (exit {p.returncode}) stderr tail:\n{self.stderr(i)[-2500:]}"
-                         for i, p in enumerate(self.procs))
-
-    def succeed(self, timeout: float = TIMEOUT) -> None:
-        codes = self.wait(timeout)
-        if any(codes):
-            text = "".join(self.stderr(i) for i in range(len(self.procs)))
-            if any(s in text for s in UNSUPPORTED):
-                pytest.skip("jax on this platform cannot run CPU collectives across processes: "
-                            + next(s for s in UNSUPPORTED if s in text))
-            pytest.fail(f"exit codes {codes}\n{self.report()}")
 
 
 def train_rows(run_dir: Path) -> list[dict]:
@@ -177,7 +100,7 @@ def runs(tmp_path_factory, env):
     if jax.device_count() != 8 or jax.process_count() != 1:
         pytest.skip("the reference needs this pytest process on 8 CPU devices (tests/conftest.py)")
     base = tmp_path_factory.mktemp("mp")
-    two = Processes(base / "two", env)  # starts now; the reference below runs meanwhile
+    two = Processes(base / "two", env, argv=argv)  # starts now; the reference below runs meanwhile
     assert main(argv(base / "ref")) == 0
     two.succeed()
     return base / "two", two, base / "ref"
@@ -202,7 +125,7 @@ def test_both_processes_resume_from_the_checkpoint_they_wrote(runs, env):
     shutil.copytree(run_dir, resumed)
     shutil.rmtree(resumed / "checkpoints" / "4")  # as if killed after step 3
     shutil.rmtree(resumed / "final")
-    again = Processes(resumed, env, quiet=False)
+    again = Processes(resumed, env, argv=argv, quiet=False)
     again.succeed()
     assert f"resumed from {resumed / 'checkpoints'} at step 2" in again.stderr(0)
     assert "resumed from" not in again.stderr(1)  # process 1 restores too, but only 0 logs
@@ -214,7 +137,7 @@ def test_both_processes_resume_from_the_checkpoint_they_wrote(runs, env):
 
 
 def test_a_mesh_that_is_not_every_device_is_one_line_exit_2(tmp_path, env):
-    procs = Processes(tmp_path / "run", env, "mesh.fsdp=2", "mesh.data=1")
+    procs = Processes(tmp_path / "run", env, "mesh.fsdp=2", "mesh.data=1", argv=argv)
     codes = procs.wait()
     assert codes == [2, 2], procs.report()
     for i in range(2):
