@@ -286,7 +286,9 @@ def value_loss(
       mask: ``[B, T]`` real completion tokens.
 
     Returns:
-      ``(loss, metrics)``: ``vf_clipfrac`` (fraction where the clipped error is larger),
+      ``(loss, metrics)``: ``vf_clipfrac`` (fraction where the clip moved the value,
+      ``|V − V_old| > ε``, and the clipped error is the larger: TRL's metric without the tokens
+      that only a rounding of ``V_old + (V − V_old)`` counts),
       ``value_error`` (masked mean ``(V − R)²``).
     """
     chex.assert_rank([values, values_old, returns, mask], 2)
@@ -300,7 +302,11 @@ def value_loss(
         v_clip = values_old + jnp.clip(values - values_old, -clip_eps, clip_eps)
         err_clip = jnp.square(v_clip - returns)
         loss_t = jnp.maximum(err, err_clip)
-        clipfrac = masked_mean((err_clip > err).astype(jnp.float32), valid)
+        # Clipped only where the clip moved the value: inside the range, v_old + (v - v_old) can
+        # differ from v in the last bit, and counting those roundings (TRL's err_clip > err) made
+        # the metric a coin toss per token (two runs differing in summation order disagreed by 0.01).
+        active = (jnp.abs(values - values_old) > clip_eps) & (err_clip > err)
+        clipfrac = masked_mean(active.astype(jnp.float32), valid)
     loss = 0.5 * _aggregate(loss_t, valid, aggregation)
     return loss, {"vf_clipfrac": clipfrac, "value_error": masked_mean(lax.stop_gradient(err), valid)}
 
