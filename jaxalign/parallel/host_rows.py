@@ -90,13 +90,12 @@ def place_rows(x, mesh):
 
 def on_mesh(fn, mesh):
     """``fn(params, *arrays)`` (jitted, on ``mesh``) called with whole host arrays: several
-    processes place them by rows and get the output back whole; one process calls ``fn``."""
-    if mesh is None:
+    processes place them by rows and get the output back whole. One process: ``fn`` itself (still
+    a jitted function: ``jaxalign plan`` lowers it)."""
+    if mesh is None or not multi():
         return fn
 
     def call(params, *arrays):
-        if not multi():
-            return fn(params, *arrays)
         from jaxalign.parallel.distributed import to_host
 
         return to_host(fn(params, *(None if a is None else place_rows(a, mesh) for a in arrays)))
