@@ -128,3 +128,14 @@ def raise_together(error: BaseException | None) -> None:
     i = int(failed[0])
     msg = bytes(all_[i, 1:]).rstrip(b"\0").decode(errors="replace")
     raise JaxalignError(f"process {i}: {msg}")
+
+
+def together(fn):
+    """``fn()`` on every process, its failure agreed by all (:func:`raise_together`)."""
+    result, error = None, None
+    try:
+        result = fn()
+    except Exception as e:  # noqa: BLE001 (re-raised by raise_together, on every process)
+        error = e
+    raise_together(error)
+    return result
