@@ -53,18 +53,17 @@ def own_rows(tree, what: str = "train batch"):
     array (scalars are kept). Each array's row count must split evenly over the processes."""
     if not multi():
         return tree
-    pc, pi = jax.process_count(), jax.process_index()
-
     def one(path, x):
         x = np.asarray(x)
         if x.ndim == 0:
             return x
-        if x.shape[0] % pc:
+        block = own_slice(x.shape[0])
+        if block is None:
             name = jax.tree_util.keystr(path)
-            raise JaxalignError(f"{what} {name}: {x.shape[0]} rows do not split over {pc} processes; make "
-                                "train.batch_size (x samples kept per prompt) a multiple of the process count")
-        n = x.shape[0] // pc
-        return x[pi * n:(pi + 1) * n]
+            raise JaxalignError(f"{what} {name}: {x.shape[0]} rows do not split over {jax.process_count()} "
+                                "processes; make train.batch_size (x samples kept per prompt) a multiple of the "
+                                "process count")
+        return x[block]
 
     return jax.tree_util.tree_map_with_path(one, tree)
 
