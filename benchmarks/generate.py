@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from _common import ROOT, child_env, cpu_name, cpu_seconds, peak_rss_gib, write_json
 
@@ -40,10 +41,15 @@ def prompts_for(batch: int) -> list[str]:
             for i in range(batch)]
 
 
-def load(random_model: bool, dtype: str = "float32"):
-    """(model, tokenizer, source description); ``dtype`` for parameters and compute."""
+def load(random_model: bool, dtype: str = "float32", model_config: str | None = None):
+    """(model, tokenizer, source description); ``dtype`` for parameters and compute.
+    ``model_config``: a JSON model config for a random model (no tokenizer: random prompt ids)."""
     import jaxalign
     from jaxalign.models.config import ModelConfig
+
+    if model_config:
+        cfg = ModelConfig(**{**json.loads(Path(model_config).read_text()), "dtype": dtype, "param_dtype": dtype})
+        return jaxalign.init_model(cfg), None, f"random model with the config {Path(model_config).name}"
 
     try:
         tok = jaxalign.load_tokenizer("smollm2-135m-instruct")
@@ -61,7 +67,7 @@ def load(random_model: bool, dtype: str = "float32"):
     return jaxalign.init_model(cfg), tok, "random model with SmolLM2-135M's config"
 
 
-def encode(tok, batch: int) -> list[list[int]]:
+def encode(tok, batch: int, vocab: int = 49152) -> list[list[int]]:
     """Chat-rendered prompt ids, or (no tokenizer) random ids of the same lengths (33-45)."""
     if tok is not None:
         from jaxalign.rollout.text import encode_prompts
@@ -70,11 +76,12 @@ def encode(tok, batch: int) -> list[list[int]]:
     import numpy as np
 
     rng = np.random.default_rng(0)
-    return [rng.integers(3, 49152, 33 + (i * 5) % 13).tolist() for i in range(batch)]
+    return [rng.integers(3, vocab, 33 + (i * 5) % 13).tolist() for i in range(batch)]
 
 
 def run_jax(batch_sizes, new_tokens: int = 64, repeats: int = 3, random: bool = False,
-            dtype: str = "float32", buckets: tuple[bool, ...] = (True, False)) -> dict:
+            dtype: str = "float32", buckets: tuple[bool, ...] = (True, False),
+            model_config: str | None = None) -> dict:
     """jaxalign's greedy ``generate`` at each batch size, in this process.
 
     ``buckets``: which prompt paddings to run (True: the default buckets; False: exact length).
@@ -90,7 +97,7 @@ def run_jax(batch_sizes, new_tokens: int = 64, repeats: int = 3, random: bool = 
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, secs, **kw: compile_s.append(secs) if event == "/jax/core/compile/backend_compile_duration" else None)
     t0 = time.perf_counter()
-    model, tok, source = load(random, dtype)
+    model, tok, source = load(random, dtype, model_config)
     load_s = time.perf_counter() - t0
     pad, eos = (tok.pad_token_id, eos_token_ids(tok)) if tok is not None else (2, [2, 0])
     out = {"framework": "jaxalign", "jax": jax.__version__, "model": source, "load_s": load_s,
@@ -98,7 +105,7 @@ def run_jax(batch_sizes, new_tokens: int = 64, repeats: int = 3, random: bool = 
     variants = [(b, "jaxalign" if b else "jaxalign (no buckets)") for b in buckets]
     for bucketed, label in variants:
         for batch in batch_sizes:
-            encoded = encode(tok, batch)
+            encoded = encode(tok, batch, model.config.vocab_size)
             kw = {} if bucketed else {"buckets": None}
             ids, mask = pad_prompts(encoded, pad, **kw)
 

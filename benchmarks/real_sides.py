@@ -52,7 +52,7 @@ def run_jaxalign(kind: str, packed: bool, p: dict) -> dict:
     plan = plan_steps(ex, p["rows"], length, packed)
     over = [f"train.batch_size={p['rows']}", f"data.max_length={length}", f"data.max_prompt_length={length // 2}",
             "train.steps=100", "train.micro_batch_size=null", "data.eval_fraction=0.0", "quiet=true",
-            f"model.remat={str(p['remat']).lower()}"]
+            f"model.remat={str(p['remat']).lower()}", *p.get("overrides", [])]
     cfg = load_config(ROOT / "configs" / f"{kind}_smollm2.yaml", over, algorithm=kind)
     t0 = time.perf_counter()
     job = algorithms.get(kind).build_job(cfg)
@@ -89,9 +89,14 @@ def run_jaxalign(kind: str, packed: bool, p: dict) -> dict:
     real = sum(int(b[key].sum()) for b in batches for key in masks)
     processed = sum(int(b[key].size) for b in batches for key in masks)
     used = [ex[i] for s in plan for i in step_examples(s, packed)]
-    return _result(kind, "jaxalign packed" if packed else "jaxalign padded", used, times, cpu_seconds() - cpu0,
-                   real, processed, build_s, warm_s, compile_s=compiled, shapes=len(shapes),
-                   loss=float(m["loss"]), remat=bool(cfg.model.remat))
+    res = _result(kind, "jaxalign packed" if packed else "jaxalign padded", used, times, cpu_seconds() - cpu0,
+                  real, processed, build_s, warm_s, compile_s=compiled, shapes=len(shapes),
+                  loss=float(m["loss"]), remat=bool(cfg.model.remat), dtype=cfg.model.dtype)
+    dev = jax.devices()[0]
+    if dev.platform != "cpu":  # an accelerator: its own peak, not the host process's
+        res.update(peak_gib=dev.memory_stats()["peak_bytes_in_use"] / 2**30, peak_kind="device",
+                   device=dev.device_kind)
+    return res
 
 
 def _pad(seqs, masks):

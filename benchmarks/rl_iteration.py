@@ -41,6 +41,7 @@ def _free_port() -> int:
 def _launch(cmd: list[str], processes: int, devices: int, d: str) -> list[float]:
     """Run ``cmd`` as ``processes`` processes of ``devices / processes`` devices; peak RSS (GiB) of each."""
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices // processes}")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     multi = ["--coordinator", f"localhost:{_free_port()}", "--num-processes", str(processes)] if processes > 1 else []
     procs = []
     for i in range(processes):
@@ -60,16 +61,28 @@ def _launch(cmd: list[str], processes: int, devices: int, d: str) -> list[float]
     return rss
 
 
+def jaxalign_command() -> list[str]:
+    """The ``jaxalign`` command of this interpreter: its console script, or ``python -m jaxalign.cli``
+    where jaxalign is not installed (a checkout on PYTHONPATH, as on a lent GPU machine)."""
+    script = Path(sys.executable).parent / "jaxalign"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "jaxalign.cli"]
+
+
 def run(alg: str, steps: int, overrides: list[str], size: str = "smollm2", processes: int = 1,
-        devices: int = 8) -> dict:
+        devices: int = 8, launcher: list[str] | None = None) -> dict:
+    """``launcher``: the command before ``<alg> --config ...`` (default :func:`jaxalign_command`);
+    a launcher that writes ``device_peak.json`` beside the run directory (``cli_device_peak.py``)
+    adds ``device_peak_gib`` to the result."""
     with tempfile.TemporaryDirectory() as d:
-        cmd = [str(Path(sys.executable).parent / "jaxalign"), alg, "--config", str(ROOT / "configs" / f"{alg}_{size}.yaml"),
+        cmd = [*(launcher or jaxalign_command()), alg, "--config", str(ROOT / "configs" / f"{alg}_{size}.yaml"),
                "--run-dir", str(Path(d) / "run"), "--quiet", f"train.steps={steps}", "train.eval_every=0",
                "train.eval_at_start=false", "train.save_every=0", "train.save_final=false", "train.log_every=1",
                "data.eval_fraction=0.0", "train.plots=false", *overrides]
         rss = _launch(cmd, processes, devices, d)
         rows = [json.loads(x) for x in Path(d, "run", "metrics.jsonl").read_text().splitlines()]
         cfg = Path(d, "run", "config.yaml").read_text()
+        peak_file = Path(d, "device_peak.json")
+        device_peak = json.loads(peak_file.read_text()) if peak_file.exists() else None
     rows = [r for r in rows if "step_time" in r]
     first, rest = rows[0], rows[1:] or rows
     med = lambda k: statistics.median(r.get(k, 0.0) for r in rest)
@@ -78,6 +91,8 @@ def run(alg: str, steps: int, overrides: list[str], size: str = "smollm2", proce
            "iteration_s": med("step_time"), "generate_s": med("time/generate"), "score_s": med("time/score"),
            "reward_mean": med("reward/mean") if "reward/mean" in rest[0] else med("reward/all_mean")}
     res["train_s"] = res["iteration_s"] - res["generate_s"] - res["score_s"]
+    if device_peak:
+        res.update(device_peak_gib=device_peak["peak_bytes_in_use"] / 2**30, device=device_peak["device"])
     import yaml
 
     from jaxalign.algorithms.registry import section_of

@@ -183,13 +183,14 @@ def child(kind: str, p: dict) -> dict:
     return {**case, "load_s": res["load_s"], "peak_gib": res["peak_rss_gib"], "peak_kind": "process RSS"}
 
 
-def model_shape() -> dict:
-    """N (tied embedding once), L, H·Q from benchmarks/smollm2_135m_config.json."""
-    c = json.loads((ROOT / "benchmarks" / "smollm2_135m_config.json").read_text())
+def model_shape(path=None) -> dict:
+    """N (a tied embedding once), L, H·Q from a JSON model config (default
+    benchmarks/smollm2_135m_config.json)."""
+    c = json.loads(open(path or ROOT / "benchmarks" / "smollm2_135m_config.json").read())
     d, f = c["hidden_size"], c["intermediate_size"]
     q, kv = c["num_attention_heads"] * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
     layer = d * q + 2 * d * kv + q * d + 3 * d * f + 2 * d
-    n = c["vocab_size"] * d + c["num_hidden_layers"] * layer + d
+    n = c["vocab_size"] * d * (1 if c.get("tie_word_embeddings", True) else 2) + c["num_hidden_layers"] * layer + d
     return {"N": n, "L": c["num_hidden_layers"], "HQ": q}
 
 

@@ -25,6 +25,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from _common import (ROOT, cpu_seconds, emit_result, machine_info, peak_rss_gib, rss_gib, run_child,
@@ -33,13 +34,13 @@ from _common import (ROOT, cpu_seconds, emit_result, machine_info, peak_rss_gib,
 VOCAB = 49152
 
 
-def synthetic_batch(alg: str, batch: int, seq: int, seed: int = 0) -> dict:
+def synthetic_batch(alg: str, batch: int, seq: int, seed: int = 0, vocab: int = VOCAB) -> dict:
     """Fixed-shape token batch: prompt = first half, completion = second half, no padding."""
     rng = np.random.default_rng(seed)
     half = seq // 2
 
     def side():
-        ids = rng.integers(4, VOCAB, (batch, seq)).astype(np.int32)
+        ids = rng.integers(4, vocab, (batch, seq)).astype(np.int32)
         comp = np.zeros((batch, seq), np.int32)
         comp[:, half:] = 1
         return ids, np.ones((batch, seq), np.int32), comp
@@ -72,7 +73,7 @@ def _compile_listener(sink: list, events: dict | None = None):
 
 def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype: str | None = None,
                  random: bool = False, remat: bool | None = None, lora: int = 0,
-                 chunk_size: int | None = None) -> dict:
+                 chunk_size: int | None = None, model_config: str | None = None) -> dict:
     """Time ``steps`` optimizer steps of ``jaxalign <alg>`` (configs/<alg>_smollm2.yaml) in this process.
 
     ``remat``: override ``model.remat`` (None: the config's value). ``lora``: the rank of LoRA
@@ -80,6 +81,8 @@ def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype
     fine-tuning); the job is built as ``jaxalign <alg>`` builds it. Returns first-step time, XLA
     compile time inside it, median step, parameter count, peak RSS (or device peak) etc.
     ``chunk_size``: ``<alg>.chunk_size`` (the LM head only on completion tokens, in chunks).
+    ``model_config``: a JSON model config (e.g. benchmarks/llama_1b_config.json) for the random
+    model instead of SmolLM2-135M's (implies ``random``).
     """
     import jax
 
@@ -95,10 +98,10 @@ def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype
     over = [f"train.batch_size={batch}", f"data.max_length={seq}",
             f"data.max_prompt_length={seq // 2}", "train.steps=100",
             "train.micro_batch_size=null", "data.eval_fraction=0.0", "quiet=true"]
-    if random:
+    cfg_json = json.loads(Path(model_config or ROOT / "benchmarks" / "smollm2_135m_config.json").read_text())
+    if random or model_config:
         from jaxalign.api import load_model  # noqa: F401  (same import cost as a real run)
 
-        cfg_json = json.loads((ROOT / "benchmarks" / "smollm2_135m_config.json").read_text())
         over += ["model.init=random", "model.path=null", "model.tokenizer=tiny",
                  "model.config=" + json.dumps(cfg_json)]
     if dtype:
@@ -115,7 +118,7 @@ def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype
     t0 = time.perf_counter()
     job = algorithms.build_job(cfg)
     build_s = time.perf_counter() - t0
-    data = synthetic_batch(alg, batch, seq)
+    data = synthetic_batch(alg, batch, seq, vocab=cfg_json["vocab_size"])
     if alg == "dpo" and getattr(cfg.algo, "reference", "model") == "precomputed":
         raise SystemExit("benchmark the reference: model setting (precomputed needs the data pass)")
     state = TrainState.create(job.params, job.tx, cfg.seed, job.extras)

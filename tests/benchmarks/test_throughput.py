@@ -24,15 +24,18 @@ from jaxalign import init_model  # noqa: E402
 from jaxalign.models.config import ModelConfig  # noqa: E402
 
 
-def test_model_shape_counts_the_real_models_parameters():
-    """N in the MFU formula = the parameters of SmolLM2-135M as jaxalign builds it (tied
-    embedding once), counted from the model's own state without allocating it."""
-    cfg = ModelConfig(**json.loads((BENCH / "smollm2_135m_config.json").read_text()))
+@pytest.mark.parametrize("name,low,high", [("smollm2_135m_config.json", 134_000_000, 135_000_000),
+                                           ("llama_1b_config.json", 1_235_000_000, 1_236_000_000)])
+def test_model_shape_counts_the_real_models_parameters(name, low, high):
+    """N in the MFU formula = the parameters of SmolLM2-135M (and of the GPU benchmark's
+    Llama-3.2-1B-shaped model) as jaxalign builds it (tied embedding once), counted from the
+    model's own state without allocating it."""
+    cfg = ModelConfig(**json.loads((BENCH / name).read_text()))
     state = nnx.state(nnx.eval_shape(lambda: init_model(cfg)), nnx.Param)
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state))
-    shape = tp.model_shape()
+    shape = tp.model_shape(BENCH / name)
     assert shape["N"] == n_params
-    assert 134_000_000 < n_params < 135_000_000  # SmolLM2-135M
+    assert low < n_params < high  # SmolLM2-135M; Llama-3.2-1B: 1.236 B
     assert (shape["L"], shape["HQ"]) == (cfg.num_hidden_layers, cfg.num_attention_heads * cfg.head_dim)
 
 
