@@ -56,8 +56,13 @@ def _launch(cmd: list[str], processes: int, devices: int, d: str) -> list[float]
         if p.returncode:
             failed.append(i)
     if failed:
-        sys.stderr.write(Path(d, f"stderr{failed[0]}.txt").read_text()[-3000:])
-        raise SystemExit(f"{cmd[1]} failed on process {failed[0]}")
+        i = failed[0]
+        sys.stderr.write(Path(d, f"stderr{i}.txt").read_text()[-3000:])
+        code = procs[i].returncode
+        how = (f"killed by signal {-code}" + (" (SIGKILL: the kernel's out-of-memory killer, if nothing else "
+                                              "sent it)" if code == -9 else "")) if code < 0 else f"exit {code}"
+        raise SystemExit(f"{cmd[1]} failed on process {i}: {how}; peak RSS per process (GiB): "
+                         + ", ".join(f"{r:.2f}" for r in rss))
     return rss
 
 

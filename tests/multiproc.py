@@ -26,6 +26,21 @@ GLOO_MESSAGE = re.compile(r"\[Gloo\]\s+Rank\s+\d+\s+is\s+connected\s+to\s+\d+\s+
                           r"number\s+of\s+connected\s+peer\s+ranks\s+is\s+:\s+\d+")
 
 
+def wait_until(condition, procs, what: str, report, timeout: float = TIMEOUT, poll: float = 0.01) -> None:
+    """Poll ``condition()`` (an event, never a time) until it holds; fail with ``report()`` when
+    one of ``procs`` exits first, or after ``timeout`` seconds (then they are killed)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        exited = [p for p in procs if p.poll() is not None]
+        if exited:
+            pytest.fail(f"a process exited ({exited[0].returncode}) before {what}\n{report()}")
+        if time.monotonic() > deadline:
+            for p in procs:
+                p.kill()
+            pytest.fail(f"timed out waiting for {what}\n{report()}")
+        time.sleep(poll)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -81,15 +96,7 @@ class Processes:
 
     def wait_for(self, condition, what: str, timeout: float = TIMEOUT) -> None:
         """Until ``condition()`` (an event, polled); fails with the output if a process exits first."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if any(p.poll() is not None for p in self.procs):
-                pytest.fail(f"a process exited before {what}\n{self.report()}")
-            if time.monotonic() > deadline:
-                for p in self.procs:
-                    p.kill()
-                pytest.fail(f"timed out waiting for {what}\n{self.report()}")
-            time.sleep(0.05)
+        wait_until(condition, self.procs, what, self.report, timeout, poll=0.05)
 
     def report(self) -> str:
         return "\n".join(f"--- process {i} (exit {p.returncode}) stderr tail:\n{self.stderr(i)[-2500:]}"

@@ -1,7 +1,8 @@
 """Every online algorithm on two processes (4 simulated CPU devices each, a localhost
 coordinator) equals one process with 8 devices and the same mesh: every logged number (training
 and held-out evaluation) and the exported weights, for GRPO, RLOO, PPO-max, vanilla PPO, RAFT with
-local and with global ranking, and online DPO. A PPO-max run whose process 1 is SIGKILLed, then
+local and with global ranking, and online DPO; GRPO also with DAPO's dynamic sampling (its
+refill draws) and with a reward model (scored collectively on the mesh). A PPO-max run whose process 1 is SIGKILLed, then
 relaunched on both processes, ends bit-exactly where the uninterrupted two-process run ends. A
 text reward scores only its own process's rows, and a reward that fails on one process stops
 both with one line naming it.
@@ -182,3 +183,34 @@ def test_a_reward_that_fails_on_one_process_stops_both_with_one_line(tmp_path, e
     # Each process scored its own half of the first step's 8 prompts x 4 samples, and no more.
     assert (tmp_path / "rows0.txt").read_text().split() == ["16"]
     assert (tmp_path / "rows1.txt").read_text().split() == ["16"]
+
+
+# DAPO's dynamic sampling with a reward that is 0 for most groups (a rare letter, counted):
+# all-zero groups are dropped and more prompts are drawn, and on two processes those draws gather
+# their rows like the step's first batch.
+DYNAMIC = ("grpo.dynamic_sampling=true", "grpo.max_refills=2", "grpo.reward.pattern=q",
+           "grpo.reward.normalize=false")
+
+
+def test_dynamic_sampling_two_processes_equal_one(tmp_path, env):
+    two, one = two_and_one(tmp_path, env, "grpo", DYNAMIC)
+    refills = [r.get("dynamic/refills", 0.0) for r in read_metrics(one / "metrics.jsonl")]
+    assert any(n > 0 for n in refills), refills  # the refill path ran, not only the first draw
+    assert_same_metrics(tmp_path / "two", one)
+    assert_same_export(tmp_path / "two", one)
+
+
+def test_two_processes_equal_one_with_a_reward_model(tmp_path, env):
+    """A reward model runs collectively (the whole batch on the global mesh, its scores brought
+    back to every process), unlike a text reward, which scores each process's own rows."""
+    from jaxalign.algorithms import common
+    from jaxalign.api import save_model
+    from jaxalign.config import load_config
+    from jaxalign.models.heads import scalar_head_from_lm
+
+    cfg = load_config(ROOT / "configs" / "grpo_tiny.yaml", [], algorithm="grpo")
+    lm = common.model_from(cfg, common.mesh_from(cfg), common.tokenizer_from(cfg), seed_offset=7)
+    save_model(scalar_head_from_lm(lm, seed=3), tmp_path / "rm")
+    two, one = two_and_one(tmp_path, env, "grpo", (f"grpo.reward={{kind: model, path: {tmp_path / 'rm'}}}",))
+    assert_same_metrics(tmp_path / "two", one)
+    assert_same_export(tmp_path / "two", one)

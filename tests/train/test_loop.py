@@ -29,6 +29,7 @@ import pytest
 
 from jaxalign.cli import main
 from jaxalign.train.metrics import MetricsWriter, read_metrics
+from tests.multiproc import wait_until
 from tests.procenv import HANG_S, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,14 +72,7 @@ class Run:
             raise
 
     def wait_for(self, condition, what: str, timeout=TIMEOUT):
-        t0 = time.monotonic()
-        while not condition():
-            if self.proc.poll() is not None:
-                pytest.fail(f"the run exited ({self.proc.returncode}) before {what}:\n{self.stderr()[-3000:]}")
-            if time.monotonic() - t0 > timeout:
-                self.proc.kill()
-                pytest.fail(f"timed out waiting for {what}")
-            time.sleep(0.01)
+        wait_until(condition, [self.proc], what, lambda: self.stderr()[-3000:], timeout)
 
     def stdout(self) -> str:
         return self.out_path.read_text()
