@@ -100,14 +100,32 @@ def emit_result(res: dict) -> None:
     print(RESULT_PREFIX + json.dumps(res), flush=True)
 
 
-def run_child(cmd: list[str], label: str) -> dict:
-    """Run ``cmd`` (a Python child) and return the dict of its last ``RESULT`` line; exit on failure."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), cwd=ROOT)
+def run_child(cmd: list[str], label: str, timeout: float | None = None, exit_on_error: bool = True) -> dict:
+    """Run ``cmd`` (a Python child) and return the dict of its last ``RESULT`` line.
+
+    On failure (non-zero exit, no result line, or past ``timeout`` seconds): exit with one line
+    naming ``label`` or, without ``exit_on_error``, return ``{"error": ...}`` so that a run of
+    several stages goes on to the next one.
+    """
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), cwd=ROOT, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        if exit_on_error:
+            raise SystemExit(f"{label} timed out after {timeout:.0f} s") from None
+        return {"error": f"timed out after {timeout:.0f} s"}
     lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT_PREFIX)]
     if proc.returncode or not lines:
+        if not exit_on_error:
+            return {"error": f"exit {proc.returncode}: {proc.stderr[-2500:]}"}
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"{label} failed (exit {proc.returncode})")
     return json.loads(lines[-1][len(RESULT_PREFIX):])
+
+
+def remat_arg(value: str) -> bool | str:
+    """A ``--remat on|off|attention`` option -> ``model.remat``'s value (True, False, "attention").
+    The torch sides checkpoint whole blocks only for True (``gradient_checkpointing``)."""
+    return {"on": True, "off": False}.get(value, value)
 
 
 def write_json(path: str | Path, obj) -> Path:

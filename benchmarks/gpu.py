@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import RESULT_PREFIX, ROOT, child_env, emit_result, write_json
+from _common import ROOT, child_env, emit_result, run_child, write_json
 
 if str(ROOT) not in sys.path:  # this checkout's jaxalign (rl_iteration reads its registry), as the children get it
     sys.path.insert(0, str(ROOT))
@@ -56,9 +56,9 @@ STAGES = ["matmul", "sft", "dpo", "gen", "grpo", "tiny-grpo", "tiny-ppo", "real"
 
 def random_model(config_path: Path, dtype: str) -> list[str]:
     """Overrides that make a config's model a random one of ``config_path``'s shape."""
-    cfg = json.loads(Path(config_path).read_text())
-    return ["model.init=random", "model.path=null", "model.tokenizer=tiny", "model.config=" + json.dumps(cfg),
-            f"model.dtype={dtype}"]
+    import train_step
+
+    return train_step.random_model_overrides(json.loads(Path(config_path).read_text())) + [f"model.dtype={dtype}"]
 
 
 def child(stage: str, p: dict) -> dict:
@@ -87,14 +87,7 @@ def run_stage(stage: str, p: dict, timeout: float) -> dict:
     """``child(stage, p)`` in a subprocess under ``timeout`` seconds; its result or its error."""
     t = time.perf_counter()
     cmd = [sys.executable, __file__, "--child", stage, "--params", json.dumps(p)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), cwd=ROOT, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s", "wall_s": time.perf_counter() - t}
-    lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT_PREFIX)]
-    if proc.returncode or not lines:
-        return {"error": f"exit {proc.returncode}: {proc.stderr[-2500:]}", "wall_s": time.perf_counter() - t}
-    return {**json.loads(lines[-1][len(RESULT_PREFIX):]), "wall_s": time.perf_counter() - t}
+    return {**run_child(cmd, stage, timeout=timeout, exit_on_error=False), "wall_s": time.perf_counter() - t}
 
 
 def run_online(alg: str, size: str, overrides: list[str], steps: int, timeout: float, plan: bool = True) -> dict:

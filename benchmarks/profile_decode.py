@@ -63,7 +63,7 @@ def jax_profile(dtype: str, batch: int, new_tokens: int) -> dict:
     import jax
 
     from generate import encode, load
-    from jaxalign.rollout.sampler import generate, pad_prompts
+    from jaxalign.rollout import generate, pad_prompts
 
     model, tok, source = load(False, dtype)
     ids, mask = pad_prompts(encode(tok, batch), tok.pad_token_id if tok else 2)
@@ -106,7 +106,7 @@ def torch_profile(dtype: str, batch: int, new_tokens: int) -> dict:
     import jaxalign
     from generate import prompts_for
     from jaxalign.io.paths import resolve_model_path
-    from jaxalign.rollout.sampler import pad_prompts
+    from jaxalign.rollout import pad_prompts
     from jaxalign.rollout.text import encode_prompts
 
     path = resolve_model_path("smollm2-135m-instruct")

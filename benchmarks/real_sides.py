@@ -91,7 +91,7 @@ def run_jaxalign(kind: str, packed: bool, p: dict) -> dict:
     used = [ex[i] for s in plan for i in step_examples(s, packed)]
     res = _result(kind, "jaxalign packed" if packed else "jaxalign padded", used, times, cpu_seconds() - cpu0,
                   real, processed, build_s, warm_s, compile_s=compiled, shapes=len(shapes),
-                  loss=float(m["loss"]), remat=bool(cfg.model.remat), dtype=cfg.model.dtype)
+                  loss=float(m["loss"]), remat=cfg.model.remat, dtype=cfg.model.dtype)
     dev = jax.devices()[0]
     if dev.platform != "cpu":  # an accelerator: its own peak, not the host process's
         res.update(peak_gib=dev.memory_stats()["peak_bytes_in_use"] / 2**30, peak_kind="device",
@@ -125,7 +125,7 @@ def run_torch(kind: str, p: dict) -> dict:
     plan = plan_steps(ex, p["rows"], p["max_length"], packed=False)
     t0 = time.perf_counter()
     policy = load_torch_model().train()
-    if p["remat"]:
+    if p["remat"] is True:  # "attention" has no torch counterpart beyond SDPA: whole blocks only
         policy.gradient_checkpointing_enable()
     ref = load_torch_model().eval() if kind == "dpo" else None
     build_s = time.perf_counter() - t0
@@ -239,7 +239,7 @@ def _run_trl(kind: str, p: dict, make_trainer) -> dict:
 def _common_args(p: dict, out_dir: str, steps: int) -> dict:
     return dict(output_dir=out_dir, per_device_train_batch_size=p["rows"], gradient_accumulation_steps=1,
                 max_steps=steps, lr_scheduler_type="cosine", warmup_steps=2, weight_decay=0.0, max_grad_norm=1.0,
-                gradient_checkpointing=p["remat"], use_cpu=True, report_to="none", save_strategy="no",
+                gradient_checkpointing=p["remat"] is True, use_cpu=True, report_to="none", save_strategy="no",
                 logging_steps=10_000, dataloader_num_workers=0, disable_tqdm=True)
 
 

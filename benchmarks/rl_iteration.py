@@ -30,19 +30,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def _launch(cmd: list[str], processes: int, devices: int, d: str) -> list[float]:
     """Run ``cmd`` as ``processes`` processes of ``devices / processes`` devices; peak RSS (GiB) of each."""
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices // processes}")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    multi = ["--coordinator", f"localhost:{_free_port()}", "--num-processes", str(processes)] if processes > 1 else []
+    from jaxalign.parallel.distributed import local_coordinator  # ROOT on sys.path, as for section_of
+
+    multi = ["--coordinator", local_coordinator(), "--num-processes", str(processes)] if processes > 1 else []
     procs = []
     for i in range(processes):
         err = open(Path(d) / f"stderr{i}.txt", "w")

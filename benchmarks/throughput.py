@@ -47,7 +47,7 @@ import sys
 import time
 
 import yaml
-from _common import (ROOT, emit_result, machine_info, peak_rss_gib, rss_gib, run_child, trl_step_timer,
+from _common import (ROOT, emit_result, machine_info, peak_rss_gib, remat_arg, rss_gib, run_child, trl_step_timer,
                      wait_for_quiet, write_json)
 
 # Issue 7's goals for jaxalign's speed-up over the peer (reported against, not tested).
@@ -132,7 +132,7 @@ def run_trl_dpo(batch: int, seq: int, steps: int, remat: bool, beta: float = 0.1
         cfg = DPOConfig(output_dir=out_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
                         max_steps=steps + 1, learning_rate=1e-6, lr_scheduler_type="cosine", warmup_steps=2,
                         weight_decay=0.0, max_grad_norm=1.0, beta=beta, loss_type=["sigmoid"], max_length=seq,
-                        precompute_ref_log_probs=False, gradient_checkpointing=remat, use_cpu=True, bf16=dtype == "bfloat16",
+                        precompute_ref_log_probs=False, gradient_checkpointing=remat is True, use_cpu=True, bf16=dtype == "bfloat16",
                         report_to="none", save_strategy="no", logging_steps=10_000, dataloader_num_workers=0,
                         disable_tqdm=True)
         text = Dataset.from_dict({"prompt": ["Hello"], "chosen": [" yes"], "rejected": [" no"]})
@@ -204,10 +204,10 @@ def step_flops(measure: str, m: dict, batch: int, seq: int, gen_tokens: int = 0)
     return 2 * m["N"] * gen_tokens
 
 
-def config_remat(alg: str) -> bool:
-    """``model.remat`` of configs/<alg>_smollm2.yaml."""
+def config_remat(alg: str) -> bool | str:
+    """``model.remat`` of configs/<alg>_smollm2.yaml (False, "attention" or True)."""
     cfg = yaml.safe_load((ROOT / "configs" / f"{alg}_smollm2.yaml").read_text())
-    return bool(cfg.get("model", {}).get("remat", False))
+    return cfg.get("model", {}).get("remat", False)
 
 
 def measure(kind: str, params: dict, log: list, gate: tuple[float, float] | None = None) -> dict:
@@ -247,7 +247,7 @@ def main():
     ap.add_argument("--gen-repeats", type=int, default=3, help="timed generate calls after the first")
     ap.add_argument("--only", default="sft,dpo,gen")
     ap.add_argument("--repeats", type=int, default=1, help="alternate the sides this many times (A B A B)")
-    ap.add_argument("--remat", choices=["config", "on", "off"], default="config")
+    ap.add_argument("--remat", choices=["config", "on", "off", "attention"], default="config")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="bfloat16: mixed precision on every side (float32 weights and optimizer; "
                     "jaxalign model.dtype=bfloat16, PyTorch/TRL CPU autocast; generation: bfloat16 weights)")
@@ -286,7 +286,7 @@ def main():
     for what in ("sft", "dpo"):
         if what not in only:
             continue
-        remat = config_remat(what) if args.remat == "config" else args.remat == "on"
+        remat = config_remat(what) if args.remat == "config" else remat_arg(args.remat)
         p = {"batch": args.batch, "seq": args.seq, "steps": args.steps, "remat": remat, "dtype": args.dtype,
              "lora": args.lora}
         for _ in range(args.repeats):

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import (ROOT, cpu_seconds, emit_result, machine_info, peak_rss_gib, rss_gib, run_child,
+from _common import (ROOT, cpu_seconds, emit_result, machine_info, peak_rss_gib, remat_arg, rss_gib, run_child,
                      write_json)
 
 VOCAB = 49152
@@ -71,6 +71,12 @@ def _compile_listener(sink: list, events: dict | None = None):
     jax.monitoring.register_event_duration_secs_listener(listen)
 
 
+def random_model_overrides(model_config: dict) -> list[str]:
+    """Config overrides that make a run's model a random one of ``model_config``'s shape (with the
+    tiny tokenizer, so that no files are needed)."""
+    return ["model.init=random", "model.path=null", "model.tokenizer=tiny", "model.config=" + json.dumps(model_config)]
+
+
 def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype: str | None = None,
                  random: bool = False, remat: bool | None = None, lora: int = 0,
                  chunk_size: int | None = None, model_config: str | None = None) -> dict:
@@ -102,8 +108,7 @@ def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype
     if random or model_config:
         from jaxalign.api import load_model  # noqa: F401  (same import cost as a real run)
 
-        over += ["model.init=random", "model.path=null", "model.tokenizer=tiny",
-                 "model.config=" + json.dumps(cfg_json)]
+        over += random_model_overrides(cfg_json)
     if dtype:
         over.append(f"model.dtype={dtype}")
     if remat is not None:
@@ -148,7 +153,7 @@ def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype
             "step_times_s": times, "cpu_s_per_step": (cpu_seconds() - cpu0) / steps, "loss": float(m["loss"]),
             "peak_gib": peak[0], "peak_kind": peak[1],
             "rss_before_first_step_gib": rss_before, "device": dev.device_kind, "params": n_params,
-            "remat": bool(cfg.model.remat), "dtype": cfg.model.dtype, "lora": lora}
+            "remat": cfg.model.remat, "dtype": cfg.model.dtype, "lora": lora}
 
 
 def load_torch_model(dtype: str = "float32"):
@@ -181,7 +186,7 @@ def run_torch(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, remat: b
     torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.perf_counter()
     policy = load_torch_model().train()
-    if remat:
+    if remat is True:
         policy.gradient_checkpointing_enable()
     ref = load_torch_model().eval() if alg == "dpo" else None
     build_s = time.perf_counter() - t0
@@ -245,15 +250,15 @@ def main():
     ap.add_argument("--no-torch", dest="torch", action="store_false")
     ap.add_argument("--chunk-size", type=int, default=None,
                     help="<alg>.chunk_size: the LM head only on completion tokens, in chunks")
-    ap.add_argument("--remat", choices=["config", "on", "off"], default="config",
-                    help="jaxalign's model.remat: the config's value, or on/off")
+    ap.add_argument("--remat", choices=["config", "on", "off", "attention"], default="config",
+                    help="jaxalign's model.remat: the config's value, on (true), off (false) or attention")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_step.json"))
     ap.add_argument("--child", choices=["jaxalign", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--alg", help=argparse.SUPPRESS)
     ap.set_defaults(torch=False)
     args = ap.parse_args()
     if args.child == "jaxalign":
-        remat = None if args.remat == "config" else args.remat == "on"
+        remat = None if args.remat == "config" else remat_arg(args.remat)
         return emit_result(run_jaxalign(args.alg, args.batch, args.seq, args.steps, args.dtype, args.random,
                                         remat=remat, chunk_size=args.chunk_size))
     if args.child == "torch":

@@ -4,7 +4,6 @@ localhost coordinator, CPU collectives through gloo), for the multi-process test
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from jaxalign.parallel.distributed import local_coordinator
 from tests.procenv import HANG_S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,24 +41,18 @@ def wait_until(condition, procs, what: str, report, timeout: float = TIMEOUT, po
         time.sleep(poll)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 class Processes:
     """``n`` processes of one multi-process jaxalign run (stdout/stderr in files): process ``i``
     runs ``python -m jaxalign.cli *argv(run_dir, <coordinator options>, *extra, quiet=quiet)``."""
 
     def __init__(self, run_dir: Path, env: dict, *extra: str, argv, n: int = 2, quiet: bool = True):
-        port = free_port()
+        coordinator = local_coordinator()
         self.logs = run_dir.parent / f"{run_dir.name}.logs.{time.monotonic_ns()}"
         self.logs.mkdir(parents=True)
         self.procs = []
         for i in range(n):
             cmd = [sys.executable, "-m", "jaxalign.cli",
-                   *argv(run_dir, "--coordinator", f"localhost:{port}", "--num-processes", str(n),
+                   *argv(run_dir, "--coordinator", coordinator, "--num-processes", str(n),
                          "--process-id", str(i), *extra, quiet=quiet)]
             with open(self.logs / f"{i}.out", "w") as out, open(self.logs / f"{i}.err", "w") as err:
                 self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=err))

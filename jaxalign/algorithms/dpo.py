@@ -33,7 +33,7 @@ from jaxalign.algorithms.sections.dpo import (  # noqa: F401 (re-exported)
     Config, LossConfig, REFERENCES, REFERENCE_FREE_TYPES, REF_KEYS)
 
 
-def pair_logps(model, batch: dict, *, chunk_size: int | None = None, remat: bool = False):
+def pair_logps(model, batch: dict, *, chunk_size: int | None = None, remat: bool | str = False):
     """One forward over ``[chosen; rejected]`` (``[2B, S]``): ``(chosen_logps, rejected_logps,
     chosen_lengths, rejected_lengths)``, each ``[B]``, log-probs summed over completion tokens.
 
@@ -77,7 +77,7 @@ def initial_extras(algo: Config) -> dict:
     return {}
 
 
-def make_loss(graphdef, algo: Config, ref_graphdef=None, remat: bool = False):
+def make_loss(graphdef, algo: Config, ref_graphdef=None, remat: bool | str = False):
     """``loss_fn(params, batch, frozen, rng, extras)`` for the shared train step.
 
     The reference log-probs come from ``frozen`` (reference params, merged with ``ref_graphdef``)

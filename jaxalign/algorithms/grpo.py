@@ -36,7 +36,7 @@ def advantages(algo: Config, exp: dict) -> jax.Array:
     return grpo_advantages(scores.reshape(-1, g), scale=algo.scale_rewards).reshape(-1)
 
 
-def make_loss(graphdef, algo: Config, temperature: float, remat: bool = False,
+def make_loss(graphdef, algo: Config, temperature: float, remat: bool | str = False,
               max_completion_length: int | None = None):
     """``loss_fn(params, batch, frozen, rng, extras)`` over experience rows (with ``advantages``).
     ``max_completion_length``: Dr. GRPO's constant (default ``algo.sampling.max_new_tokens``)."""

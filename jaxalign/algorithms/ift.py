@@ -54,7 +54,7 @@ def initial_extras() -> dict:
     return {"ift_step": jnp.zeros((), jnp.int32), "ift_micro": jnp.zeros((), jnp.int32)}
 
 
-def make_loss(graphdef, algo: Config, warmup_steps: int, remat: bool = False, train: bool = True,
+def make_loss(graphdef, algo: Config, warmup_steps: int, remat: bool | str = False, train: bool = True,
               n_micro: int = 1, seed: int = 0):
     """``loss_fn(params, batch, frozen, rng, extras)`` with :func:`initial_extras`.
 

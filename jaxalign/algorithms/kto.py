@@ -51,13 +51,13 @@ def sequences(batch: dict, shift: bool = False) -> dict:
             "completion_mask": jnp.concatenate([jnp.zeros_like(p_attn), attn], axis=1)}
 
 
-def sequence_logps(model, seqs: dict, *, chunk_size: int | None = None, remat: bool = False):
+def sequence_logps(model, seqs: dict, *, chunk_size: int | None = None, remat: bool | str = False):
     """``[B]`` log-probs of the completions of ``seqs`` (from :func:`sequences`), summed over tokens."""
     logps, mask = completion_logps(model, seqs, remat=remat, chunk_size=chunk_size)
     return sequence_logprobs(logps, mask)
 
 
-def make_loss(graphdef, algo: Config, ref_graphdef=None, remat: bool = False):
+def make_loss(graphdef, algo: Config, ref_graphdef=None, remat: bool | str = False):
     """``loss_fn(params, batch, frozen, rng, extras)`` for the shared train step; ``frozen``
     holds the reference parameters (merged with ``ref_graphdef``, default ``graphdef``). Its
     weight is the number of rows."""

@@ -54,7 +54,7 @@ def preference_batch(exp: dict) -> dict:
     return out
 
 
-def make_loss(graphdef, algo: Config, remat: bool = False, ref_graphdef=None):
+def make_loss(graphdef, algo: Config, remat: bool | str = False, ref_graphdef=None):
     """Offline DPO's loss with the reference in ``frozen`` (merged with ``ref_graphdef``, default
     ``graphdef``; with LoRA the base's, adapters off), plus ``kl``: the mean over all
     samples of ``Σ_t (logπ − logπ_ref)`` on the policy's own samples (TRL's ``objective/kl``)."""

@@ -182,7 +182,7 @@ def kv_cache_bytes(graphdef, params, prompt_shape: tuple, num_samples: int, max_
 
     from jaxalign import parallel as shd
     from jaxalign.models.kv_cache import cache_dtype
-    from jaxalign.rollout.sampler import prompt_bucket_length
+    from jaxalign.rollout.arguments import prompt_bucket_length
 
     mc = nnx.merge(graphdef, params).config
     shards = shd.batch_shards(mesh)

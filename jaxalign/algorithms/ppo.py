@@ -31,7 +31,7 @@ from jaxalign.algorithms.sections.ppo import (  # noqa: F401 (re-exported)
     CLIP_SCOPES, CRITIC_INITS, Config, PRESETS, PRESET_VALUES)
 
 
-def make_loss(policy_def, critic_def, algo: Config, temperature: float, t: int, remat: bool = False):
+def make_loss(policy_def, critic_def, algo: Config, temperature: float, t: int, remat: bool | str = False):
     """``loss_fn(params, batch, frozen, rng, extras)`` over buffer rows: clipped surrogate +
     ``vf_coef`` × clipped value loss (+ ``ptx_coef`` × LM loss on ``ptx_*`` rows); the mean is
     over completion tokens (the returned weight)."""

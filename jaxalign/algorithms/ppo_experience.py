@@ -42,7 +42,7 @@ def completion_slice(x: jax.Array, t: int) -> jax.Array:
 
 
 def old_values(critic_def, critic_params, exp: dict, t: int, rows_per_chunk: int | None = None,
-               remat: bool = False) -> jax.Array:
+               remat: bool | str = False) -> jax.Array:
     """Critic values ``[N, T]`` of the rollout (the "old" values GAE and value clipping use),
     ``rows_per_chunk`` rows at a time (bounded memory)."""
     ids, attn = exp["input_ids"], exp["attention_mask"]
@@ -181,7 +181,7 @@ def make_optimizer(optim, critic_lr: float, total_updates: int, warmup_updates: 
 # --------------------------------------------------------------------------- the iteration
 
 def make_step(algo, loss_fn, tx, critic_def, *, t: int, num_minibatches: int, epochs: int, n_micro: int,
-              policy_lr: Callable, critic_lr: Callable, warmup_steps: int, remat: bool = False,
+              policy_lr: Callable, critic_lr: Callable, warmup_steps: int, remat: bool | str = False,
               critic_of: Callable | None = None):
     """Pure ``step(state, experience, frozen) -> (state, metrics)`` of one PPO iteration: old
     values from the critic, :func:`prepare` (running moments and KL coefficient updated once),

@@ -244,7 +244,7 @@ class TextRaft:
         return kept_batch(res.kept, res.keep), text_metrics(res.metrics, res.samples, res.kept, res.keep, eos_rate)
 
 
-def make_loss(graphdef, algo: Config, remat: bool = False):
+def make_loss(graphdef, algo: Config, remat: bool | str = False):
     """The fine-tuning loss: SFT NLL on the kept rows' completion tokens only (prompt tokens,
     padding and rows that were not kept carry none; each row is one sample)."""
     return sft.make_loss(graphdef, sft.Config(aggregation=algo.aggregation, chunk_size=algo.chunk_size), remat)

@@ -42,7 +42,7 @@ from jaxalign.train.optim import make_optimizer
 from jaxalign.algorithms.sections.rm import Config, LOSSES, _FORMAT_KIND  # noqa: F401 (re-exported)
 
 
-def _scores(model: ScalarHeadModel, ids, attn, *, remat: bool = False):
+def _scores(model: ScalarHeadModel, ids, attn, *, remat: bool | str = False):
     """Scores ``[N]`` at the last real token and the final hidden states ``[N, S, D]``."""
     h = model.backbone.hidden_states(ids, attn, remat=remat)
     values = model.score(h)[..., 0].astype(jnp.float32)
@@ -50,7 +50,7 @@ def _scores(model: ScalarHeadModel, ids, attn, *, remat: bool = False):
     return jnp.take_along_axis(values, idx[:, None], axis=1)[:, 0], h
 
 
-def _packed_pairs(model: ScalarHeadModel, batch, *, remat: bool = False):
+def _packed_pairs(model: ScalarHeadModel, batch, *, remat: bool | str = False):
     """Scores of a packed preference batch (:mod:`jaxalign.data.packing`): one forward over the
     rows, each segment scored at its own last token. Returns ``(chosen, rejected)`` scores
     ``[R·K]`` (0 in empty pair slots), the hidden states ``[R, S, D]`` and ``[R, 2K]`` slots."""
@@ -89,7 +89,7 @@ def _reward_stats(rewards, valid) -> dict:
     return {"reward_mean": mean, "reward_std": jnp.sqrt(var)}
 
 
-def make_loss(graphdef, algo: Config, remat: bool = False):
+def make_loss(graphdef, algo: Config, remat: bool | str = False):
     """``loss_fn(params, batch, frozen, rng, extras)`` for the shared train step.
 
     Preference batches (``chosen_*`` / ``rejected_*`` ``[B, S]``) are scored in one forward over

@@ -20,7 +20,7 @@ from jaxalign.train.optim import make_optimizer
 from jaxalign.algorithms.sections.sft import AGGREGATIONS, Config  # noqa: F401 (re-exported)
 
 
-def completion_logps(model, batch: dict, *, prefix: str = "", embeds=None, remat: bool = False,
+def completion_logps(model, batch: dict, *, prefix: str = "", embeds=None, remat: bool | str = False,
                      chunk_size: int | None = None):
     """Per-token log-probs ``[B, S]`` of ``batch[prefix + 'input_ids']`` and the loss mask
     (completion tokens; position 0 never counts, it has no prediction).
@@ -67,7 +67,7 @@ def loss_weight(mask, aggregation: str, segment_ids=None):
     return jnp.sum(jnp.any(mask, axis=-1)).astype(jnp.float32)
 
 
-def make_loss(graphdef, algo: Config, remat: bool = False):
+def make_loss(graphdef, algo: Config, remat: bool | str = False):
     """``loss_fn(params, batch, frozen, rng, extras)`` for the shared train step."""
 
     def loss_fn(params, batch, frozen, rng, extras):

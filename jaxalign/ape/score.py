@@ -25,7 +25,8 @@ from jaxalign.ape.templates import eval_user, normalise_answer
 from jaxalign.data.batching import bucket_length
 from jaxalign.io.tokenizer import eos_token_ids
 from jaxalign.losses.logprobs import sequence_logprobs, shifted_token_logprobs
-from jaxalign.rollout.sampler import DEFAULT_BUCKETS, generate, pad_prompts
+from jaxalign.rollout.arguments import DEFAULT_BUCKETS, pad_prompts
+from jaxalign.rollout.sampler import generate
 
 
 def _batches(n: int, size: int):

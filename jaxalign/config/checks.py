@@ -15,6 +15,15 @@ import typing
 
 from jaxalign.errors import JaxalignError, short
 
+# model.remat: what the backward pass recomputes (nothing, attention scores, whole blocks).
+REMAT_MODES = (False, "attention", True)
+
+
+def is_remat_mode(value) -> bool:
+    """``value`` is one of :data:`REMAT_MODES` (``1`` is not ``True`` here, nor ``"true"``)."""
+    return any(value is m if isinstance(m, bool) else value == m for m in REMAT_MODES)
+
+
 _CHOICES = {
     "model.init": ("pretrained", "random"),
     "model.dtype": ("float32", "bfloat16", "float16"),
@@ -174,6 +183,8 @@ def check_values(cfg) -> None:
         value = _get(cfg, key)
         if value not in choices:
             raise JaxalignError(f"config key {key!r}: {short(value)} is not one of {', '.join(choices)}")
+    if not is_remat_mode(cfg.model.remat):
+        raise JaxalignError(f"config key 'model.remat': {short(cfg.model.remat)} is not one of false, attention, true")
     if cfg.model.init == "random" and cfg.model.path is not None:
         # A random model never reads model.path: the run would train from scratch, exit 0, and
         # look like a fine-tune of the model named there.

@@ -52,7 +52,9 @@ class ModelSpec:
     tokenizer: the tokenizer's HF dir, .gguf, alias or Hub id; default: the model path.
     dtype: compute dtype (float32 | bfloat16 | float16); parameters stay in param_dtype.
     param_dtype: dtype of the parameters and optimizer state (the master weights).
-    remat: rematerialise each decoder block in the backward pass (less memory, more compute).
+    remat: what the backward pass recomputes instead of keeping: ``true`` each decoder block (least
+      memory, ~1/3 more compute), ``attention`` each layer's attention scores and probabilities
+      (the [batch, heads, seq, seq] arrays; the default: a few % more compute), ``false`` nothing.
     lora: LoRA adapters on the frozen model (README: LoRA); null: train every weight.
     """
 
@@ -62,7 +64,7 @@ class ModelSpec:
     tokenizer: str | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
-    remat: bool = False
+    remat: bool | str = "attention"
     lora: LoraSpec | None = None
 
 

@@ -36,11 +36,11 @@ class ScalarHeadModel(nnx.Module):
                             param_dtype=config.jnp_param_dtype, rngs=rngs, name="score")
         self.config = config
 
-    def token_values(self, input_ids, attention_mask=None, *, remat: bool = False) -> jax.Array:
+    def token_values(self, input_ids, attention_mask=None, *, remat: bool | str = False) -> jax.Array:
         h = self.backbone.hidden_states(input_ids, attention_mask, remat=remat)
         return self.score(h)[..., 0].astype(jnp.float32)
 
-    def __call__(self, input_ids, attention_mask=None, *, remat: bool = False) -> jax.Array:
+    def __call__(self, input_ids, attention_mask=None, *, remat: bool | str = False) -> jax.Array:
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         values = self.token_values(input_ids, attention_mask, remat=remat)

@@ -11,11 +11,13 @@ safetensors file. The decoder layers are one ``DecoderLayer`` whose parameters c
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
+from jaxalign.config.checks import is_remat_mode
 from jaxalign.models.config import ModelConfig
 from jaxalign.models import fsdp, lora_dropout
 from jaxalign.models.kv_cache import TRANSPOSE_MIN_ROWS, KVCache  # noqa: F401  (KVCache re-exported)
@@ -48,8 +50,12 @@ class Attention(nnx.Module):
         self.score_div = math.sqrt(c.query_pre_attn_scalar or c.head_dim)
         self.softcap = c.attn_logit_softcapping
 
-    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None):
-        """x ``[b, s, d]``; mask ``[b, s, t]`` bool (query may see key); returns (out, (k, v))."""
+    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None, recompute_scores: bool = False):
+        """x ``[b, s, d]``; mask ``[b, s, t]`` bool (query may see key); returns (out, (k, v)).
+
+        ``recompute_scores`` (training passes without a cache): the backward pass recomputes the
+        ``[b, heads, s, s]`` scores and probabilities from ``q``, ``k``, ``v`` instead of keeping
+        them from the forward pass (see :func:`_attend`)."""
         b, s, _ = x.shape
         q = self.q_proj(x).reshape(b, s, self.n_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, s, self.n_kv, self.head_dim)
@@ -60,26 +66,49 @@ class Attention(nnx.Module):
         g = self.n_heads // self.n_kv
         q = q.reshape(b, s, self.n_kv, g, self.head_dim)
         if layer_cache is None:
-            new_kv = (k, v)
-            scores = mm("bskgh,btkh->bkgst", q, k, q.dtype, out_dtype=jnp.float32)
-        else:
-            ck, cv = layer_cache
-            k = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 3, 1).astype(ck.dtype), (0, 0, 0, cache_index))
-            v = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3).astype(cv.dtype), (0, 0, cache_index, 0))
-            new_kv = (k, v)
-            scores = mm("bkgsh,bkht->bkgst", q.transpose(0, 2, 3, 1, 4), k, k.dtype, out_dtype=jnp.float32)
-        scores = softcap(scores / self.score_div, self.softcap)
-        # A finite fill keeps fully-masked rows (left padding) NaN-free; their outputs are unused.
-        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1)
-        if layer_cache is None:
-            out = mm("bkgst,btkh->bskgh", probs, v, q.dtype)
-        else:
-            # Output in the dot's natural order (batch, rows, cols): asking for [b, s, k, g, h]
-            # made XLA:CPU swap the operands into a transposed-A dot 2x slower than this one
-            # plus a transpose of the small result.
-            out = mm("bkgst,bkth->bkgsh", probs, v, v.dtype, out_dtype=q.dtype).transpose(0, 3, 1, 2, 4)
-        return self.o_proj(out.reshape(b, s, self.n_heads * self.head_dim)), new_kv
+            attend = partial(_attend, score_div=self.score_div, cap=self.softcap)
+            if recompute_scores:
+                attend = jax.checkpoint(attend)
+            out = attend(q, k, v, mask)
+            return self.o_proj(out.reshape(b, s, self.n_heads * self.head_dim)), (k, v)
+        ck, cv = layer_cache
+        k = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 3, 1).astype(ck.dtype), (0, 0, 0, cache_index))
+        v = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3).astype(cv.dtype), (0, 0, cache_index, 0))
+        scores = mm("bkgsh,bkht->bkgst", q.transpose(0, 2, 3, 1, 4), k, k.dtype, out_dtype=jnp.float32)
+        probs = _probs(scores, mask, self.score_div, self.softcap)
+        # Output in the dot's natural order (batch, rows, cols): asking for [b, s, k, g, h]
+        # made XLA:CPU swap the operands into a transposed-A dot 2x slower than this one
+        # plus a transpose of the small result.
+        out = mm("bkgst,bkth->bkgsh", probs, v, v.dtype, out_dtype=q.dtype).transpose(0, 3, 1, 2, 4)
+        return self.o_proj(out.reshape(b, s, self.n_heads * self.head_dim)), (k, v)
+
+
+def check_remat(remat) -> None:
+    """``remat`` must be one of ``model.remat``'s modes: False, "attention" or True."""
+    if not is_remat_mode(remat):
+        raise ValueError(f"remat: expected False, 'attention' or True, got {remat!r}")
+
+
+def _probs(scores, mask, score_div: float, cap: float | None):
+    """Attention probabilities from float32 ``[b, k, g, s, t]`` scores and a ``[b, s, t]`` mask."""
+    scores = softcap(scores / score_div, cap)
+    # A finite fill keeps fully-masked rows (left padding) NaN-free; their outputs are unused.
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(scores, axis=-1)
+
+
+def _attend(q, k, v, mask, *, score_div: float, cap: float | None):
+    """Attention of a whole sequence (no cache): q ``[b, s, k, g, h]``, k/v ``[b, t, k, h]`` ->
+    ``[b, s, k, g, h]``.
+
+    Under ``jax.checkpoint`` (``recompute_scores``) the backward pass keeps only these inputs and
+    recomputes the float32 ``[b, k, g, s, t]`` scores and probabilities, which would otherwise be
+    kept for every layer: at SmolLM2-135M's shape and 4 x 512 tokens they are ~2/3 of an SFT
+    step's activation memory. The price is one more ``q·kᵀ`` and softmax per layer in the
+    backward pass (a few % of the step's FLOPs); a fused attention kernel does the same.
+    """
+    scores = mm("bskgh,btkh->bkgst", q, k, q.dtype, out_dtype=jnp.float32)
+    return mm("bkgst,btkh->bskgh", _probs(scores, mask, score_div, cap), v, q.dtype)
 
 
 class MLP(nnx.Module):
@@ -118,8 +147,9 @@ class DecoderLayer(nnx.Module):
         self.pre_feedforward_layernorm = _norm(config, d) if gemma else None
         self.post_feedforward_layernorm = _norm(config, d) if gemma else None
 
-    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None):
-        h, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, cache_index)
+    def __call__(self, x, cos, sin, mask, layer_cache=None, cache_index=None, recompute_scores: bool = False):
+        h, new_kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, layer_cache, cache_index,
+                                   recompute_scores=recompute_scores)
         if self.pre_feedforward_layernorm is not None:  # Gemma
             x = x + self.post_attention_layernorm(h)
             return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), new_kv
@@ -189,7 +219,7 @@ class CausalLM(nnx.Module):
         inputs_embeds=None,
         positions=None,
         cache: KVCache | None = None,
-        remat: bool = False,
+        remat: bool | str = False,
         layers: list | None = None,
         segment_ids=None,
     ):
@@ -199,6 +229,9 @@ class CausalLM(nnx.Module):
         ``segment_ids``: ``[b, s]`` ids of the examples packed into each row
         (:mod:`jaxalign.data.packing`): a token attends only to earlier tokens of its own
         segment, and positions restart at each segment (unless ``positions`` are given).
+        ``remat`` (training passes): ``True`` recomputes each decoder block in the backward pass
+        (``model.remat: true``); ``"attention"`` only each layer's attention scores and
+        probabilities (:func:`_attend`); ``False`` keeps every activation.
         """
         cfg = self.config
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.jnp_dtype)
@@ -254,11 +287,13 @@ class CausalLM(nnx.Module):
             return self.norm(x), new_cache
 
         graphdef, layer_state = nnx.split(self.layers)
+        check_remat(remat)
+        recompute = remat == "attention"
         if len(ctx) == 1:
             (layer_ctx,) = ctx.values()
 
             def body(h, lstate):
-                return nnx.merge(graphdef, lstate)(h, *layer_ctx)[0], None
+                return nnx.merge(graphdef, lstate)(h, *layer_ctx, recompute_scores=recompute)[0], None
 
             xs = layer_state
         else:
@@ -267,7 +302,7 @@ class CausalLM(nnx.Module):
             def body(h, xs):
                 lstate, sliding = xs
                 layer_ctx = jax.tree.map(lambda a, b: jnp.where(sliding, a, b), ctx[True], ctx[False])
-                return nnx.merge(graphdef, lstate)(h, *layer_ctx)[0], None
+                return nnx.merge(graphdef, lstate)(h, *layer_ctx, recompute_scores=recompute)[0], None
 
             xs = (layer_state, jnp.asarray(kinds))
 
@@ -282,7 +317,7 @@ class CausalLM(nnx.Module):
                     return inner(h, xs)
 
             xs = (xs, jax.random.split(drop_key, cfg.num_hidden_layers))
-        if remat:
+        if remat is True:
             body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
         x, _ = jax.lax.scan(body, x, xs)
         return self.norm(x)
@@ -324,7 +359,7 @@ class CausalLM(nnx.Module):
         return layers
 
     def __call__(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, positions=None,
-                 cache: KVCache | None = None, remat: bool = False, segment_ids=None):
+                 cache: KVCache | None = None, remat: bool | str = False, segment_ids=None):
         out = self.hidden_states(input_ids, attention_mask, inputs_embeds=inputs_embeds,
                                  positions=positions, cache=cache, remat=remat, segment_ids=segment_ids)
         if cache is None:

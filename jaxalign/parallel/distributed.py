@@ -23,6 +23,16 @@ ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = (
     "JAXALIGN_COORDINATOR", "JAXALIGN_NUM_PROCESSES", "JAXALIGN_PROCESS_ID")
 
 
+def local_coordinator() -> str:
+    """``localhost:<a free port>``: a ``--coordinator`` for several processes on this machine
+    (tests, benchmarks, trying a multi-process run on a laptop)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return f"localhost:{s.getsockname()[1]}"
+
+
 def _env_int(name: str) -> int | None:
     v = os.environ.get(name)
     if v in (None, ""):

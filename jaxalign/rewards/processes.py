@@ -34,7 +34,13 @@ def parts_over_processes(reward, prompts, completions, **kw) -> tuple[np.ndarray
     mine = dict(kw, tokens=cut(kw.get("tokens")), attention_mask=cut(kw.get("attention_mask")),
                 finished=cut(kw.get("finished")),
                 columns={k: list(v)[rows] for k, v in (kw.get("columns") or {}).items()})
-    total, parts = host_rows.together(lambda: reward.parts(cut(prompts), cut(completions), **mine))
-    whole = host_rows.gather_rows({"total": np.asarray(total, np.float32),
-                                   "parts": {k: np.asarray(v, np.float32) for k, v in parts.items()}})
+
+    def score():
+        # The float conversion belongs inside the agreed-failure block: a reward returning
+        # non-numbers must fail on every process, not leave the others waiting in the gather.
+        total, parts = reward.parts(cut(prompts), cut(completions), **mine)
+        return {"total": np.asarray(total, np.float32),
+                "parts": {k: np.asarray(v, np.float32) for k, v in parts.items()}}
+
+    whole = host_rows.gather_rows(host_rows.together(score))
     return whole["total"], whole["parts"]

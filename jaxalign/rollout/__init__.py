@@ -4,7 +4,8 @@
 :func:`generate_text` wraps it with a tokenizer and chat templates.
 """
 
-from jaxalign.rollout.sampler import DEFAULT_BUCKETS, Rollout, prompt_bucket_length, generate, pad_prompts
+from jaxalign.rollout.arguments import DEFAULT_BUCKETS, pad_prompts, prompt_bucket_length
+from jaxalign.rollout.sampler import Rollout, generate
 from jaxalign.rollout.sampling import filter_logits, sample_tokens, top_k_filter, top_p_filter
 from jaxalign.rollout.text import generate_text
 

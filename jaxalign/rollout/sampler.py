@@ -13,7 +13,6 @@ Layout of every output row (``P`` = prompt length as given, ``T`` = ``max_new_to
 
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from typing import Sequence
 
@@ -21,24 +20,18 @@ import flax.nnx as nnx
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import NamedSharding
 
 from jaxalign import parallel as shd
-from jaxalign.data.batching import bucket_length
 from jaxalign.errors import JaxalignError
 from jaxalign.losses.logprobs import token_logprobs
 from jaxalign.models.kv_cache import TRANSPOSE_MIN_ROWS, KVCache
+from jaxalign.rollout.arguments import (DEFAULT_BUCKETS, SamplingSpec, as_key, checked_prompts, eos_tuple,
+                                        padded_rows, prompt_bucket_length, sampler_inputs,
+                                        sampling_spec)
 from jaxalign.rollout.sampling import row_keys, sample_tokens
 
 Array = jax.Array
-
-# Prompt lengths are left-padded up to one of these, so prompts of similar length share a
-# compiled program; longer prompts round up to a multiple of the largest bucket. Powers of two
-# and 1.5x powers of two: at most 1/3 of a prefill is padding (powers of two alone: up to 1/2;
-# a 47-token prompt batch padded to 64 spent a quarter of its prefill on padding).
-DEFAULT_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
-
 
 @flax.struct.dataclass
 class Rollout:
@@ -83,49 +76,6 @@ class Rollout:
         return jnp.concatenate([pad, self.logprobs], axis=1)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-    """The static part of a sampling configuration (part of the jit cache key)."""
-
-    max_new_tokens: int
-    num_samples: int
-    greedy: bool
-    top_k: int | None
-    use_top_p: bool
-    n_eos: int
-
-
-def prompt_bucket_length(n: int, buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> int:
-    """The padded width of a prompt batch whose longest prompt has ``n`` tokens: the smallest
-    bucket ``>= n``; beyond the largest, the next multiple of the largest; ``buckets=None``: ``n``
-    (:func:`jaxalign.data.batching.bucket_length` with ``beyond="multiple"``)."""
-    return bucket_length(n, buckets, beyond="multiple")
-
-
-def pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int,
-                buckets: Sequence[int] | None = DEFAULT_BUCKETS) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pad token lists to a common bucketed length.
-
-    Returns:
-      ``(ids, mask)``, int32 numpy arrays ``[len(prompts), L]`` with
-      ``L = prompt_bucket_length(max length, buckets)``; ``mask`` is 1 on real tokens.
-    Raises:
-      JaxalignError: no prompts, or an empty prompt.
-    """
-    if len(prompts) == 0:
-        raise JaxalignError("no prompts given")
-    lengths = [len(p) for p in prompts]
-    if min(lengths) == 0:
-        raise JaxalignError(f"prompt {lengths.index(0)} is empty (a prompt needs at least one token)")
-    width = prompt_bucket_length(max(lengths), buckets)
-    ids = np.full((len(prompts), width), pad_id, np.int32)
-    mask = np.zeros((len(prompts), width), np.int32)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = np.asarray(p, np.int32)
-        mask[i, width - len(p):] = 1
-    return ids, mask
-
-
 def _batch_spec_sharding(mesh, shape, logical):
     if mesh is None:
         return None
@@ -147,7 +97,7 @@ def _constrain_cache(cache: KVCache, mesh) -> KVCache:
 
 @partial(jax.jit, static_argnames=("graphdef", "spec", "mesh"))
 def _generate_jit(graphdef, state, prompt_ids, prompt_mask, row_valid, key, temperature, top_p,
-                  eos, pad_id, *, spec: _Spec, mesh):
+                  eos, pad_id, *, spec: SamplingSpec, mesh):
     model = nnx.merge(graphdef, state)
     b, p = prompt_ids.shape
     n, t_max = spec.num_samples, spec.max_new_tokens
@@ -234,27 +184,6 @@ def _mesh_of(state):
     return None
 
 
-def _as_key(key, greedy: bool):
-    if key is None:
-        if not greedy:
-            raise JaxalignError("generate: sampling needs a jax.random key (or pass greedy=True)")
-        return jax.random.key_data(jax.random.key(0))
-    if isinstance(key, int):
-        return jax.random.key_data(jax.random.key(key))
-    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return jax.random.key_data(key)
-    return key
-
-
-def _eos_tuple(eos_token_ids) -> tuple[int, ...]:
-    if eos_token_ids is None:
-        return ()
-    if isinstance(eos_token_ids, (int, np.integer)):
-        return (int(eos_token_ids),)
-    return tuple(int(i) for i in eos_token_ids)
-
-
 def generate(model_or_state, prompt_ids, prompt_mask, key, *, max_new_tokens: int,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              greedy: bool = False, eos_token_ids, pad_token_id: int, num_samples: int = 1,
@@ -311,57 +240,25 @@ def generate(model_or_state, prompt_ids, prompt_mask, key, *, max_new_tokens: in
       a :class:`Rollout` with ``N = B * num_samples`` rows.
     """
     graphdef, state = _split(model_or_state)
-    ids = np.asarray(prompt_ids)
-    mask = np.asarray(prompt_mask)
-    if ids.ndim != 2 or mask.shape != ids.shape:
-        raise JaxalignError(f"generate: prompt_ids {ids.shape} and prompt_mask {mask.shape} "
-                            "must both be [batch, prompt_len]")
-    if ids.shape[0] == 0 or ids.shape[1] == 0:
-        raise JaxalignError(f"generate: empty prompt batch {ids.shape}")
-    if not (mask[:, -1] > 0).all():
-        row = int(np.argmin(mask[:, -1] > 0))
-        raise JaxalignError(f"generate: prompt {row} does not end with a real token "
-                            "(prompts must be left-padded and non-empty)")
-    if max_new_tokens < 1:
-        raise JaxalignError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
-    if num_samples < 1:
-        raise JaxalignError(f"generate: num_samples must be >= 1, got {num_samples}")
-    if temperature < 0:
-        raise JaxalignError(f"generate: temperature must be >= 0, got {temperature}")
-    if temperature == 0:
-        greedy, temperature = True, 1.0
-    if top_p is not None and not 0 < top_p <= 1:
-        raise JaxalignError(f"generate: top_p must be in (0, 1], got {top_p}")
-    if top_k is not None and top_k < 1:
-        raise JaxalignError(f"generate: top_k must be >= 1, got {top_k}")
-    use_top_p = top_p is not None and top_p < 1 and not greedy
-    eos_ids = _eos_tuple(eos_token_ids)
-    spec = _Spec(max_new_tokens=int(max_new_tokens), num_samples=int(num_samples), greedy=bool(greedy),
-                 top_k=None if greedy or top_k is None else int(top_k), use_top_p=use_top_p,
-                 n_eos=len(eos_ids))
-
+    ids, mask = checked_prompts(prompt_ids, prompt_mask)
+    eos_ids = eos_tuple(eos_token_ids)
+    spec, temperature = sampling_spec(max_new_tokens=max_new_tokens, num_samples=num_samples,
+                                      temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                                      n_eos=len(eos_ids))
     b, p = ids.shape
     width = prompt_bucket_length(p, buckets)
     mesh = mesh if mesh is not None else _mesh_of(state)
-    shards = 1
-    if mesh is not None:
-        shards = shd.batch_shards(mesh)
-    rows = -(-b // shards) * shards
-    # Dummy rows (batch padding for the shards) carry one real token and start finished.
-    ids_p = np.full((rows, width), pad_token_id, np.int32)
-    mask_p = np.zeros((rows, width), np.int32)
-    mask_p[b:, -1] = 1
-    ids_p[:b, width - p:] = ids
-    mask_p[:b, width - p:] = (mask > 0)
-    valid = np.arange(rows) < b
+    shards = 1 if mesh is None else shd.batch_shards(mesh)
+    ids_p, mask_p, valid = sampler_inputs(ids, mask, width, shards, pad_token_id)
+    rows = len(valid)
 
     args = (jnp.asarray(ids_p), jnp.asarray(mask_p), jnp.asarray(valid))
     if mesh is not None:
         bs1, bs2 = shd.batch_sharding(mesh, 1), shd.batch_sharding(mesh, 2)
         args = (jax.device_put(args[0], bs2), jax.device_put(args[1], bs2),
                 jax.device_put(args[2], bs1))
-    out = _generate_jit(graphdef, state, *args, _as_key(key, spec.greedy),
-                        jnp.float32(temperature), jnp.float32(top_p if use_top_p else 1.0),
+    out = _generate_jit(graphdef, state, *args, as_key(key, spec.greedy),
+                        jnp.float32(temperature), jnp.float32(top_p if spec.use_top_p else 1.0),
                         jnp.asarray(eos_ids, jnp.int32).reshape(-1), jnp.int32(pad_token_id),
                         spec=spec, mesh=mesh)
     tokens, attention_mask, completion_mask, lps, lengths, finished = out
@@ -384,15 +281,12 @@ def lower_generate(graphdef, state, prompt_shape: tuple[int, int], *, max_new_to
     arguments (``state`` may be ShapeDtypeStructs with shardings): nothing runs or is
     allocated; ``.compile().memory_analysis()`` gives the sampler's memory (prefill, the KV
     cache of ``B * num_samples`` rows of ``bucket(P) + max_new_tokens`` positions, decode)."""
-    if temperature == 0:
-        greedy = True
-    use_top_p = top_p is not None and top_p < 1 and not greedy
-    spec = _Spec(max_new_tokens=int(max_new_tokens), num_samples=int(num_samples), greedy=bool(greedy),
-                 top_k=None if greedy or top_k is None else int(top_k), use_top_p=use_top_p, n_eos=int(n_eos))
+    spec, _ = sampling_spec(max_new_tokens=max_new_tokens, num_samples=num_samples, temperature=temperature,
+                            top_k=top_k, top_p=top_p, greedy=greedy, n_eos=n_eos)
     b, p = prompt_shape
     width = prompt_bucket_length(p, buckets)
     mesh = mesh if mesh is not None else _mesh_of(state)
-    rows = b if mesh is None else -(-b // shd.batch_shards(mesh)) * shd.batch_shards(mesh)
+    rows = padded_rows(b, 1 if mesh is None else shd.batch_shards(mesh))
 
     def arg(shape, dtype):
         s = None if mesh is None else shd.batch_sharding(mesh, len(shape))

@@ -9,7 +9,8 @@ import jax
 import numpy as np
 
 from jaxalign.errors import JaxalignError
-from jaxalign.rollout.sampler import DEFAULT_BUCKETS, Rollout, generate, pad_prompts
+from jaxalign.rollout.arguments import DEFAULT_BUCKETS, pad_prompts
+from jaxalign.rollout.sampler import Rollout, generate
 
 
 def _eos_ids(tokenizer) -> list[int]:

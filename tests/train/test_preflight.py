@@ -117,9 +117,12 @@ def test_refuses_what_does_not_fit_and_writes_nothing(tmp_path):
     msg = str(e.value)
     assert "\n" not in msg
     assert msg.startswith(f"the train step needs about ") and "(train.device_memory_limit); to fit: " in msg
-    for knob in ("train.micro_batch_size (now 16", "data.max_length (now 512)", "model.remat=true"):
+    for knob in ("train.micro_batch_size (now 16", "data.max_length (now 512)", "model.remat=attention"):
         assert knob in msg, msg
     assert not (tmp_path / "run").exists()
+    cfg.model.remat = "attention"  # the next step up: whole blocks
+    with pytest.raises(JaxalignError, match=r"set model\.remat=true"):
+        run(cfg, job, tmp_path / "run")
 
 
 def test_accepts_at_the_limit_and_compiles_the_step_once(tmp_path, caplog):
