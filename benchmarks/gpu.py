@@ -14,7 +14,9 @@ limit; a stage that fails or runs out of time is recorded with its error and the
   float32 master weights and bfloat16 compute, fixed batches ``--batch`` x ``--seq`` (DPO:
   ``--batch`` pairs, chosen and rejected each ``--seq``). MFU = model FLOPs
   (``throughput.step_flops``: 6N + 12·L·H·Q·S per token; DPO adds the reference forward) / median
-  step time / the ``matmul`` peak.
+  step time / the ``matmul`` peak. ``model.remat: true`` (whole blocks recomputed).
+- ``sft-attention``, ``dpo-attention``: the same with ``model.remat: attention`` (only the
+  attention scores recomputed): does the 1B step fit without block remat, and at what MFU.
 - ``gen``: greedy generation of ``--new-tokens`` tokens with the same model in bfloat16 at
   batch 1, 16 and 64 (``generate.run_jax``; random prompt ids of 33-45 tokens).
 - ``grpo``: ``jaxalign grpo`` on a random model of SmolLM2-135M's shape
@@ -51,7 +53,8 @@ TINY = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hid
         "tie_word_embeddings": True, "architecture": "LlamaForCausalLM"}
 TINY_ALGORITHMS = ["grpo", "ppo", "raft", "online-dpo"]
 # In the order of what matters most, so that a run cut short keeps the most useful part.
-STAGES = ["matmul", "sft", "dpo", "gen", "grpo", "tiny-grpo", "tiny-ppo", "real", "tiny-raft", "tiny-online-dpo"]
+STAGES = ["matmul", "sft", "dpo", "sft-attention", "dpo-attention", "gen", "grpo", "tiny-grpo", "tiny-ppo", "real",
+          "tiny-raft", "tiny-online-dpo"]
 
 
 def random_model(config_path: Path, dtype: str) -> list[str]:
@@ -134,13 +137,13 @@ def report(path: str) -> str:
     lines = ["| stage | shape | first step (s) | median step (s) | tokens/s | model TFLOP/s | MFU | device peak (GiB) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     b, sq = meta["batch"], meta["seq"]
-    for alg in ("sft", "dpo"):
-        x = st.get(alg)
+    for name in ("sft", "dpo", "sft-attention", "dpo-attention"):
+        x, alg = st.get(name), name.split("-")[0]
         if not x or "error" in x:
             continue
         flops = throughput.step_flops(alg, shape, b, sq) / x["step_s"]
         tokens = b * sq * (2 if alg == "dpo" else 1)
-        lines.append(f"| {alg} | {b} x {sq}{' pairs' if alg == 'dpo' else ''} | {x['first_step_s']:.1f} | "
+        lines.append(f"| {name} | {b} x {sq}{' pairs' if alg == 'dpo' else ''} | {x['first_step_s']:.1f} | "
                      f"{x['step_s']:.3f} | {tokens / x['step_s']:,.0f} | {flops / 1e12:.0f} | "
                      f"{100 * flops / peak:.1f} % | {x['peak_gib']:.1f} |")
     for name, x in st.items():
@@ -227,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
             record("matmul", run_stage("matmul", {"sizes": sizes}, 120 * limit + 30))
         elif stage in ("sft", "dpo"):
             record(stage, run_stage(stage, train, 240 * limit + 30))
+        elif stage in ("sft-attention", "dpo-attention"):
+            # model.remat: attention: the S x S buffers recomputed, the rest of each block kept:
+            # no block recomputation, so the GPU does ~6N FLOPs a token instead of ~8N.
+            alg = stage.split("-")[0]
+            record(stage, run_stage(alg, {**train, "remat": "attention"}, 240 * limit + 30))
         elif stage == "gen":
             record("gen", run_stage("gen", {"batches": batches, "new_tokens": args.new_tokens,
                                             "model_config": model_config}, 180 * limit + 30))

@@ -78,7 +78,7 @@ def random_model_overrides(model_config: dict) -> list[str]:
 
 
 def run_jaxalign(alg: str, batch: int = 8, seq: int = 256, steps: int = 5, dtype: str | None = None,
-                 random: bool = False, remat: bool | None = None, lora: int = 0,
+                 random: bool = False, remat: bool | str | None = None, lora: int = 0,
                  chunk_size: int | None = None, model_config: str | None = None) -> dict:
     """Time ``steps`` optimizer steps of ``jaxalign <alg>`` (configs/<alg>_smollm2.yaml) in this process.
 

@@ -21,7 +21,8 @@ def test_report_mfu_by_hand(tmp_path):
     (tmp_path / "m.json").write_text(json.dumps(cfg))
     run = {"meta": {"model_config": str(tmp_path / "m.json"), "batch": 2, "seq": 8},
            "stages": {"matmul": {"flops_per_s": 1e6},
-                      "sft": {"first_step_s": 3.0, "step_s": 0.5, "peak_gib": 1.0}}}
+                      "sft": {"first_step_s": 3.0, "step_s": 0.5, "peak_gib": 1.0},
+                      "sft-attention": {"first_step_s": 2.0, "step_s": 0.25, "peak_gib": 2.0}}}
     (tmp_path / "gpu.json").write_text(json.dumps(run))
     table = gpu.report(str(tmp_path / "gpu.json"))
     row = next(line for line in table.splitlines() if line.startswith("| sft"))
@@ -30,3 +31,7 @@ def test_report_mfu_by_hand(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[3:5] == ["0.500", "32"]
     assert cells[6] == "5.0 %"
+    # the remat: attention stage: the same model FLOPs in half the time
+    row = next(line for line in table.splitlines() if line.startswith("| sft-attention"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3:5] == ["0.250", "64"] and cells[6] == "10.0 %"
