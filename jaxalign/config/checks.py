@@ -14,15 +14,7 @@ import math
 import typing
 
 from jaxalign.errors import JaxalignError, short
-
-# model.remat: what the backward pass recomputes (nothing, attention scores, whole blocks).
-REMAT_MODES = (False, "attention", True)
-
-
-def is_remat_mode(value) -> bool:
-    """``value`` is one of :data:`REMAT_MODES` (``1`` is not ``True`` here, nor ``"true"``)."""
-    return any(value is m if isinstance(m, bool) else value == m for m in REMAT_MODES)
-
+from jaxalign.models.config import is_remat_mode
 
 _CHOICES = {
     "model.init": ("pretrained", "random"),

@@ -59,6 +59,15 @@ def dtype_overrides(dtype: str | None, compute_dtype: str | None = None) -> dict
     return out
 
 
+# model.remat: what the backward pass recomputes (nothing, attention scores, whole blocks).
+REMAT_MODES = (False, "attention", True)
+
+
+def is_remat_mode(value) -> bool:
+    """``value`` is one of :data:`REMAT_MODES` (``1`` is not ``True`` here, nor ``"true"``)."""
+    return any(value is m if isinstance(m, bool) else value == m for m in REMAT_MODES)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Hyper-parameters of a decoder-only causal LM of one of the supported families.

@@ -17,8 +17,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from jaxalign.config.checks import is_remat_mode
-from jaxalign.models.config import ModelConfig
+from jaxalign.models.config import ModelConfig, is_remat_mode
 from jaxalign.models import fsdp, lora_dropout
 from jaxalign.models.kv_cache import TRANSPOSE_MIN_ROWS, KVCache  # noqa: F401  (KVCache re-exported)
 from jaxalign.models.matmul import mm
