@@ -102,8 +102,8 @@ def _attend(q, k, v, mask, *, score_div: float, cap: float | None):
 
     Under ``jax.checkpoint`` (``recompute_scores``) the backward pass keeps only these inputs and
     recomputes the float32 ``[b, k, g, s, t]`` scores and probabilities, which would otherwise be
-    kept for every layer: at SmolLM2-135M's shape and 4 x 512 tokens they are ~2/3 of an SFT
-    step's activation memory. The price is one more ``q·kᵀ`` and softmax per layer in the
+    kept for every layer: at SmolLM2-135M's shape and 4 x 512 tokens 2.1 of the decoder's
+    5.6 GiB of backward-pass temporaries (benchmarks/attention_memory.py). The price is one more ``q·kᵀ`` and softmax per layer in the
     backward pass (a few % of the step's FLOPs); a fused attention kernel does the same.
     """
     scores = mm("bskgh,btkh->bkgst", q, k, q.dtype, out_dtype=jnp.float32)
