@@ -1,6 +1,6 @@
 """What each ``model.remat`` mode keeps for the backward pass, and what it costs in time.
 
-    python3 benchmarks/attention_memory.py [--batch 4] [--seq 512] [--modes false,attention,true]
+    python3 benchmarks/attention_memory.py [--batch 4] [--seq 512] [--modes false,attention,dots,true]
         [--steps 3] [--model-config benchmarks/smollm2_135m_config.json] [--out FILE]
 
 A random model of the config's shape (SmolLM2-135M by default), float32, packed rows of four
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from _common import ROOT, machine_info, write_json
 
-MODES = {"false": False, "attention": "attention", "true": True}
+MODES = {"false": False, "attention": "attention", "dots": "dots", "true": True}
 
 
 def run(batch: int, seq: int, modes: list[str], steps: int, model_config: Path) -> dict:
@@ -63,7 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=512)
-    ap.add_argument("--modes", default="false,attention,true")
+    ap.add_argument("--modes", default="false,attention,dots,true")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--model-config", default=str(ROOT / "benchmarks" / "smollm2_135m_config.json"))
     ap.add_argument("--out", default=None, help="write the result as JSON here")

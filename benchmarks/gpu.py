@@ -15,8 +15,10 @@ limit; a stage that fails or runs out of time is recorded with its error and the
   ``--batch`` pairs, chosen and rejected each ``--seq``). MFU = model FLOPs
   (``throughput.step_flops``: 6N + 12·L·H·Q·S per token; DPO adds the reference forward) / median
   step time / the ``matmul`` peak. ``model.remat: true`` (whole blocks recomputed).
-- ``sft-attention``, ``dpo-attention``: the same with ``model.remat: attention`` (only the
-  attention scores recomputed): does the 1B step fit without block remat, and at what MFU.
+- ``sft-dots``, ``dpo-dots``, ``sft-attention``, ``dpo-attention``: the same with
+  ``model.remat: dots`` (only the matmul outputs kept; norms, activations and attention
+  recomputed) or ``attention`` (only the attention scores recomputed): does the 1B step fit
+  without block remat, and at what MFU.
 - ``gen``: greedy generation of ``--new-tokens`` tokens with the same model in bfloat16 at
   batch 1, 16 and 64 (``generate.run_jax``; random prompt ids of 33-45 tokens).
 - ``grpo``: ``jaxalign grpo`` on a random model of SmolLM2-135M's shape
@@ -53,7 +55,8 @@ TINY = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hid
         "tie_word_embeddings": True, "architecture": "LlamaForCausalLM"}
 TINY_ALGORITHMS = ["grpo", "ppo", "raft", "online-dpo"]
 # In the order of what matters most, so that a run cut short keeps the most useful part.
-STAGES = ["matmul", "sft", "dpo", "sft-attention", "dpo-attention", "gen", "grpo", "tiny-grpo", "tiny-ppo", "real",
+STAGES = ["matmul", "sft", "dpo", "sft-dots", "dpo-dots", "sft-attention", "dpo-attention",
+          "gen", "grpo", "tiny-grpo", "tiny-ppo", "real",
           "tiny-raft", "tiny-online-dpo"]
 
 
@@ -137,7 +140,7 @@ def report(path: str) -> str:
     lines = ["| stage | shape | first step (s) | median step (s) | tokens/s | model TFLOP/s | MFU | device peak (GiB) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     b, sq = meta["batch"], meta["seq"]
-    for name in ("sft", "dpo", "sft-attention", "dpo-attention"):
+    for name in ("sft", "dpo", "sft-dots", "dpo-dots", "sft-attention", "dpo-attention"):
         x, alg = st.get(name), name.split("-")[0]
         if not x or "error" in x:
             continue
@@ -230,11 +233,11 @@ def main(argv: list[str] | None = None) -> int:
             record("matmul", run_stage("matmul", {"sizes": sizes}, 120 * limit + 30))
         elif stage in ("sft", "dpo"):
             record(stage, run_stage(stage, train, 240 * limit + 30))
-        elif stage in ("sft-attention", "dpo-attention"):
-            # model.remat: attention: the S x S buffers recomputed, the rest of each block kept:
-            # no block recomputation, so the GPU does ~6N FLOPs a token instead of ~8N.
-            alg = stage.split("-")[0]
-            record(stage, run_stage(alg, {**train, "remat": "attention"}, 240 * limit + 30))
+        elif stage in ("sft-dots", "dpo-dots", "sft-attention", "dpo-attention"):
+            # No block recomputation (the GPU does ~6N FLOPs a token instead of ~8N): dots keeps
+            # the projections' outputs, attention also the elementwise ops' outputs.
+            alg, mode = stage.split("-")
+            record(stage, run_stage(alg, {**train, "remat": mode}, 240 * limit + 30))
         elif stage == "gen":
             record("gen", run_stage("gen", {"batches": batches, "new_tokens": args.new_tokens,
                                             "model_config": model_config}, 180 * limit + 30))

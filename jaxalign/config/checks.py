@@ -176,7 +176,7 @@ def check_values(cfg) -> None:
         if value not in choices:
             raise JaxalignError(f"config key {key!r}: {short(value)} is not one of {', '.join(choices)}")
     if not is_remat_mode(cfg.model.remat):
-        raise JaxalignError(f"config key 'model.remat': {short(cfg.model.remat)} is not one of false, attention, true")
+        raise JaxalignError(f"config key 'model.remat': {short(cfg.model.remat)} is not one of false, attention, dots, true")
     if cfg.model.init == "random" and cfg.model.path is not None:
         # A random model never reads model.path: the run would train from scratch, exit 0, and
         # look like a fine-tune of the model named there.

@@ -53,8 +53,10 @@ class ModelSpec:
     dtype: compute dtype (float32 | bfloat16 | float16); parameters stay in param_dtype.
     param_dtype: dtype of the parameters and optimizer state (the master weights).
     remat: what the backward pass recomputes instead of keeping: ``true`` each decoder block (least
-      memory, ~1/3 more compute), ``attention`` each layer's attention scores and probabilities
-      (the [batch, heads, seq, seq] arrays; the default: a few % more compute), ``false`` nothing.
+      memory, ~1/3 more compute); ``dots`` (the default) all of each block but its weight matmuls'
+      outputs: norms, RoPE, the gated activation and the attention (a few % more compute);
+      ``attention`` only each layer's attention scores and probabilities (the [batch, heads, seq,
+      seq] arrays); ``false`` nothing.
     lora: LoRA adapters on the frozen model (README: LoRA); null: train every weight.
     """
 
@@ -64,7 +66,7 @@ class ModelSpec:
     tokenizer: str | None = None
     dtype: str = "float32"
     param_dtype: str = "float32"
-    remat: bool | str = "attention"
+    remat: bool | str = "dots"
     lora: LoraSpec | None = None
 
 

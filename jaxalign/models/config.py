@@ -59,8 +59,9 @@ def dtype_overrides(dtype: str | None, compute_dtype: str | None = None) -> dict
     return out
 
 
-# model.remat: what the backward pass recomputes (nothing, attention scores, whole blocks).
-REMAT_MODES = (False, "attention", True)
+# model.remat: what the backward pass recomputes (nothing, attention scores, everything but the
+# weight matmuls' outputs, whole blocks), from most memory to least.
+REMAT_MODES = (False, "attention", "dots", True)
 
 
 def is_remat_mode(value) -> bool:

@@ -83,9 +83,9 @@ class Attention(nnx.Module):
 
 
 def check_remat(remat) -> None:
-    """``remat`` must be one of ``model.remat``'s modes: False, "attention" or True."""
+    """``remat`` must be one of ``model.remat``'s modes: False, "attention", "dots" or True."""
     if not is_remat_mode(remat):
-        raise ValueError(f"remat: expected False, 'attention' or True, got {remat!r}")
+        raise ValueError(f"remat: expected False, 'attention', 'dots' or True, got {remat!r}")
 
 
 def _probs(scores, mask, score_div: float, cap: float | None):
@@ -229,8 +229,10 @@ class CausalLM(nnx.Module):
         (:mod:`jaxalign.data.packing`): a token attends only to earlier tokens of its own
         segment, and positions restart at each segment (unless ``positions`` are given).
         ``remat`` (training passes): ``True`` recomputes each decoder block in the backward pass
-        (``model.remat: true``); ``"attention"`` only each layer's attention scores and
-        probabilities (:func:`_attend`); ``False`` keeps every activation.
+        (``model.remat: true``); ``"dots"`` keeps only the outputs of the block's weight matmuls
+        (the q/k/v/o and MLP projections) and recomputes the rest: norms, RoPE, the gated
+        activation and the attention; ``"attention"`` recomputes only each layer's attention
+        scores and probabilities (:func:`_attend`); ``False`` keeps every activation.
         """
         cfg = self.config
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.jnp_dtype)
@@ -318,6 +320,11 @@ class CausalLM(nnx.Module):
             xs = (xs, jax.random.split(drop_key, cfg.num_hidden_layers))
         if remat is True:
             body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+        elif remat == "dots":
+            # Keep what costs FLOPs to redo (the projections: dots with no batch dimension), redo
+            # what costs memory to keep: the elementwise ops' float32 outputs and the attention,
+            # whose scores and probabilities are batched dots and softmaxes over [b, heads, s, s].
+            body = jax.checkpoint(body, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
         x, _ = jax.lax.scan(body, x, xs)
         return self.norm(x)
 

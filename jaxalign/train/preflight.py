@@ -253,9 +253,9 @@ def knobs(cfg, mesh, online: bool) -> list[str]:
         more = "mesh.data" if shape.get("data", 1) > 1 else "idle devices"
         out.append(f"raise mesh.fsdp (now {shape.get('fsdp', 1)}; from {more}: shards parameters and "
                    "optimizer state over more devices)")
-    if cfg.model.remat is False:
-        out.append("set model.remat=attention (recompute the attention scores) or true (whole blocks)")
-    elif cfg.model.remat == "attention":
+    if cfg.model.remat in (False, "attention"):
+        out.append("set model.remat=dots (keep only the matmul outputs) or true (recompute whole blocks)")
+    elif cfg.model.remat == "dots":
         out.append("set model.remat=true")
     if hasattr(algo, "chunk_size") and getattr(algo, "chunk_size") is None:
         out.append(f"set {section}.chunk_size (e.g. 128)")

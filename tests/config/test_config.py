@@ -93,11 +93,12 @@ def test_bad_files(tmp_path):
 
 
 def test_model_remat_modes():
-    """model.remat: false, attention or true; anything else is one line naming the key."""
-    for text, value in [("false", False), ("attention", "attention"), ("true", True)]:
+    """model.remat: false, attention, dots or true; anything else is one line naming the key."""
+    assert load_config(None, [], "_test").model.remat == "dots"  # the default
+    for text, value in [("false", False), ("attention", "attention"), ("dots", "dots"), ("true", True)]:
         got = load_config(None, [f"model.remat={text}"], "_test").model.remat
         assert got is value if isinstance(value, bool) else got == value
-    with pytest.raises(JaxalignError, match=r"^config key 'model.remat': 'block' is not one of false, attention, true$"):
+    with pytest.raises(JaxalignError, match=r"^config key 'model.remat': 'block' is not one of false, attention, dots, true$"):
         load_config(None, ["model.remat=block"], "_test")
     with pytest.raises(JaxalignError, match="model.remat.*expected bool or str"):
         load_config(None, ["model.remat=1"], "_test")

@@ -1,4 +1,4 @@
-"""model.remat's three modes: the same loss and gradients (float32), and the memory each saves,
+"""model.remat's four modes: the same loss and gradients (float32), and the memory each saves,
 read from the compiled train step (XLA's buffer assignment: deterministic, no timing)."""
 
 from __future__ import annotations
@@ -36,19 +36,21 @@ def _loss_and_grad(remat):
 def test_modes_give_the_same_loss_and_gradients_and_save_memory():
     (l0, g0), keep = _loss_and_grad(False)
     (l1, g1), attention = _loss_and_grad("attention")
-    (l2, g2), block = _loss_and_grad(True)
-    for loss, grads in ((l1, g1), (l2, g2)):
+    (l2, g2), dots = _loss_and_grad("dots")
+    (l3, g3), block = _loss_and_grad(True)
+    for loss, grads in ((l1, g1), (l2, g2), (l3, g3)):
         assert abs(float(loss) - float(l0)) < 1e-6
         for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(grads)):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=1e-5)
     # "attention" keeps no float32 [B, heads, S, S] array per layer that False keeps (False keeps
-    # the scores and the probabilities); whole-block remat keeps less again.
+    # the scores and the probabilities); "dots" not the attention's inputs, its output, nor the
+    # norms' and the gated activation's outputs either; whole-block remat keeps less again.
     scores = CFG.num_hidden_layers * B * CFG.num_attention_heads * S * S * 4
     assert keep - attention >= scores, (keep, attention, scores)
-    assert block <= attention
+    assert dots < attention and block <= dots, (attention, dots, block)
 
 
 def test_a_bad_mode_is_refused():
     model = init_model(CFG)
-    with pytest.raises(ValueError, match="remat: expected False, 'attention' or True, got 'yes'"):
+    with pytest.raises(ValueError, match="remat: expected False, 'attention', 'dots' or True, got 'yes'"):
         model(jnp.zeros((1, 4), jnp.int32), remat="yes")

@@ -112,16 +112,16 @@ def test_refuses_what_does_not_fit_and_writes_nothing(tmp_path):
     cfg, job = tiny_job()
     need = job_estimate(cfg, job).total
     cfg.train.device_memory_limit = need - 1
-    cfg.model.remat = False  # the advice names the next mode up: attention (or true)
+    cfg.model.remat = False  # the advice names the next modes up: dots (or true)
     with pytest.raises(JaxalignError) as e:
         run(cfg, job, tmp_path / "run")
     msg = str(e.value)
     assert "\n" not in msg
     assert msg.startswith(f"the train step needs about ") and "(train.device_memory_limit); to fit: " in msg
-    for knob in ("train.micro_batch_size (now 16", "data.max_length (now 512)", "model.remat=attention"):
+    for knob in ("train.micro_batch_size (now 16", "data.max_length (now 512)", "model.remat=dots"):
         assert knob in msg, msg
     assert not (tmp_path / "run").exists()
-    cfg.model.remat = "attention"  # the default; the next step up: whole blocks
+    cfg.model.remat = "dots"  # the default; the next step up: whole blocks
     with pytest.raises(JaxalignError, match=r"set model\.remat=true"):
         run(cfg, job, tmp_path / "run")
 
