@@ -123,7 +123,8 @@ def run_child(cmd: list[str], label: str, timeout: float | None = None, exit_on_
 
 
 def remat_arg(value: str) -> bool | str:
-    """A ``--remat on|off|attention`` option -> ``model.remat``'s value (True, False, "attention").
+    """A ``--remat on|off|attention|dots`` option -> ``model.remat``'s value (True, False, or the
+    mode's name).
     The torch sides checkpoint whole blocks only for True (``gradient_checkpointing``)."""
     return {"on": True, "off": False}.get(value, value)
 

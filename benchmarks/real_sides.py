@@ -125,7 +125,9 @@ def run_torch(kind: str, p: dict) -> dict:
     plan = plan_steps(ex, p["rows"], p["max_length"], packed=False)
     t0 = time.perf_counter()
     policy = load_torch_model().train()
-    if p["remat"] is True:  # "attention" has no torch counterpart beyond SDPA: whole blocks only
+    # "attention" and "dots" have no switch in transformers (gradient_checkpointing is whole
+    # blocks): the torch side checkpoints only for True.
+    if p["remat"] is True:
         policy.gradient_checkpointing_enable()
     ref = load_torch_model().eval() if kind == "dpo" else None
     build_s = time.perf_counter() - t0

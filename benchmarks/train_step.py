@@ -250,8 +250,8 @@ def main():
     ap.add_argument("--no-torch", dest="torch", action="store_false")
     ap.add_argument("--chunk-size", type=int, default=None,
                     help="<alg>.chunk_size: the LM head only on completion tokens, in chunks")
-    ap.add_argument("--remat", choices=["config", "on", "off", "attention"], default="config",
-                    help="jaxalign's model.remat: the config's value, on (true), off (false) or attention")
+    ap.add_argument("--remat", choices=["config", "on", "off", "attention", "dots"], default="config",
+                    help="jaxalign's model.remat: the config's value, on (true), off (false), attention or dots")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_step.json"))
     ap.add_argument("--child", choices=["jaxalign", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--alg", help=argparse.SUPPRESS)
