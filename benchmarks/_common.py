@@ -122,6 +122,10 @@ def run_child(cmd: list[str], label: str, timeout: float | None = None, exit_on_
     return json.loads(lines[-1][len(RESULT_PREFIX):])
 
 
+# The --remat choices of throughput.py and train_step.py: the config's value or remat_arg's input.
+REMAT_CHOICES = ("config", "on", "off", "attention", "dots")
+
+
 def remat_arg(value: str) -> bool | str:
     """A ``--remat on|off|attention|dots`` option -> ``model.remat``'s value (True, False, or the
     mode's name).

@@ -55,7 +55,9 @@ TINY = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_hid
         "tie_word_embeddings": True, "architecture": "LlamaForCausalLM"}
 TINY_ALGORITHMS = ["grpo", "ppo", "raft", "online-dpo"]
 # In the order of what matters most, so that a run cut short keeps the most useful part.
-STAGES = ["matmul", "sft", "dpo", "sft-dots", "dpo-dots", "sft-attention", "dpo-attention",
+# The 1B steps without block remat: "<alg>-<model.remat mode>".
+REMAT_STAGES = [f"{alg}-{mode}" for mode in ("dots", "attention") for alg in ("sft", "dpo")]
+STAGES = ["matmul", "sft", "dpo", *REMAT_STAGES,
           "gen", "grpo", "tiny-grpo", "tiny-ppo", "real",
           "tiny-raft", "tiny-online-dpo"]
 
@@ -140,7 +142,7 @@ def report(path: str) -> str:
     lines = ["| stage | shape | first step (s) | median step (s) | tokens/s | model TFLOP/s | MFU | device peak (GiB) |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     b, sq = meta["batch"], meta["seq"]
-    for name in ("sft", "dpo", "sft-dots", "dpo-dots", "sft-attention", "dpo-attention"):
+    for name in ("sft", "dpo", *REMAT_STAGES):
         x, alg = st.get(name), name.split("-")[0]
         if not x or "error" in x:
             continue
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             record("matmul", run_stage("matmul", {"sizes": sizes}, 120 * limit + 30))
         elif stage in ("sft", "dpo"):
             record(stage, run_stage(stage, train, 240 * limit + 30))
-        elif stage in ("sft-dots", "dpo-dots", "sft-attention", "dpo-attention"):
+        elif stage in REMAT_STAGES:
             # No block recomputation (the GPU does ~6N FLOPs a token instead of ~8N): dots keeps
             # the projections' outputs, attention also the elementwise ops' outputs.
             alg, mode = stage.split("-")

@@ -47,7 +47,7 @@ import sys
 import time
 
 import yaml
-from _common import (ROOT, emit_result, machine_info, peak_rss_gib, remat_arg, rss_gib, run_child, trl_step_timer,
+from _common import (REMAT_CHOICES, ROOT, emit_result, machine_info, peak_rss_gib, remat_arg, rss_gib, run_child, trl_step_timer,
                      wait_for_quiet, write_json)
 
 # Issue 7's goals for jaxalign's speed-up over the peer (reported against, not tested).
@@ -247,7 +247,7 @@ def main():
     ap.add_argument("--gen-repeats", type=int, default=3, help="timed generate calls after the first")
     ap.add_argument("--only", default="sft,dpo,gen")
     ap.add_argument("--repeats", type=int, default=1, help="alternate the sides this many times (A B A B)")
-    ap.add_argument("--remat", choices=["config", "on", "off", "attention", "dots"], default="config")
+    ap.add_argument("--remat", choices=REMAT_CHOICES, default="config")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="bfloat16: mixed precision on every side (float32 weights and optimizer; "
                     "jaxalign model.dtype=bfloat16, PyTorch/TRL CPU autocast; generation: bfloat16 weights)")

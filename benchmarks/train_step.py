@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import (ROOT, cpu_seconds, emit_result, machine_info, peak_rss_gib, remat_arg, rss_gib, run_child,
+from _common import (REMAT_CHOICES, ROOT, cpu_seconds, emit_result, machine_info, peak_rss_gib, remat_arg, rss_gib, run_child,
                      write_json)
 
 VOCAB = 49152
@@ -250,7 +250,7 @@ def main():
     ap.add_argument("--no-torch", dest="torch", action="store_false")
     ap.add_argument("--chunk-size", type=int, default=None,
                     help="<alg>.chunk_size: the LM head only on completion tokens, in chunks")
-    ap.add_argument("--remat", choices=["config", "on", "off", "attention", "dots"], default="config",
+    ap.add_argument("--remat", choices=REMAT_CHOICES, default="config",
                     help="jaxalign's model.remat: the config's value, on (true), off (false), attention or dots")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_step.json"))
     ap.add_argument("--child", choices=["jaxalign", "torch"], help=argparse.SUPPRESS)

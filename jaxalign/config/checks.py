@@ -14,7 +14,7 @@ import math
 import typing
 
 from jaxalign.errors import JaxalignError, short
-from jaxalign.models.config import is_remat_mode
+from jaxalign.models.config import REMAT_MODES, is_remat_mode
 
 _CHOICES = {
     "model.init": ("pretrained", "random"),
@@ -176,7 +176,8 @@ def check_values(cfg) -> None:
         if value not in choices:
             raise JaxalignError(f"config key {key!r}: {short(value)} is not one of {', '.join(choices)}")
     if not is_remat_mode(cfg.model.remat):
-        raise JaxalignError(f"config key 'model.remat': {short(cfg.model.remat)} is not one of false, attention, dots, true")
+        names = ", ".join(str(m).lower() for m in REMAT_MODES)  # as YAML writes them
+        raise JaxalignError(f"config key 'model.remat': {short(cfg.model.remat)} is not one of {names}")
     if cfg.model.init == "random" and cfg.model.path is not None:
         # A random model never reads model.path: the run would train from scratch, exit 0, and
         # look like a fine-tune of the model named there.

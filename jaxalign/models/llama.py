@@ -17,7 +17,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 
-from jaxalign.models.config import ModelConfig, is_remat_mode
+from jaxalign.models.config import REMAT_MODES, ModelConfig, is_remat_mode
 from jaxalign.models import fsdp, lora_dropout
 from jaxalign.models.kv_cache import TRANSPOSE_MIN_ROWS, KVCache  # noqa: F401  (KVCache re-exported)
 from jaxalign.models.matmul import mm
@@ -85,7 +85,8 @@ class Attention(nnx.Module):
 def check_remat(remat) -> None:
     """``remat`` must be one of ``model.remat``'s modes: False, "attention", "dots" or True."""
     if not is_remat_mode(remat):
-        raise ValueError(f"remat: expected False, 'attention', 'dots' or True, got {remat!r}")
+        *first, last = map(repr, REMAT_MODES)
+        raise ValueError(f"remat: expected {', '.join(first)} or {last}, got {remat!r}")
 
 
 def _probs(scores, mask, score_div: float, cap: float | None):
