@@ -19,9 +19,10 @@ venv: $(VENV)/.installed-test
 
 # Two pytest workers (pytest-xdist), a test file each at a time: a test's module fixtures stay in
 # one process, and XLA's single-threaded compiles of one file overlap another file's run.
+# The 25 slowest tests are listed at the end (where the suite's time goes, from the CI log alone).
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed-test
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
 
 # The alignment demo: RAFT on SmolLM2-135M-Instruct toward positive movie-review continuations
 # (VADER reward), about 10 minutes on 2 CPU cores. `make demo DEMO_ARGS="--algorithm ppo"` etc.

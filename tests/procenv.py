@@ -2,9 +2,18 @@
 
 ``tests/conftest.py`` calls :func:`configure_session` before anything imports jax: the pytest
 process gets 8 simulated CPU devices (unless the caller chose otherwise), the XLA:CPU collective
-timeouts raised (where the installed jaxlib knows the flags) and one JAX persistent compilation
-cache for the whole session. Tests start subprocesses with ``env=subprocess_env(...)``, which
+timeouts raised and its backend optimisation off (where the installed jaxlib knows the flags),
+and one JAX persistent compilation cache for the whole session. Tests start subprocesses with ``env=subprocess_env(...)``, which
 inherits all of that and sets the subprocess's own number of simulated devices.
+
+Why XLA:CPU's backend optimisation is off (``--xla_backend_optimization_level=0``, unless the
+caller's XLA_FLAGS set a level): the suite compiles hundreds of small programs, and LLVM's
+optimisation of their fused loops costs more compile time than it saves at run time (the
+matmuls run in precompiled library kernels either way). Measured on the 2-core machine: the tiny
+SFT train step compiles in 3.9 s instead of 7.6 s; tests/algorithms/test_ift.py took 199 s
+instead of 259 s; the real-weights SmolLM2 parity tests (logits, 60 greedy tokens against
+transformers) pass and take as long (211 vs 217 s). It changes code generation, not the
+computation: the parity and bit-exact tests run under it.
 
 Why the timeouts: on XLA:CPU an all-reduce over N simulated devices is a barrier of N threads of
 the one process, and a thread that does not arrive within
@@ -42,6 +51,8 @@ HANG_S = 900
 # by default and is left alone.)
 COLLECTIVE_FLAGS = ("--xla_cpu_collective_call_warn_stuck_timeout_seconds=120",
                     "--xla_cpu_collective_call_terminate_timeout_seconds=900")
+# XLA:CPU's LLVM optimisation off for the session (module docstring).
+COMPILE_FLAGS = ("--xla_backend_optimization_level=0",)
 CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 _owned_cache_dir: str | None = None
 
@@ -56,8 +67,8 @@ def _flag_names(flags: str) -> set[str]:
     return {f.split("=", 1)[0] for f in flags.split()}
 
 
-def collective_flags_supported(cache=None) -> bool:
-    """Whether this jaxlib knows :data:`COLLECTIVE_FLAGS` (an XLA flag it does not know aborts the
+def xla_flags_supported(flags: tuple[str, ...], cache=None) -> bool:
+    """Whether this jaxlib knows every one of ``flags`` (an XLA flag it does not know aborts the
     process at backend start, so they are tried once in a child process; the answer is kept in
     pytest's cache per jaxlib version and interpreter)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -66,12 +77,12 @@ def collective_flags_supported(cache=None) -> bool:
         jaxlib = version("jaxlib")
     except PackageNotFoundError:
         return False
-    key = f"jaxalign/xla_collective_flags/{sys.executable}/{jaxlib}/{','.join(COLLECTIVE_FLAGS)}"
+    key = f"jaxalign/xla_flags/{sys.executable}/{jaxlib}/{','.join(flags)}"
     if cache is not None:
         known = cache.get(key, None)
         if known is not None:
             return bool(known)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join((f"{DEVICE_FLAG}=1", *COLLECTIVE_FLAGS)))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join((f"{DEVICE_FLAG}=1", *flags)))
     env.pop(CACHE_ENV, None)
     try:
         ok = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env, timeout=300,
@@ -83,18 +94,26 @@ def collective_flags_supported(cache=None) -> bool:
     return ok
 
 
+def session_xla_flags(flags: str, supported) -> str:
+    """The session's XLA_FLAGS from the caller's ``flags``: :data:`SESSION_DEVICES` simulated
+    devices unless ``flags`` set a count, then each group of :data:`COLLECTIVE_FLAGS` and
+    :data:`COMPILE_FLAGS` that ``flags`` does not set already, where ``supported(group)``."""
+    if DEVICE_FLAG not in flags:
+        flags = with_devices(flags, SESSION_DEVICES)
+    for group in (COLLECTIVE_FLAGS, COMPILE_FLAGS):
+        missing = tuple(f for f in group if f.split("=", 1)[0] not in _flag_names(flags))
+        if missing and supported(missing):
+            flags = " ".join([flags, *missing])
+    return flags.strip()
+
+
 def configure_session(cache=None) -> None:
     """Set this process's environment for the session (see the module docstring). Idempotent, and
     a no-op where an outer process (a pytest-xdist controller) already did it: its workers share
     its device flags and compilation cache."""
     global _owned_cache_dir
-    flags = os.environ.get("XLA_FLAGS", "")
-    if DEVICE_FLAG not in flags:
-        flags = with_devices(flags, SESSION_DEVICES)
-    missing = [f for f in COLLECTIVE_FLAGS if f.split("=", 1)[0] not in _flag_names(flags)]
-    if missing and collective_flags_supported(cache):
-        flags = " ".join([flags, *missing])
-    os.environ["XLA_FLAGS"] = flags.strip()
+    os.environ["XLA_FLAGS"] = session_xla_flags(os.environ.get("XLA_FLAGS", ""),
+                                                lambda group: xla_flags_supported(group, cache))
     if not os.environ.get(CACHE_ENV):
         # One cache per session, shared with the subprocesses and xdist workers: a program that
         # several tests (or runs) compile is compiled once. Every program is cached (a tiny
