@@ -1,7 +1,7 @@
 """Session set-up (tests/procenv.py): 8 simulated CPU devices unless the caller chose otherwise,
 the XLA:CPU collective timeouts raised and its backend optimisation off where supported, and one
-JAX persistent compilation cache per session, shared with every subprocess the tests start; after each test module, the memory it
-held is given back (``procenv.release_memory``)."""
+JAX persistent compilation cache per session, shared with every subprocess the tests start;
+after each test module, the memory it held is given back (``procenv.release_memory``)."""
 
 import pytest
 

@@ -3,8 +3,9 @@
 ``tests/conftest.py`` calls :func:`configure_session` before anything imports jax: the pytest
 process gets 8 simulated CPU devices (unless the caller chose otherwise), the XLA:CPU collective
 timeouts raised and its backend optimisation off (where the installed jaxlib knows the flags),
-and one JAX persistent compilation cache for the whole session. Tests start subprocesses with ``env=subprocess_env(...)``, which
-inherits all of that and sets the subprocess's own number of simulated devices.
+and one JAX persistent compilation cache for the whole session. Tests start subprocesses with
+``env=subprocess_env(...)``, which inherits all of that and sets the subprocess's own number of
+simulated devices.
 
 Why XLA:CPU's backend optimisation is off (``--xla_backend_optimization_level=0``, unless the
 caller's XLA_FLAGS set a level): the suite compiles hundreds of small programs, and LLVM's

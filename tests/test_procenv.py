@@ -36,10 +36,11 @@ def test_session_flags_add_what_the_caller_did_not_set():
     assert "--xla_backend_optimization_level" not in flags and set(procenv.COLLECTIVE_FLAGS) <= set(flags.split())
 
 
-def test_this_session_sets_an_optimisation_level_where_jaxlib_knows_the_flag():
+def test_this_session_sets_an_optimisation_level_where_jaxlib_knows_the_flag(request):
     import os
 
-    if not procenv.xla_flags_supported(procenv.COMPILE_FLAGS):
+    # pytest's cache holds configure_session's answer: no second child process to ask jaxlib.
+    if not procenv.xla_flags_supported(procenv.COMPILE_FLAGS, request.config.cache):
         pytest.skip("this jaxlib does not know --xla_backend_optimization_level")
     # The caller's level or the session's 0: configure_session ran before this module.
     assert any(f.startswith("--xla_backend_optimization_level=") for f in os.environ["XLA_FLAGS"].split())
