@@ -37,6 +37,7 @@ def run_jaxalign(kind: str, packed: bool, p: dict) -> dict:
 
     from jaxalign import algorithms
     from jaxalign.config import load_config
+    from jaxalign.algorithms.data_setup import real_tokens
     from jaxalign.data import collate
     from jaxalign.data.batching import bucket_length
     from jaxalign.data.packing import collate_packed, unit_length
@@ -86,7 +87,7 @@ def run_jaxalign(kind: str, packed: bool, p: dict) -> dict:
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t)
     masks = [key for key in batches[0] if key.endswith("attention_mask")]
-    real = sum(int(b[key].sum()) for b in batches for key in masks)
+    real = sum(real_tokens(b) for b in batches)  # a shared prompt counts for both its sequences
     processed = sum(int(b[key].size) for b in batches for key in masks)
     used = [ex[i] for s in plan for i in step_examples(s, packed)]
     res = _result(kind, "jaxalign packed" if packed else "jaxalign padded", used, times, cpu_seconds() - cpu0,

@@ -216,7 +216,9 @@ def packed_iterators(cfg: RunConfig, train: list, ev: list, pad_id: int):
 
 
 def real_tokens(batch: dict) -> int:
-    """Tokens a step processes (every real token of every sequence in the batch)."""
+    """The real tokens of every sequence in the batch, as unpacked (a packed pair's shared
+    prompt, ``shared_length``, counts once for each of its two sequences)."""
     import numpy as np
 
-    return int(sum(np.sum(v) for k, v in batch.items() if k.endswith("attention_mask")))
+    n = sum(np.sum(v) for k, v in batch.items() if k.endswith("attention_mask"))
+    return int(n + np.sum(batch.get("shared_length", 0)))

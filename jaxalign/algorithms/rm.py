@@ -34,6 +34,7 @@ from jaxalign.algorithms import common, data_setup
 from jaxalign.config import RunConfig
 from jaxalign.errors import JaxalignError
 from jaxalign.algorithms.logps import completion_token_logps
+from jaxalign.algorithms.sft import packed_inputs
 from jaxalign.losses.reward import kwise_pairwise_loss, pairwise_loss, plackett_luce_loss
 from jaxalign.losses.segments import segment_counts, segment_ends, segment_starts, segment_sums
 from jaxalign.models.heads import ScalarHeadModel, last_token_index, scalar_head_from_lm
@@ -56,7 +57,8 @@ def _packed_pairs(model: ScalarHeadModel, batch, *, remat: bool | str = False):
     ``[R·K]`` (0 in empty pair slots), the hidden states ``[R, S, D]`` and ``[R, 2K]`` slots."""
     seg = batch["segment_ids"]
     k = batch["pair_valid"].shape[-1]
-    h = model.backbone.hidden_states(batch["input_ids"], batch["attention_mask"], remat=remat, segment_ids=seg)
+    h = model.backbone.hidden_states(batch["input_ids"], batch["attention_mask"], remat=remat,
+                                     **packed_inputs(batch))
     values = model.score(h)[..., 0].astype(jnp.float32)
     per = segment_sums(values, segment_ends(seg), seg, 2 * k)  # one end per segment: its score
     return per[:, 0::2].reshape(-1), per[:, 1::2].reshape(-1), h

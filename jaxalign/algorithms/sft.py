@@ -20,6 +20,13 @@ from jaxalign.train.optim import make_optimizer
 from jaxalign.algorithms.sections.sft import AGGREGATIONS, Config  # noqa: F401 (re-exported)
 
 
+def packed_inputs(batch: dict, prefix: str = "") -> dict:
+    """The model keywords of a packed batch (:mod:`jaxalign.data.packing`): its segment ids and,
+    for preference rows with shared prompts, ``prefix_ids`` and the positions; ``{}`` unpacked."""
+    names = {"segment_ids": "segment_ids", "prefix_ids": "prefix_ids", "position_ids": "positions"}
+    return {arg: batch[prefix + key] for key, arg in names.items() if prefix + key in batch}
+
+
 def completion_logps(model, batch: dict, *, prefix: str = "", embeds=None, remat: bool | str = False,
                      chunk_size: int | None = None):
     """Per-token log-probs ``[B, S]`` of ``batch[prefix + 'input_ids']`` and the loss mask
@@ -35,7 +42,7 @@ def completion_logps(model, batch: dict, *, prefix: str = "", embeds=None, remat
     Without, the full head and :func:`shifted_token_logprobs` (every position's log-prob)."""
     ids, attn = batch[prefix + "input_ids"], batch[prefix + "attention_mask"]
     seg = batch.get(prefix + "segment_ids")
-    packed = {} if seg is None else {"segment_ids": seg}
+    packed = packed_inputs(batch, prefix)
     mask = jnp.asarray(batch[prefix + "completion_mask"], bool).at[:, 0].set(False)
     if seg is not None:
         mask &= ~segment_starts(seg)

@@ -87,7 +87,8 @@ class DataConfig:
     buckets: padded lengths: ``pow2``, a list of lengths, or null (pad to data.max_length).
     eval_fraction: fraction of train held out for evaluation when no eval data is given.
     chat_template: a Jinja chat template file (or a tokenizer dir) replacing the tokenizer's own.
-    packing: several examples per row of data.max_length tokens (sft, rm, dpo); train.batch_size counts rows.
+    packing: several examples per row of data.max_length tokens (sft, rm, dpo; a pair's prompt once);
+      train.batch_size counts rows.
     """
 
     train: str | list | dict | None = None

@@ -6,17 +6,25 @@ padding at its end); the model confines attention to a segment (a block-diagonal
 and restarts positions at each segment's first token, so every example is computed exactly as
 it would be alone in an unpacked row (see docs/design-notes.md, "Packing").
 
-Units: an SFT example is one segment. A preference pair is one unit of two consecutive segments,
-chosen then rejected (pair ``j`` of a row: segments ``2j + 1`` and ``2j + 2``), and a pair is
-never split across rows, so both of its log-probs come from one forward pass. Preference rows
-hold ``2 * data.max_length`` tokens, so that any pair fits (each of its sequences was truncated
-to ``data.max_length``), the same tokens as one unpacked pair ``[2, S]``.
+Units: an SFT example is one segment. A preference pair is one unit, never split across rows,
+so both of its log-probs come from one forward pass: its **shared prompt** once (segment
+``2K + j + 1`` for pair slot ``j``), then the rest of the chosen sequence (segment ``2j + 1``),
+then the rest of the rejected one (segment ``2j + 2``). Chosen and rejected both attend to the
+shared prompt (``prefix_ids``: the segment a token may attend to besides its own), not to each
+other, and their positions continue from the prompt's (``position_ids``), so each is computed
+exactly as alone. What is shared (:func:`shared_prefix_length`): the longest common prefix of
+the two token sequences that is prompt in both, less its last token, which each sequence keeps
+so that its own segment predicts its first completion token. Preference rows hold
+``2 * data.max_length`` tokens, so that any pair fits (each of its sequences was truncated to
+``data.max_length``), at most the tokens of one unpacked pair ``[2, S]``.
 
 Batch dicts (numpy):
 
 - SFT: ``input_ids``, ``attention_mask``, ``completion_mask``, ``segment_ids`` ``[R, S]``;
-- preference: the same four ``[R, S]`` arrays, plus ``pair_valid [R, K]`` (1 where row slot
-  ``j`` holds a pair) and every per-pair float field (``margin``, ``ref_chosen_logp``, ...) as
+- preference: the same four ``[R, S]`` arrays and ``prefix_ids``, ``position_ids`` ``[R, S]``;
+  ``pair_valid [R, K]`` (1 where row slot ``j`` holds a pair), ``shared_length [R, K]`` (the
+  prompt tokens the pair's two sequences share: the row holds that many fewer tokens than the
+  pair unpacked) and every per-pair float field (``margin``, ``ref_chosen_logp``, ...) as
   float32 ``[R, K]`` (0 in empty slots). ``K`` is fixed per iterator: the most pairs a row can
   hold (``row length // shortest pair``), so shapes repeat and the step compiles once.
 
@@ -43,11 +51,26 @@ PACKABLE = ("sft", "preference")
 _WINDOW = 64
 
 
+def shared_prefix_length(example: dict) -> int:
+    """Tokens a preference pair's chosen and rejected sequences share in a packed row: ``p`` such
+    that the first ``p`` token ids are equal, neither sequence has a completion token among its
+    first ``p + 1`` (no shared token is predicted, nor predicts a loss token), and each sequence
+    keeps at least one token of its own. 0 when nothing can be shared."""
+    a, b = np.asarray(example["chosen_ids"]), np.asarray(example["rejected_ids"])
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(a[:n] != b[:n])
+    common = int(diff[0]) if diff.size else n
+    firsts = [int(np.flatnonzero(m)[0]) if np.any(m) else len(m)
+              for m in (np.asarray(example["chosen_mask"]), np.asarray(example["rejected_mask"]))]
+    return max(0, min(common, min(firsts) - 1, n - 1))
+
+
 def unit_length(example: dict) -> int:
-    """Tokens one unit takes in a row: an SFT example's, or a pair's chosen + rejected."""
+    """Tokens one unit takes in a row: an SFT example's, or a pair's chosen + rejected less the
+    prompt they share (:func:`shared_prefix_length`)."""
     if "input_ids" in example:
         return len(example["input_ids"])
-    return len(example["chosen_ids"]) + len(example["rejected_ids"])
+    return len(example["chosen_ids"]) + len(example["rejected_ids"]) - shared_prefix_length(example)
 
 
 def pack(lengths: Sequence[int], capacity: int, window: int = _WINDOW) -> list[list[int]]:
@@ -91,6 +114,9 @@ def collate_packed(examples: Sequence[dict], rows: Sequence[Sequence[int]], pad_
         floats = sorted({key for row in rows for i in row for key, v in examples[i].items()
                          if isinstance(v, (float, np.floating))})
         valid = np.zeros((r, k), np.int32)
+        shared = np.zeros((r, k), np.int32)
+        prefix = np.zeros((r, s), np.int32)
+        pos = np.zeros((r, s), np.int32)
         fields = {key: np.zeros((r, k), np.float32) for key in floats}
     for ri, row in enumerate(rows):
         t, n_seg = 0, 0
@@ -99,28 +125,57 @@ def collate_packed(examples: Sequence[dict], rows: Sequence[Sequence[int]], pad_
         for j, i in enumerate(row):
             e = examples[i]
             if kind == "sft":
-                parts = [(e["input_ids"], e["completion_mask"])]
+                parts = [(e["input_ids"], e["completion_mask"], 0, 0, 0)]
             else:
-                parts = [(e["chosen_ids"], e["chosen_mask"]), (e["rejected_ids"], e["rejected_mask"])]
-                valid[ri, j] = 1
+                p = shared_prefix_length(e)
+                home = 2 * k + j + 1 if p else 0
+                # (tokens, loss mask, segment id (0: the next one), the segment it also attends
+                # to, the position of its first token)
+                parts = [(e["chosen_ids"][:p], e["chosen_mask"][:p], home, 0, 0)] if p else []
+                parts += [(e["chosen_ids"][p:], e["chosen_mask"][p:], 0, home, p),
+                          (e["rejected_ids"][p:], e["rejected_mask"][p:], 0, home, p)]
+                valid[ri, j], shared[ri, j] = 1, p
                 for key in floats:
                     if key not in e:
                         raise JaxalignError(f"some preference examples have a {key} and some do not")
                     fields[key][ri, j] = e[key]
-            for x, m in parts:
+            for x, m, sid, parent, first in parts:
                 n = len(x)
                 if t + n > s:
                     raise JaxalignError(f"a packed row of {t + n} tokens does not fit the length {s}")
-                n_seg += 1
+                if not sid:
+                    n_seg += 1
+                    sid = n_seg
                 ids[ri, t:t + n] = x
                 attn[ri, t:t + n] = 1
                 comp[ri, t:t + n] = m
                 comp[ri, t] = 0  # a segment's first token has no prediction inside the segment
-                seg[ri, t:t + n] = n_seg
+                seg[ri, t:t + n] = sid
+                if kind == "preference":
+                    pos[ri, t:t + n] = np.arange(first, first + n)
+                    prefix[ri, t:t + n] = parent
                 t += n
     if kind == "preference":
-        out["pair_valid"] = valid
+        out.update(prefix_ids=prefix, position_ids=pos, pair_valid=valid, shared_length=shared)
         out.update(fields)
+    return out
+
+
+def unpacked_sequences(batch: dict) -> list[list[list[int]]]:
+    """The token sequences of each row of a packed ``batch``, as the examples hold them: an SFT
+    row's examples; a preference row's chosen, rejected, chosen, ... (a shared prompt prepended
+    to both). The inverse of :func:`collate_packed`, for checks and debugging."""
+    out = []
+    k = batch["pair_valid"].shape[-1] if "pair_valid" in batch else None
+    for r, (ids, seg) in enumerate(zip(batch["input_ids"], batch["segment_ids"])):
+        top = 2 * int(batch["pair_valid"][r].sum()) if k else int(seg.max())
+        row = []
+        for sid in range(1, top + 1):
+            own = seg == sid
+            parent = int(batch["prefix_ids"][r][own][0]) if k else 0
+            head = ids[seg == parent].tolist() if parent else []
+            row.append(head + ids[own].tolist())
+        out.append(row)
     return out
 
 

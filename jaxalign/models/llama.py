@@ -222,6 +222,7 @@ class CausalLM(nnx.Module):
         remat: bool | str = False,
         layers: list | None = None,
         segment_ids=None,
+        prefix_ids=None,
     ):
         """Final-norm hidden states ``[b, s, d]``; and the updated cache when one is given.
 
@@ -229,6 +230,9 @@ class CausalLM(nnx.Module):
         ``segment_ids``: ``[b, s]`` ids of the examples packed into each row
         (:mod:`jaxalign.data.packing`): a token attends only to earlier tokens of its own
         segment, and positions restart at each segment (unless ``positions`` are given).
+        ``prefix_ids`` (with ``segment_ids``): ``[b, s]``, the id of one more segment each token
+        may attend to (0: none), e.g. the prompt a preference pair's two sequences share; a
+        sliding window then counts positions, not row slots.
         ``remat`` (training passes): ``True`` recomputes each decoder block in the backward pass
         (``model.remat: true``); ``"dots"`` keeps only the outputs of the block's weight matmuls
         (the q/k/v/o and MLP projections) and recomputes the rest: norms, RoPE, the gated
@@ -243,6 +247,8 @@ class CausalLM(nnx.Module):
         am = attention_mask.astype(bool)
         if segment_ids is not None and cache is not None:
             raise ValueError("segment_ids (packed rows) are for training passes, not with a KV cache")
+        if prefix_ids is not None and segment_ids is None:
+            raise ValueError("prefix_ids name segments: they need segment_ids")
         if cache is None:
             if positions is None:
                 positions = positions_from_mask(am) if segment_ids is None else positions_from_segments(segment_ids)
@@ -264,13 +270,19 @@ class CausalLM(nnx.Module):
         for sliding in sorted(set(kinds)):
             allowed = causal
             if sliding and cfg.sliding_window is not None:
-                allowed = causal & (q_slot[:, None] - k_slot[None, :] < cfg.sliding_window)
+                if prefix_ids is not None:  # a shared prompt sits further back in the row than in its sequence
+                    allowed = causal[None] & (positions[:, :, None] - positions[:, None, :] < cfg.sliding_window)
+                else:
+                    allowed = causal & (q_slot[:, None] - k_slot[None, :] < cfg.sliding_window)
             local = sliding and cfg.rope_local_theta is not None
             cos, sin = rope_tables(cfg, positions, local=local)
-            mask = allowed[None] & key_mask[:, None, :]
+            mask = (allowed if allowed.ndim == 3 else allowed[None]) & key_mask[:, None, :]
             if segment_ids is not None:
                 # Block-diagonal: the causal mask within each packed example, nothing across them.
-                mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
+                same = segment_ids[:, :, None] == segment_ids[:, None, :]
+                if prefix_ids is not None:
+                    same |= (prefix_ids[:, :, None] == segment_ids[:, None, :]) & (prefix_ids[:, :, None] > 0)
+                mask &= same
             ctx[sliding] = (cos, sin, mask)
 
         if cache is not None:
@@ -366,9 +378,9 @@ class CausalLM(nnx.Module):
         return layers
 
     def __call__(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, positions=None,
-                 cache: KVCache | None = None, remat: bool | str = False, segment_ids=None):
-        out = self.hidden_states(input_ids, attention_mask, inputs_embeds=inputs_embeds,
-                                 positions=positions, cache=cache, remat=remat, segment_ids=segment_ids)
+                 cache: KVCache | None = None, remat: bool | str = False, segment_ids=None, prefix_ids=None):
+        out = self.hidden_states(input_ids, attention_mask, inputs_embeds=inputs_embeds, positions=positions,
+                                 cache=cache, remat=remat, segment_ids=segment_ids, prefix_ids=prefix_ids)
         if cache is None:
             return self.logits_from_hidden(out)
         hidden, new_cache = out

@@ -53,6 +53,7 @@ def test_pair_logps_packed_equal_unpacked(seed):
     want = dpo.pair_logps(model, plain)
     valid = np.asarray(dpo.pair_valid(packed))
     assert valid.sum() == plain["chosen_input_ids"].shape[0] and not valid.all()
+    assert np.asarray(packed["shared_length"]).sum() > 0  # the pairs' prompts are shared
     for g, w in zip(got, want):
         np.testing.assert_allclose(np.asarray(g)[valid], np.asarray(w), atol=1e-5, rtol=1e-6)
     assert np.all(np.asarray(got[0])[~valid] == 0)

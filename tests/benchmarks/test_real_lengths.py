@@ -18,7 +18,8 @@ import real_harness as rh  # noqa: E402
 import real_lengths as rl  # noqa: E402
 
 from jaxalign.data import collate  # noqa: E402
-from jaxalign.data.packing import collate_packed  # noqa: E402
+from jaxalign.algorithms.data_setup import real_tokens  # noqa: E402
+from jaxalign.data.packing import collate_packed, unit_length, unpacked_sequences  # noqa: E402
 
 
 def test_sampler_matches_the_lognormal():
@@ -55,10 +56,7 @@ def test_examples_are_cut_to_max_length_and_do_not_depend_on_n(kind):
 
 
 def _sequences_of_packed(batch):
-    out = []
-    for ids, seg in zip(batch["input_ids"], batch["segment_ids"]):
-        out += [ids[seg == s].tolist() for s in range(1, seg.max() + 1)]
-    return out
+    return [x for row in unpacked_sequences(batch) for x in row]
 
 
 @pytest.mark.parametrize("kind", ["sft", "dpo"])
@@ -76,10 +74,12 @@ def test_packed_and_padded_sides_see_the_same_examples(kind):
     cap = length * (1 if kind == "sft" else 2)
     got_packed, got_padded, real_p, real_q = [], [], 0, 0
     for step in packed:
-        assert all(sum(len(s) for i in row for s in rl.sequences(ex[i])) <= cap for row in step)
+        assert all(sum(unit_length(ex[i]) for i in row) <= cap for row in step)
         b = collate_packed(ex, step, pad_id=2, length=cap, max_units=cap // 4 if kind == "dpo" else None)
         got_packed += _sequences_of_packed(b)
-        real_p += int(b["attention_mask"].sum())
+        real_p += real_tokens(b)  # a shared prompt counts for both its sequences
+        if kind == "dpo":
+            assert b["shared_length"].sum() > 0
     for step in padded:
         b = collate([ex[i] for i in step], pad_id=2, buckets="pow2", max_length=length)
         names = ["input_ids"] if kind == "sft" else ["chosen_input_ids", "rejected_input_ids"]

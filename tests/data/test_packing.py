@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxalign.data.packing import PackedBatchIterator, collate_packed, pack, unit_length
+from jaxalign.data.packing import (PackedBatchIterator, collate_packed, pack, shared_prefix_length, unit_length,
+                                   unpacked_sequences)
+from jaxalign.algorithms.data_setup import real_tokens
 from jaxalign.errors import JaxalignError
 
 
@@ -68,17 +70,40 @@ def test_collate_sft_segments_masks_and_first_token():
     np.testing.assert_array_equal(b["completion_mask"][0, :n0 + n1], expect)
 
 
-def test_collate_preference_pairs_are_consecutive_segments():
-    ex = pref_examples(3, seed=3)
-    b = collate_packed(ex, [[0, 2], [1]], pad_id=0, length=64, max_units=4)
-    seg = b["segment_ids"][0]
-    nw, nl = len(ex[0]["chosen_ids"]), len(ex[0]["rejected_ids"])
-    np.testing.assert_array_equal(b["input_ids"][0, :nw], ex[0]["chosen_ids"])
-    np.testing.assert_array_equal(b["input_ids"][0, nw:nw + nl], ex[0]["rejected_ids"])
-    assert set(seg[:nw]) == {1} and set(seg[nw:nw + nl]) == {2} and seg[nw + nl] == 3
-    np.testing.assert_array_equal(b["pair_valid"], [[1, 1, 0, 0], [1, 0, 0, 0]])
-    np.testing.assert_allclose(b["margin"][0, :2], [ex[0]["margin"], ex[2]["margin"]], rtol=1e-6)
-    assert b["margin"][0, 2] == 0
+def test_collate_preference_pairs_share_their_prompt():
+    """Hand-built layout: pair 0's shared prompt (segment 2K + 1), its chosen and rejected rest
+    (segments 1, 2) attending to it and positioned after it; pair 1 shares nothing (its
+    completion starts at token 1, so no prompt token can be shared); padding 0 everywhere."""
+    e0 = {"chosen_ids": [7, 8, 9, 20, 21], "chosen_mask": [0, 0, 0, 1, 1],
+          "rejected_ids": [7, 8, 9, 30], "rejected_mask": [0, 0, 0, 1], "margin": 0.5}
+    e1 = {"chosen_ids": [5, 40, 41], "chosen_mask": [0, 1, 1],
+          "rejected_ids": [5, 50], "rejected_mask": [0, 1], "margin": -1.0}
+    b = collate_packed([e0, e1], [[0, 1]], pad_id=0, length=16, max_units=3)
+    np.testing.assert_array_equal(b["input_ids"][0], [7, 8, 9, 20, 21, 9, 30, 5, 40, 41, 5, 50, 0, 0, 0, 0])
+    np.testing.assert_array_equal(b["segment_ids"][0], [7, 7, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4, 0, 0, 0, 0])
+    np.testing.assert_array_equal(b["prefix_ids"][0], [0, 0, 7, 7, 7, 7, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(b["position_ids"][0], [0, 1, 2, 3, 4, 2, 3, 0, 1, 2, 0, 1, 0, 0, 0, 0])
+    # each segment's first token is not a loss token; the completions are
+    np.testing.assert_array_equal(b["completion_mask"][0], [0, 0, 0, 1, 1, 0, 1, 0, 1, 1, 0, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(b["shared_length"], [[2, 0, 0]])
+    np.testing.assert_array_equal(b["pair_valid"], [[1, 1, 0]])
+    np.testing.assert_allclose(b["margin"], [[0.5, -1.0, 0.0]])
+    assert b["attention_mask"].sum() == 12 and unit_length(e0) == 7 and unit_length(e1) == 5
+    assert unpacked_sequences(b) == [[e0["chosen_ids"], e0["rejected_ids"], e1["chosen_ids"], e1["rejected_ids"]]]
+
+
+@pytest.mark.parametrize("chosen,rejected,cmask,rmask,want", [
+    ([1, 2, 3, 4], [1, 2, 3, 5], [0, 0, 0, 1], [0, 0, 0, 1], 2),  # the prompt less its last token
+    ([1, 2, 3, 4], [1, 9, 3, 5], [0, 0, 0, 1], [0, 0, 0, 1], 1),  # the prompts differ at token 1
+    ([1, 2, 3, 4], [1, 2, 3, 4, 5], [0, 0, 1, 1], [0, 0, 0, 0, 1], 1),  # the earlier completion bounds it
+    ([1, 2, 3], [1, 2, 3], [0, 0, 0], [0, 0, 0], 2),  # no completion: each keeps one token
+    ([1, 2], [3, 2], [0, 1], [0, 1], 0),
+    ([1, 2], [1, 2], [1, 1], [1, 1], 0),
+])
+def test_shared_prefix_length_hand_cases(chosen, rejected, cmask, rmask, want):
+    e = {"chosen_ids": chosen, "rejected_ids": rejected, "chosen_mask": cmask, "rejected_mask": rmask}
+    assert shared_prefix_length(e) == want
+    assert unit_length(e) == len(chosen) + len(rejected) - want
 
 
 @pytest.mark.parametrize("kind", ["sft", "preference"])
@@ -88,23 +113,20 @@ def test_iterator_epoch_covers_each_unit_once_and_never_splits_a_pair(kind):
     seen = []
     for b in it:
         assert b["input_ids"].shape[0] <= 4
-        for r in range(b["input_ids"].shape[0]):
-            seg = b["segment_ids"][r]
-            n_seg = seg.max()
-            if kind == "preference":
-                assert n_seg % 2 == 0 and b["pair_valid"][r].sum() == n_seg // 2
-            for s in range(1, n_seg + 1):
-                seen.append(tuple(b["input_ids"][r][seg == s]))
+        mine = [tuple(x) for row in unpacked_sequences(b) for x in row]
+        # the batch's real tokens count a shared prompt for each of its sequences, as unpacked
+        assert real_tokens(b) == sum(len(x) for x in mine)
+        if kind == "preference":
+            assert b["shared_length"].sum() > 0  # the prompts are shared
+        seen += mine
     if kind == "sft":
         want = sorted(tuple(e["input_ids"]) for e in ex)
     else:
         want = sorted([tuple(e["chosen_ids"]) for e in ex] + [tuple(e["rejected_ids"]) for e in ex])
-        # chosen directly followed by its own rejected: consecutive segments 2j+1, 2j+2 of one row
     assert sorted(seen) == want
-    if kind == "preference":
+    if kind == "preference":  # chosen directly followed by its own rejected, in one row
         pairs = {(tuple(e["chosen_ids"]), tuple(e["rejected_ids"])) for e in ex}
-        got = set(zip(seen[0::2], seen[1::2]))
-        assert got == pairs
+        assert set(zip(seen[0::2], seen[1::2])) == pairs
 
 
 def test_resume_inside_a_packed_epoch_is_bit_exact():
@@ -153,8 +175,6 @@ def test_errors_name_config_keys():
     plain = BatchIterator(sft_examples(40), 2, pad_id=0)
     with pytest.raises(JaxalignError, match="data.packing"):
         plain.load_state_dict(it.state_dict())
-    e = pref_examples(1)[0]
-    assert unit_length(e) == len(e["chosen_ids"]) + len(e["rejected_ids"])
 
 
 @pytest.mark.parametrize("kind", ["sft", "preference"])

@@ -75,3 +75,62 @@ def test_cache_with_segment_ids_is_refused():
     with pytest.raises(ValueError, match="segment_ids"):
         model(jnp.ones((1, 2), jnp.int32), jnp.ones((1, 2), jnp.int32), cache=KVCache.init(CFG, 1, 4),
               segment_ids=jnp.ones((1, 2), jnp.int32))
+
+
+def _shared_row(prompt=5, rest=(4, 6), pad=2, seed=3):
+    """One row [prompt][rest 0][rest 1][pad]: segments 9 (the prompt), 1, 2; both rests attend to
+    the prompt (prefix id 9) and are positioned after it. Returns the full sequences too."""
+    rng = np.random.default_rng(seed)
+    p = rng.integers(1, CFG.vocab_size, prompt).astype(np.int32)
+    rests = [rng.integers(1, CFG.vocab_size, n).astype(np.int32) for n in rest]
+    ids = np.concatenate([p, *rests, np.zeros(pad, np.int32)])[None]
+    seg = np.concatenate([np.full(prompt, 9), np.full(rest[0], 1), np.full(rest[1], 2), np.zeros(pad)])[None]
+    pre = np.concatenate([np.zeros(prompt), np.full(sum(rest), 9), np.zeros(pad)])[None]
+    pos = np.concatenate([np.arange(prompt), prompt + np.arange(rest[0]), prompt + np.arange(rest[1]),
+                          np.zeros(pad)])[None]
+    row = dict(input_ids=ids, attention_mask=(seg > 0), segment_ids=seg, prefix_ids=pre, positions=pos)
+    row = {k: jnp.asarray(v, jnp.int32) for k, v in row.items()}
+    return [np.concatenate([p, r]) for r in rests], row
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_shared_prefix_logits_equal_each_sequence_alone(window):
+    """Both sequences of a shared-prompt row get their unpacked logits (the sliding window
+    counts positions: with 4, the second rest must not see the first rest's tokens in its
+    window, nor lose the prompt's last tokens)."""
+    model = init_model(CFG.replace(sliding_window=window), seed=4)
+    seqs, row = _shared_row()
+    packed = np.asarray(model(**row))[0]
+    spans = [(0, 9), (9, 15)]  # the rests' slots; the prompt's are slots 0-4
+    for x, (lo, hi) in zip(seqs, spans):
+        alone = np.asarray(model(jnp.asarray(x)[None], jnp.ones((1, len(x)), jnp.int32)))[0]
+        if lo == 0:
+            np.testing.assert_allclose(packed[:hi], alone, atol=1e-5, rtol=0)
+        else:
+            np.testing.assert_allclose(packed[lo:hi], alone[5:], atol=1e-5, rtol=0)
+    # Without the prefix ids the second sequence loses its prompt: its logits change.
+    cut = np.asarray(model(**dict(row, prefix_ids=jnp.zeros_like(row["prefix_ids"]))))[0]
+    assert np.abs(cut[9:15] - packed[9:15]).max() > 1e-3
+
+
+def test_shared_prefix_gradient_probe():
+    """The second sequence's loss has an exactly zero gradient with respect to the first one's
+    own tokens and the padding, and a nonzero one with respect to the shared prompt's."""
+    model = init_model(CFG, seed=5)
+    _, row = _shared_row()
+    emb = model.embed(row["input_ids"])
+    rest = {k: v for k, v in row.items() if k != "input_ids"}
+
+    def loss(e):
+        logits = model(inputs_embeds=e, **rest)
+        return jnp.sum(jax.nn.log_softmax(logits[0, 9:15].astype(jnp.float32))[:, 0])
+
+    g = np.abs(np.asarray(jax.grad(loss)(emb))[0]).max(axis=-1)
+    assert np.all(g[5:9] == 0.0) and np.all(g[15:] == 0.0)
+    assert np.all(g[:5] > 0) and np.all(g[9:15] > 0)
+
+
+def test_prefix_ids_need_segment_ids():
+    model = init_model(CFG)
+    with pytest.raises(ValueError, match="segment_ids"):
+        model(jnp.ones((1, 2), jnp.int32), prefix_ids=jnp.ones((1, 2), jnp.int32))
