@@ -9,7 +9,7 @@ hidden states (the decoder alone: the LM head's memory is another subject, see "
 the loss reads them" in docs/design-notes.md). Per mode: the compiled program's temporaries
 (``memory_analysis().temp_size_in_bytes``: what the backward pass keeps, plus scratch) and the
 wall time of ``--steps`` calls after the first. ``--causal-blocks``: run each mode with each of
-these ``jaxalign.models.llama.CAUSAL_BLOCK`` values (queries per attention block; 0 = dense).
+these ``jaxalign.models.attention.CAUSAL_BLOCK`` values (queries per attention block; 0 = dense).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def run(batch: int, seq: int, modes: list[str], steps: int, model_config: Path, 
     import numpy as np
 
     from jaxalign.models.config import ModelConfig
-    from jaxalign.models import llama
+    from jaxalign.models import attention
     from jaxalign.models.llama import init_model
 
     cfg = ModelConfig.from_hf_dict({"architectures": ["LlamaForCausalLM"], **json.loads(model_config.read_text())})
@@ -39,10 +39,10 @@ def run(batch: int, seq: int, modes: list[str], steps: int, model_config: Path, 
     ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq)), jnp.int32)
     seg = jnp.asarray(np.repeat(np.arange(1, 5), -(-seq // 4))[None, :seq].repeat(batch, 0), jnp.int32)
     out = {"batch": batch, "seq": seq, "model_config": model_config.name, "modes": {}}
-    runs = [(name, block) for block in (blocks or [llama.CAUSAL_BLOCK]) for name in modes]
+    runs = [(name, block) for block in (blocks or [attention.CAUSAL_BLOCK]) for name in modes]
     for name, block in runs:
         remat = MODES[name]
-        llama.CAUSAL_BLOCK = block  # read when the step is traced, below
+        attention.CAUSAL_BLOCK = block  # read when the step is traced, below
 
         def loss(state):
             h = nnx.merge(graphdef, state).hidden_states(ids, None, segment_ids=seg, remat=remat)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign.models.config import REMAT_MODES, ModelConfig, is_remat_mode
-from jaxalign.models import fsdp, lora_dropout
+from jaxalign.models import attention, fsdp, lora_dropout
 from jaxalign.models.kv_cache import TRANSPOSE_MIN_ROWS, KVCache  # noqa: F401  (KVCache re-exported)
 from jaxalign.models.matmul import mm
 from jaxalign.models.modules import Embedding, Linear, RMSNorm, softcap  # noqa: F401  (re-exported)
@@ -54,7 +54,7 @@ class Attention(nnx.Module):
 
         ``recompute_scores`` (training passes without a cache): the backward pass recomputes the
         ``[b, heads, s, s]`` scores and probabilities from ``q``, ``k``, ``v`` instead of keeping
-        them from the forward pass (see :func:`_attend`)."""
+        them from the forward pass (see :func:`jaxalign.models.attention.attend`)."""
         b, s, _ = x.shape
         q = self.q_proj(x).reshape(b, s, self.n_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, s, self.n_kv, self.head_dim)
@@ -65,7 +65,7 @@ class Attention(nnx.Module):
         g = self.n_heads // self.n_kv
         q = q.reshape(b, s, self.n_kv, g, self.head_dim)
         if layer_cache is None:
-            attend = partial(_attend, score_div=self.score_div, cap=self.softcap)
+            attend = partial(attention.attend, score_div=self.score_div, cap=self.softcap)
             if recompute_scores:
                 attend = jax.checkpoint(attend)
             out = attend(q, k, v, mask)
@@ -74,7 +74,7 @@ class Attention(nnx.Module):
         k = jax.lax.dynamic_update_slice(ck, k.transpose(0, 2, 3, 1).astype(ck.dtype), (0, 0, 0, cache_index))
         v = jax.lax.dynamic_update_slice(cv, v.transpose(0, 2, 1, 3).astype(cv.dtype), (0, 0, cache_index, 0))
         scores = mm("bkgsh,bkht->bkgst", q.transpose(0, 2, 3, 1, 4), k, k.dtype, out_dtype=jnp.float32)
-        probs = _probs(scores, mask, self.score_div, self.softcap)
+        probs = attention.probs(scores, mask, self.score_div, self.softcap)
         # Output in the dot's natural order (batch, rows, cols): asking for [b, s, k, g, h]
         # made XLA:CPU swap the operands into a transposed-A dot 2x slower than this one
         # plus a transpose of the small result.
@@ -87,47 +87,6 @@ def check_remat(remat) -> None:
     if not is_remat_mode(remat):
         *first, last = map(repr, REMAT_MODES)
         raise ValueError(f"remat: expected {', '.join(first)} or {last}, got {remat!r}")
-
-
-def _probs(scores, mask, score_div: float, cap: float | None):
-    """Attention probabilities from float32 ``[b, k, g, s, t]`` scores and a ``[b, s, t]`` mask."""
-    scores = softcap(scores / score_div, cap)
-    # A finite fill keeps fully-masked rows (left padding) NaN-free; their outputs are unused.
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    return jax.nn.softmax(scores, axis=-1)
-
-
-# Training passes attend in blocks of this many queries (``_attend``); 0 turns blocking off.
-CAUSAL_BLOCK = 256
-
-
-def _attend(q, k, v, mask, *, score_div: float, cap: float | None):
-    """Attention of a whole sequence (no cache): q ``[b, s, k, g, h]``, k/v ``[b, t, k, h]`` ->
-    ``[b, s, k, g, h]``; the mask must be causal (no key after its query's slot), as it is
-    without a cache, when ``s`` is over one :data:`CAUSAL_BLOCK`.
-
-    Under ``jax.checkpoint`` (``recompute_scores``) the backward pass keeps only these inputs and
-    recomputes the float32 ``[b, k, g, s, t]`` scores and probabilities, which would otherwise be
-    kept for every layer: at SmolLM2-135M's shape and 4 x 512 tokens 2.1 of the decoder's
-    5.6 GiB of backward-pass temporaries (benchmarks/attention_memory.py). The price is one more ``q·kᵀ`` and softmax per layer in the
-    backward pass (a few % of the step's FLOPs); a fused attention kernel does the same.
-    """
-    s = q.shape[1]
-    block = CAUSAL_BLOCK
-    if not block or s <= block or k.shape[1] != s:
-        return _attend_dense(q, k, v, mask, score_div, cap)
-    # Causal: the queries of slots [i0, i1) see no key past i1, so each block of queries takes
-    # only the keys before its end. At 4 blocks that is 62 % of the dense scores (their
-    # softmax, their masking, both dots, forward and backward), exactly the same values.
-    outs = [_attend_dense(q[:, i0:i0 + block], k[:, :i0 + block], v[:, :i0 + block],
-                          mask[:, i0:i0 + block, :i0 + block], score_div, cap)
-            for i0 in range(0, s, block)]
-    return jnp.concatenate(outs, axis=1)
-
-
-def _attend_dense(q, k, v, mask, score_div, cap):
-    scores = mm("bskgh,btkh->bkgst", q, k, q.dtype, out_dtype=jnp.float32)
-    return mm("bkgst,btkh->bskgh", _probs(scores, mask, score_div, cap), v, q.dtype)
 
 
 class MLP(nnx.Module):
@@ -256,7 +215,7 @@ class CausalLM(nnx.Module):
         (``model.remat: true``); ``"dots"`` keeps only the outputs of the block's weight matmuls
         (the q/k/v/o and MLP projections) and recomputes the rest: norms, RoPE, the gated
         activation and the attention; ``"attention"`` recomputes only each layer's attention
-        scores and probabilities (:func:`_attend`); ``False`` keeps every activation.
+        scores and probabilities (:func:`jaxalign.models.attention.attend`); ``False`` keeps every activation.
         """
         cfg = self.config
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.jnp_dtype)

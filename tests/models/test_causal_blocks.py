@@ -1,4 +1,4 @@
-"""Blocked causal attention (``llama.CAUSAL_BLOCK``): each block of queries attends only to the
+"""Blocked causal attention (``jaxalign.models.attention.CAUSAL_BLOCK``): each block of queries attends only to the
 keys before its end, which must give the dense attention's logits and gradients, with padding,
 packed segments, shared prefixes, a sliding window and a logit soft-cap, and under remat."""
 
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxalign.models import llama
+from jaxalign.models import attention
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.llama import init_model
 
@@ -31,7 +31,7 @@ def _inputs(packed: bool):
 
 
 def _logits_and_grad(cfg, inputs, remat, block, monkeypatch):
-    monkeypatch.setattr(llama, "CAUSAL_BLOCK", block)
+    monkeypatch.setattr(attention, "CAUSAL_BLOCK", block)
     graphdef, state = nnx.split(init_model(cfg, seed=3))
 
     def loss(state):
@@ -63,11 +63,11 @@ def test_blocked_equals_dense(packed, window, cap, remat, monkeypatch):
 
 
 def _attention_dots(block, s, monkeypatch):
-    monkeypatch.setattr(llama, "CAUSAL_BLOCK", block)
+    monkeypatch.setattr(attention, "CAUSAL_BLOCK", block)
     q = jnp.ones((1, s, 2, 2, 8))
     k = jnp.ones((1, s, 2, 8))
     mask = jnp.tril(jnp.ones((s, s), bool))[None]
-    jaxpr = jax.make_jaxpr(lambda q, k: llama._attend(q, k, k, mask, score_div=1.0, cap=None))(q, k)
+    jaxpr = jax.make_jaxpr(lambda q, k: attention.attend(q, k, k, mask, score_div=1.0, cap=None))(q, k)
     return str(jaxpr).count("dot_general")
 
 
