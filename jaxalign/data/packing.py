@@ -166,13 +166,13 @@ def unpacked_sequences(batch: dict) -> list[list[list[int]]]:
     row's examples; a preference row's chosen, rejected, chosen, ... (a shared prompt prepended
     to both). The inverse of :func:`collate_packed`, for checks and debugging."""
     out = []
-    k = batch["pair_valid"].shape[-1] if "pair_valid" in batch else None
+    pairs = "pair_valid" in batch
     for r, (ids, seg) in enumerate(zip(batch["input_ids"], batch["segment_ids"])):
-        top = 2 * int(batch["pair_valid"][r].sum()) if k else int(seg.max())
+        top = 2 * int(batch["pair_valid"][r].sum()) if pairs else int(seg.max())
         row = []
         for sid in range(1, top + 1):
             own = seg == sid
-            parent = int(batch["prefix_ids"][r][own][0]) if k else 0
+            parent = int(batch["prefix_ids"][r][own][0]) if pairs else 0
             head = ids[seg == parent].tolist() if parent else []
             row.append(head + ids[own].tolist())
         out.append(row)
