@@ -240,10 +240,27 @@ def _run_trl(kind: str, p: dict, make_trainer) -> dict:
 
 
 def _common_args(p: dict, out_dir: str, steps: int) -> dict:
+    # bf16/fp16 off: TRL 1.16's configs default to bf16=True, which on a CPU autocasts every
+    # matmul to bfloat16; every side here trains in float32 (on a CPU without bfloat16
+    # instructions that autocast made TRL's DPO step ~25x slower; on one with them, faster).
     return dict(output_dir=out_dir, per_device_train_batch_size=p["rows"], gradient_accumulation_steps=1,
                 max_steps=steps, lr_scheduler_type="cosine", warmup_steps=2, weight_decay=0.0, max_grad_norm=1.0,
                 gradient_checkpointing=p["remat"] is True, use_cpu=True, report_to="none", save_strategy="no",
-                logging_steps=10_000, dataloader_num_workers=0, disable_tqdm=True)
+                logging_steps=10_000, dataloader_num_workers=0, disable_tqdm=True, bf16=False, fp16=False)
+
+
+def trl_config(kind: str, p: dict, out_dir: str, steps: int):
+    """The TRL trainer config of side ``kind`` ("sft": ``SFTConfig`` padding-free; "dpo":
+    ``DPOConfig``, sigmoid loss, beta 0.1, no precomputed reference log-probs), float32."""
+    if kind == "sft":
+        from trl import SFTConfig
+
+        return SFTConfig(**_common_args(p, out_dir, steps), learning_rate=2e-5, max_length=None, padding_free=True,
+                         dataset_kwargs={"skip_prepare_dataset": True})
+    from trl import DPOConfig
+
+    return DPOConfig(**_common_args(p, out_dir, steps), learning_rate=1e-6, beta=0.1, loss_type=["sigmoid"],
+                     max_length=p["max_length"], precompute_ref_log_probs=False)
 
 
 def run_trl_sft(p: dict) -> dict:
@@ -259,14 +276,13 @@ def run_trl_sft(p: dict) -> dict:
     no flash-attention for it to run. Labels: -100 on the prompt (completion-only loss).
     """
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     def make(in_order, ex, order, tok, out_dir, steps, callbacks):
         (policy,) = _trl_models(1)
         labels = [[t if c else -100 for t, c in zip(ex[i]["input_ids"], ex[i]["completion_mask"])] for i in order]
         data = Dataset.from_dict({"input_ids": [ex[i]["input_ids"] for i in order], "labels": labels})
-        cfg = SFTConfig(**_common_args(p, out_dir, steps), learning_rate=2e-5, max_length=None, padding_free=True,
-                        dataset_kwargs={"skip_prepare_dataset": True})
+        cfg = trl_config("sft", p, out_dir, steps)
         trainer = in_order(SFTTrainer)(model=policy, args=cfg, train_dataset=data, processing_class=tok,
                                        callbacks=callbacks)
         return trainer, "padding_free=True (one concatenated row, block-diagonal SDPA mask from position_ids)"
@@ -280,7 +296,7 @@ def run_trl_dpo(p: dict) -> dict:
     TRL 1.16 disables ``padding_free`` for DPO (it warns and pads), so each step's pairs are padded
     to the step's longest sequence (``pad_to_multiple_of`` "auto" = no rounding on a CPU)."""
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     def make(in_order, ex, order, tok, out_dir, steps, callbacks):
         policy, ref = _trl_models(2)
@@ -290,8 +306,7 @@ def run_trl_dpo(p: dict) -> dict:
             "prompt_ids": prompt,
             "chosen_ids": [ex[i]["chosen_ids"][len(q):] for i, q in zip(order, prompt)],
             "rejected_ids": [ex[i]["rejected_ids"][len(q):] for i, q in zip(order, prompt)]})
-        cfg = DPOConfig(**_common_args(p, out_dir, steps), learning_rate=1e-6, beta=0.1, loss_type=["sigmoid"],
-                        max_length=p["max_length"], precompute_ref_log_probs=False)
+        cfg = trl_config("dpo", p, out_dir, steps)
         text = Dataset.from_dict({"prompt": ["Hello"], "chosen": [" yes"], "rejected": [" no"]})
         trainer = in_order(DPOTrainer)(model=policy, ref_model=ref, args=cfg, train_dataset=text,
                                        processing_class=tok, callbacks=callbacks)

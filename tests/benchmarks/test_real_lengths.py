@@ -136,3 +136,16 @@ def test_digest_ignores_order_but_not_a_missing_or_repeated_example():
     assert rl.digest(ex[::-1]) == rl.digest(ex)  # a packed side feeds them first-fit, not in order
     assert rl.digest(ex[:-1]) != rl.digest(ex)
     assert rl.digest(ex[:-1] + ex[:1]) != rl.digest(ex)
+
+
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+def test_trl_sides_train_in_float32(kind, tmp_path):
+    """TRL's configs default to bf16=True (CPU autocast to bfloat16); the harness compares float32
+    sides, so its TRL configs must turn mixed precision off."""
+    pytest.importorskip("torch")
+    pytest.importorskip("trl")
+    import real_sides as rs
+
+    cfg = rs.trl_config(kind, {"rows": 4, "remat": True, "max_length": 512}, str(tmp_path), 3)
+    assert cfg.bf16 is False and cfg.fp16 is False
+    assert cfg.per_device_train_batch_size == 4 and cfg.max_steps == 3 and cfg.gradient_checkpointing
